@@ -1,0 +1,100 @@
+"""The Litestar application: routes, guard, error shape, and a lifespan that loads the engines
+in the background so that /health and /ready answer while models load."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from lea_local import __version__
+from lea_local.api.auth import require_api_key
+from lea_local.api.chat import chat
+from lea_local.api.errors import ApiError, exception_handlers
+from lea_local.api.health import health, ready
+from lea_local.services import Services, build_services
+from lea_local.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A chat message is at most a few thousand characters; nothing JSON needs more.
+JSON_BODY_LIMIT = 1_000_000
+
+
+@dataclass
+class Runtime:
+    """What the lifespan has loaded so far."""
+
+    services: Services | None = None
+    ready: bool = False
+    load_error: str | None = None
+
+
+def _services(state: State) -> Services:
+    runtime: Runtime = state.runtime
+    if not runtime.ready or runtime.services is None:
+        raise ApiError(status_code=503, detail="Léa is starting: models are loading", headers={"Retry-After": "5"})
+    return runtime.services
+
+
+def create_app(settings: Settings, build: Callable[[Settings], Services] = build_services) -> Litestar:
+    """`build` makes the engines at startup; a narrow unit test may pass its own."""
+    api_keys = settings.require_api_keys()
+    runtime = Runtime()
+
+    async def load() -> None:
+        try:
+            services = await anyio.to_thread.run_sync(build, settings)
+            runtime.services = services
+            await anyio.to_thread.run_sync(services.warm_up)
+        except Exception as exc:
+            log.exception("loading the models failed; stopping the server")
+            runtime.load_error = f"{type(exc).__name__}: {exc}"
+            os.kill(os.getpid(), signal.SIGTERM)  # `lea-local serve` then exits non-zero
+            return
+        runtime.ready = True
+        log.info("ready", extra={"event": "ready", "models": services.model_names()})
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(load)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+        if runtime.services is not None:
+            runtime.services.close()
+
+    # The guard runs before any body is read: a caller without the key costs nothing.
+    agent_api = Router(path="/api/external/agent", route_handlers=[chat], guards=[require_api_key])
+
+    return Litestar(
+        route_handlers=[agent_api, health, ready],
+        lifespan=[lifespan],
+        dependencies={"services": Provide(_services, sync_to_thread=False)},
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        state=State({"api_keys": api_keys, "settings": settings, "runtime": runtime}),
+        cors_config=CORSConfig(
+            allow_origins=settings.cors_origins,
+            allow_headers=["Content-Type", "X-API-Key"],
+            allow_methods=["GET", "POST", "OPTIONS"],
+        )
+        if settings.cors_origins
+        else None,
+        request_max_body_size=JSON_BODY_LIMIT,
+        openapi_config=OpenAPIConfig(title="lea-local agent API", version=__version__),
+        logging_config=None,  # lea_local.logs configures logging (JSON lines)
+        debug=False,
+    )

@@ -1,0 +1,86 @@
+"""Every error leaves as `{"success": false, "error": "<clear message>"}`: never HTML, never a
+stack trace. Registered once, on the app, so router-level 404/405 are shaped too."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from lea_local.inference_queue import QueueFull
+from lea_local.llm.context import PromptTooLong
+from lea_local.store.conversations import ConversationNotFound
+from lea_local.turns import EngineFailure
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(HTTPException):
+    """An error the API answers with its own status and message."""
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        content={"success": False, "error": message},
+        status_code=status_code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _validation_message(exc: ValidationException) -> str:
+    details = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for item in details:
+        if isinstance(item, dict) and item.get("message"):
+            key = item.get("key")
+            parts.append(f"{key}: {item['message']}" if key else str(item["message"]))
+    if parts:
+        return "Invalid request: " + "; ".join(parts)
+    return "Invalid request body"
+
+
+def _http_exception(request: Request, exc: HTTPException) -> Response:
+    if isinstance(exc, ValidationException):
+        message = _validation_message(exc)
+    elif isinstance(exc, NotFoundException) and not isinstance(exc, ApiError) and exc.detail in ("Not Found", ""):
+        message = f"No such route: {request.method} {request.url.path}"
+    elif isinstance(exc, MethodNotAllowedException):
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = exc.detail or "Request failed"
+    headers = dict(exc.headers or {})
+    return error_response(exc.status_code, message, headers or None)
+
+
+def _queue_full(_: Request, exc: QueueFull) -> Response:
+    return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
+
+
+def _status(code: int):
+    def handler(_: Request, exc: Exception) -> Response:
+        return error_response(code, str(exc))
+
+    return handler
+
+
+exception_handlers = {
+    HTTPException: _http_exception,
+    ConversationNotFound: _status(404),
+    PromptTooLong: _status(400),
+    EngineFailure: _status(500),
+    QueueFull: _queue_full,
+    Exception: _unexpected,
+}

@@ -1,0 +1,28 @@
+"""Liveness and readiness. Neither needs a key; both answer while a model is generating."""
+
+from __future__ import annotations
+
+from litestar import get
+from litestar.datastructures import State
+
+from lea_local.api.errors import ApiError
+from lea_local.api.openapi import error_responses
+from lea_local.api.schemas import HealthResponse, ReadyResponse
+
+
+@get("/health", summary="Liveness: the process answers", sync_to_thread=False)
+def health() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@get(
+    "/ready",
+    summary="Readiness: every model loaded and warmed up",
+    sync_to_thread=False,
+    responses=error_responses(503),
+)
+def ready(state: State) -> ReadyResponse:
+    runtime = state.runtime
+    if not runtime.ready or runtime.services is None:
+        raise ApiError(status_code=503, detail="Léa is starting: models are loading", headers={"Retry-After": "5"})
+    return ReadyResponse(status="ready", models=runtime.services.model_names())

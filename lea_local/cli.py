@@ -1,0 +1,73 @@
+"""`lea-local`: serve the API, manage models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from lea_local.api.app import create_app
+    from lea_local.catalog import ModelsNotInstalled
+    from lea_local.logs import configure_logging
+    from lea_local.services import resolve_model_paths
+    from lea_local.settings import Settings, SettingsError
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        settings = Settings(**overrides)
+        keys = [k.decode() for k in settings.require_api_keys()]
+    except (SettingsError, ValidationError) as exc:
+        print(f"lea-local: cannot start: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, secrets=keys)
+    try:
+        resolve_model_paths(settings)  # fail here, clearly, rather than inside uvicorn's startup
+        app = create_app(settings)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        if app.state.runtime.load_error:
+            print(f"lea-local: stopped: the models failed to load: {app.state.runtime.load_error}", file=sys.stderr)
+            return 3
+    except ModelsNotInstalled as exc:
+        print(f"lea-local: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from lea_local.catalog.cli import run
+
+    return run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lea_local.catalog.cli import add_arguments
+
+    parser = argparse.ArgumentParser(prog="lea-local", description="Self-hosted speech + LLM server for Léa")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the HTTP server")
+    serve.add_argument("--host", help="interface to listen on (default: $LEA_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $LEA_PORT or 8000)")
+    serve.set_defaults(func=_serve)
+
+    models = commands.add_parser("models", help="list, download and verify models")
+    add_arguments(models)
+    models.set_defaults(func=_models)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""What the machine offers: an NVIDIA GPU, GPU offload in the installed llama-cpp-python."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+
+@cache
+def has_nvidia_gpu() -> bool:
+    """True when an NVIDIA driver answers with at least one GPU."""
+    if not (Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")):
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return Path("/dev/nvidia0").exists()
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def cuda_device_count() -> int:
+    """CUDA devices CTranslate2 sees (0 without a CUDA build or a GPU)."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return 0
+    try:
+        return ctranslate2.get_cuda_device_count()
+    except Exception:  # a CPU-only build raises rather than answering 0
+        return 0

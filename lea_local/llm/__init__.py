@@ -1,0 +1,3 @@
+from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply, GenerationCancelled
+
+__all__ = ["ChatEngine", "ChatMessage", "ChatReply", "GenerationCancelled"]

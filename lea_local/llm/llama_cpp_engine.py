@@ -1,0 +1,126 @@
+"""Chat engine on llama-cpp-python: one `Llama` loaded at startup, chat template from the GGUF."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lea_local.llm.base import ChatMessage, ChatReply, GenerationCancelled
+
+log = logging.getLogger(__name__)
+
+# Used only when a GGUF carries no chat template (rare for instruct models).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def default_gpu_layers() -> int:
+    """All layers when this llama-cpp-python build can offload to a GPU, else none."""
+    import llama_cpp
+
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
+class LlamaCppChatEngine:
+    provider = "llama-cpp"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        context_size: int = 4096,
+        gpu_layers: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if not model_path.is_file():
+            raise FileNotFoundError(f"LLM model file not found: {model_path}")
+        self.gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
+        self._llama = Llama(
+            model_path=str(model_path),
+            n_ctx=context_size,
+            n_gpu_layers=self.gpu_layers,
+            n_threads=threads,
+            verbose=False,
+        )
+        trained = self._llama._model.n_ctx_train()
+        if trained and context_size > trained:
+            log.warning(
+                "LLM context %d exceeds the %d tokens the model was trained on: answers may degrade",
+                context_size,
+                trained,
+            )
+        self.context_size = self._llama.n_ctx()
+        self.model_name = model_path.name.removesuffix(".gguf")
+
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            log.warning("%s carries no chat template; using ChatML", model_path.name)
+            template = CHATML_TEMPLATE
+        model = self._llama._model
+        self._eos_id = self._llama.token_eos()
+        eos_text = model.token_get_text(self._eos_id) if self._eos_id != -1 else ""
+        bos_id = self._llama.token_bos()
+        bos_text = model.token_get_text(bos_id) if bos_id != -1 else ""
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos_text, bos_token=bos_text)
+        self._stop = [eos_text] if eos_text else []
+        # One Llama is not thread-safe: one generation at a time, for the whole generation.
+        self._lock = threading.Lock()
+
+    def _prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        formatted = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        return self._llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self._prompt_tokens(messages))
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ChatReply:
+        prompt = self._prompt_tokens(messages)
+        max_tokens = max(1, min(max_tokens, self.context_size - len(prompt)))
+        pieces: list[str] = []
+        finish_reason = "stop"
+        with self._lock:
+            stream = self._llama.create_completion(
+                prompt=prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stop=self._stop,
+                stream=True,
+            )
+            try:
+                for chunk in stream:
+                    if cancel is not None and cancel.is_set():
+                        raise GenerationCancelled("generation cancelled")
+                    choice = chunk["choices"][0]
+                    if choice["text"]:
+                        pieces.append(choice["text"])
+                        if on_text is not None:
+                            on_text(choice["text"])
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+            finally:
+                stream.close()  # stops llama.cpp at once when we leave early
+        text = "".join(pieces)
+        return ChatReply(
+            text=text,
+            prompt_tokens=len(prompt),
+            completion_tokens=self.count_text_tokens(text),
+            finish_reason="length" if finish_reason == "length" else "stop",
+        )

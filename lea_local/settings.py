@@ -1,0 +1,122 @@
+"""The server's settings: one typed object read from the environment (and an optional `.env`).
+
+Every field is documented in the README with its environment variable and default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class SettingsError(ValueError):
+    """Raised when the settings cannot run a server (a missing API key, say)."""
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEA_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- security -------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("AGENT_API_KEY", "LEA_API_KEYS"),
+    )
+    """Accepted `X-API-Key` values. Comma-separated so that a new key can be rolled out before
+    the old one is withdrawn. Required: the server refuses to start without one."""
+
+    # --- HTTP -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: str | None = None
+    """Absolute base URL used to build `assistant_audio_url` (e.g. `https://lea.agence.fr`).
+    Unset: the base URL of the request itself."""
+    cors_origins: CommaList = Field(default_factory=list)
+    """Origins allowed to call the API from a browser (ImmoAssist's). Empty: CORS off."""
+    max_message_chars: int = Field(default=4000, ge=1)
+    """Longest accepted chat message, in characters; longer gets 400."""
+
+    # --- models ---------------------------------------------------------------------------
+    models_dir: Path = Path("models")
+    preset: str = "auto"
+    """Catalog preset whose models the server loads: `tiny`, `cpu`, `workstation` or `auto`
+    (workstation with an NVIDIA GPU, else cpu; tiny, with a warning, when those are missing)."""
+
+    # --- LLM ------------------------------------------------------------------------------
+    llm_model: Path | None = None
+    """A GGUF file to load instead of the preset's (absolute, or relative to `models_dir`)."""
+    llm_context_size: int = Field(default=4096, ge=256)
+    """Context window in tokens; the conversation history is trimmed to fit it."""
+    llm_gpu_layers: int | None = None
+    """Layers offloaded to the GPU. Unset: all when llama-cpp-python has GPU offload, else 0.
+    -1 also means all."""
+    llm_threads: int | None = Field(default=None, ge=1)
+    """CPU threads for generation. Unset: llama.cpp's own choice (physical cores)."""
+    llm_max_reply_tokens: int = Field(default=384, ge=1)
+    llm_temperature: float = Field(default=0.3, ge=0.0, le=2.0)
+    llm_queue_size: int = Field(default=16, ge=0)
+    """Requests that may wait for the LLM while it answers another; beyond: 503 + Retry-After."""
+    system_prompt_file: Path | None = None
+    """Léa's system prompt. Unset: the French prompt shipped in `lea_local/llm/`."""
+
+    # --- storage --------------------------------------------------------------------------
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    """SQLAlchemy URL of the conversation database. Unset: `sqlite:///<data_dir>/lea.sqlite3`."""
+
+    # --- logging --------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_content: bool = False
+    """Log message texts and the prompt sent to the model. Off by default: they are personal."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        if self.llm_model is not None and not self.llm_model.is_absolute():
+            self.llm_model = self.models_dir / self.llm_model
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'lea.sqlite3'}"
+
+    def require_api_keys(self) -> list[bytes]:
+        """The accepted keys as bytes, or a SettingsError that says how to set one."""
+        keys = [key.get_secret_value().encode() for key in self.api_keys]
+        if not keys:
+            raise SettingsError(
+                "AGENT_API_KEY is not set: the server refuses to start without an API key. "
+                "Set AGENT_API_KEY to the key ImmoAssist sends in X-API-Key "
+                "(several keys may be given, comma-separated, for rotation)."
+            )
+        return keys

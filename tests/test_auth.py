@@ -1,0 +1,50 @@
+"""X-API-Key: required, several keys for rotation, and a server that will not start without one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from lea_local.api.auth import key_is_valid
+from tests.server import CHAT_PATH
+
+
+def test_every_rotated_key_is_accepted_and_others_refused(make_server):
+    lea = make_server({"AGENT_API_KEY": "old-key-111, new-key-222"})
+    with lea.client() as client:
+        for key, status in (
+            ("old-key-111", 200),
+            ("new-key-222", 200),
+            ("old-key-111, new-key-222", 401),
+            ("", 401),
+            ("x" * 10000, 401),
+        ):
+            r = client.post(CHAT_PATH, json={"message": "Bonjour"}, headers={"X-API-Key": key})
+            assert r.status_code == status, (key[:20], r.text)
+
+
+def test_key_comparison():
+    keys = [b"alpha", b"beta"]
+    assert key_is_valid("alpha", keys) and key_is_valid("beta", keys)
+    assert not key_is_valid("alph", keys)
+    assert not key_is_valid("alphaa", keys)
+    assert not key_is_valid(None, keys)
+    assert not key_is_valid("", keys)
+    assert not key_is_valid("é", keys)
+
+
+def test_server_refuses_to_start_without_a_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_API_KEY" and not k.startswith("LEA_")}
+    env["LEA_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "lea_local", "serve", "--port", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "AGENT_API_KEY is not set" in result.stderr
+    assert not (tmp_path / "lea.sqlite3").exists()

@@ -1,0 +1,54 @@
+"""An engine that fails gives 500 in the contract's shape and stores nothing. The failing engine
+is a stand-in (a real model cannot be made to fail on demand); the rest of the app is real."""
+
+from __future__ import annotations
+
+from litestar.testing import TestClient
+
+from lea_local.api.app import create_app
+from lea_local.inference_queue import InferenceQueue
+from lea_local.llm.base import ChatReply
+from lea_local.services import Services
+from lea_local.settings import Settings
+from lea_local.store.conversations import ConversationStore
+from lea_local.turns import ChatTurns
+from tests.server import API_KEY, CHAT_PATH
+
+
+class BrokenEngine:
+    """Survives the one-token warm-up, then fails as a GPU out of memory would."""
+
+    provider = "llama-cpp"
+    model_name = "broken"
+    context_size = 2048
+
+    def count_prompt_tokens(self, messages):
+        return sum(len(m.content) for m in messages) // 4 + 1
+
+    def generate(self, messages, *, max_tokens, **kwargs):
+        if max_tokens > 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return ChatReply("ok", 1, 1, "stop")
+
+
+def test_engine_failure_is_500_and_stores_nothing(tmp_path):
+    settings = Settings(_env_file=None, api_keys=API_KEY, data_dir=tmp_path)
+    store = ConversationStore.from_url(settings.effective_database_url)
+
+    def build(_: Settings) -> Services:
+        engine = BrokenEngine()
+        queue = InferenceQueue("language model", max_waiting=4)
+        turns = ChatTurns(
+            engine=engine, store=store, llm_queue=queue, system_prompt="s", max_reply_tokens=16, temperature=0
+        )
+        return Services(settings=settings, store=store, chat_engine=engine, llm_queue=queue, turns=turns)
+
+    app = create_app(settings, build=build)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        while client.get("/ready").status_code != 200:
+            pass
+        r = client.post(CHAT_PATH, json={"message": "Bonjour"}, headers={"X-API-Key": API_KEY})
+    assert r.status_code == 500
+    assert r.json() == {"success": False, "error": "The language model failed to process the request"}
+    assert "CUDA" not in r.text
+    assert store.counts() == (0, 0)
