@@ -65,7 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(models)
     models.set_defaults(func=_models)
 
-    args = parser.parse_args(argv)
+    bench = commands.add_parser("bench", help="measure per-stage latencies (see lea-local bench --help)", add_help=False)
+    bench.set_defaults(func=None)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from lea_local.bench import main as bench_main
+
+        return bench_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

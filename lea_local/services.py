@@ -7,12 +7,18 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from lea_local.asr.base import SpeechRecognizer
 from lea_local.catalog import Catalog, load_catalog, resolve_installed_preset
 from lea_local.inference_queue import InferenceQueue
 from lea_local.llm.base import ChatEngine
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
+from lea_local.tts.audio_store import TtsAudioStore
+from lea_local.tts.speech import SpeechService
 from lea_local.turns import ChatTurns
+from lea_local.voice import VoiceTurns
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +29,8 @@ DEFAULT_SYSTEM_PROMPT = Path(__file__).parent / "llm" / "system_prompt.fr.txt"
 class ModelPaths:
     preset: str | None
     llm: Path
+    asr: Path
+    tts: Path
 
 
 @dataclass
@@ -32,33 +40,70 @@ class Services:
     chat_engine: ChatEngine
     llm_queue: InferenceQueue
     turns: ChatTurns
+    recognizer: SpeechRecognizer | None = None
+    voice: VoiceTurns | None = None
+    speech: SpeechService | None = None
 
     def model_names(self) -> dict[str, str]:
-        return {"llm": self.chat_engine.model_name}
+        names = {"llm": self.chat_engine.model_name}
+        if self.recognizer is not None:
+            names["asr"] = self.recognizer.model_name
+        if self.speech is not None:
+            names["tts"] = self.speech.synthesizer.voice_name
+        return names
 
     def warm_up(self) -> None:
-        """One tiny inference per engine, so that the first user does not pay for it."""
+        """One small inference per engine, so that the first user does not pay for it."""
         from lea_local.llm.base import ChatMessage
 
         self.chat_engine.generate([ChatMessage("user", "Bonjour")], max_tokens=1, temperature=0.0)
+        if self.recognizer is not None:
+            from lea_local.asr.base import NoSpeech
+
+            try:
+                self.recognizer.transcribe(np.zeros(16_000, dtype=np.float32))
+            except NoSpeech:
+                pass
+        if self.speech is not None:
+            for _ in self.speech.synthesizer.synthesize("Bonjour."):
+                pass
 
     def close(self) -> None:
         self.store.close()
+
+
+def _resolve_in_preset(catalog: Catalog, preset: str | None, models_dir: Path, kind: str, engine: str) -> Path:
+    assert preset is not None
+    entry = catalog.preset_model(preset, kind, engine)  # type: ignore[arg-type]
+    if not entry.is_installed(models_dir):
+        from lea_local.catalog import ModelsNotInstalled
+
+        raise ModelsNotInstalled(
+            f"{entry.id} ({engine}) is not installed. "
+            f"Run: lea-local models --model {entry.id} --models-dir {models_dir}"
+        )
+    if kind == "llm":
+        return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
+    if kind == "tts":
+        return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".onnx")))
+    if engine == "openai-whisper":
+        return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".pt")))
+    return entry.directory(models_dir)
 
 
 def resolve_model_paths(settings: Settings, catalog: Catalog | None = None) -> ModelPaths:
     """Explicit model paths from the settings win; the rest comes from the preset."""
     catalog = catalog or load_catalog()
     preset: str | None = None
-    if settings.llm_model is None:
+    if None in (settings.llm_model, settings.asr_model, settings.tts_voice):
         preset = resolve_installed_preset(catalog, settings.preset, settings.models_dir)
-    llm = settings.llm_model
-    if llm is None:
-        assert preset is not None
-        entry = catalog.preset_model(preset, "llm")
-        gguf = next(f.name for f in entry.files if f.name.endswith(".gguf"))
-        llm = entry.path_of(settings.models_dir, gguf)
-    return ModelPaths(preset=preset, llm=llm)
+    models_dir = settings.models_dir
+    return ModelPaths(
+        preset=preset,
+        llm=settings.llm_model or _resolve_in_preset(catalog, preset, models_dir, "llm", "llama-cpp"),
+        asr=settings.asr_model or _resolve_in_preset(catalog, preset, models_dir, "asr", settings.asr_engine),
+        tts=settings.tts_voice or _resolve_in_preset(catalog, preset, models_dir, "tts", "piper"),
+    )
 
 
 def read_system_prompt(settings: Settings) -> str:
@@ -66,11 +111,33 @@ def read_system_prompt(settings: Settings) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def build_recognizer(settings: Settings, path: Path) -> SpeechRecognizer:
+    language = None if settings.asr_language == "auto" else settings.asr_language
+    common = dict(
+        device=settings.asr_device,
+        language=language,
+        beam_size=settings.asr_beam_size,
+        initial_prompt=settings.asr_initial_prompt,
+        threads=settings.asr_threads,
+    )
+    if settings.asr_engine == "openai-whisper":
+        from lea_local.asr.openai_whisper_engine import OpenAIWhisperRecognizer
+
+        return OpenAIWhisperRecognizer(path, **common)  # type: ignore[arg-type]
+    from lea_local.asr.faster_whisper_engine import FasterWhisperRecognizer
+
+    return FasterWhisperRecognizer(path, compute_type=settings.asr_compute_type, **common)  # type: ignore[arg-type]
+
+
 def build_services(settings: Settings) -> Services:
     from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
+    from lea_local.tts.piper_engine import PiperSynthesizer
 
     paths = resolve_model_paths(settings)
-    log.info("loading models", extra={"preset": paths.preset, "llm": str(paths.llm)})
+    log.info(
+        "loading models",
+        extra={"preset": paths.preset, "llm": str(paths.llm), "asr": str(paths.asr), "tts": str(paths.tts)},
+    )
     store = ConversationStore.from_url(settings.effective_database_url)
     engine = LlamaCppChatEngine(
         paths.llm,
@@ -82,6 +149,8 @@ def build_services(settings: Settings) -> Services:
         "LLM loaded",
         extra={"model": engine.model_name, "context": engine.context_size, "gpu_layers": engine.gpu_layers},
     )
+    recognizer = build_recognizer(settings, paths.asr)
+    synthesizer = PiperSynthesizer(paths.tts, use_cuda=settings.tts_use_cuda)
     llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size)
     turns = ChatTurns(
         engine=engine,
@@ -92,4 +161,29 @@ def build_services(settings: Settings) -> Services:
         temperature=settings.llm_temperature,
         log_content=settings.log_content,
     )
-    return Services(settings=settings, store=store, chat_engine=engine, llm_queue=llm_queue, turns=turns)
+    speech = SpeechService(
+        synthesizer,
+        TtsAudioStore(settings.data_dir / "tts", settings.tts_ttl_seconds),
+        InferenceQueue("speech synthesis", max_waiting=settings.tts_queue_size),
+        settings.tts_format,
+    )
+    voice = VoiceTurns(
+        chat=turns,
+        recognizer=recognizer,
+        decode_queue=InferenceQueue("audio decoder", max_waiting=settings.asr_queue_size, concurrency=2),
+        asr_queue=InferenceQueue("speech recognition", max_waiting=settings.asr_queue_size),
+        max_audio_seconds=settings.max_audio_seconds,
+        decode_timeout=settings.decode_timeout_seconds,
+        temp_dir=settings.data_dir / "tmp",
+        log_content=settings.log_content,
+    )
+    return Services(
+        settings=settings,
+        store=store,
+        chat_engine=engine,
+        llm_queue=llm_queue,
+        turns=turns,
+        recognizer=recognizer,
+        voice=voice,
+        speech=speech,
+    )

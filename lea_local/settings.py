@@ -75,6 +75,40 @@ class Settings(BaseSettings):
     system_prompt_file: Path | None = None
     """Léa's system prompt. Unset: the French prompt shipped in `lea_local/llm/`."""
 
+    # --- speech recognition ---------------------------------------------------------------
+    asr_engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
+    asr_model: Path | None = None
+    """A faster-whisper model directory, or an openai-whisper `.pt`, instead of the preset's."""
+    asr_language: str = "fr"
+    """Spoken language (ISO code), or `auto` to detect it."""
+    asr_device: Literal["auto", "cpu", "cuda"] = "auto"
+    asr_compute_type: str | None = None
+    """faster-whisper precision. Unset: int8 on CPU, int8_float16 on CUDA."""
+    asr_beam_size: int = Field(default=1, ge=1, le=10)
+    """1 is greedy decoding (fastest); 5 is Whisper's default beam search."""
+    asr_initial_prompt: str | None = None
+    """Vocabulary hint for Whisper: commune and street names, agency jargon."""
+    asr_threads: int = Field(default=0, ge=0)
+    """CPU threads for ASR (0: the engine's choice)."""
+    asr_queue_size: int = Field(default=16, ge=0)
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    """Largest accepted recording, in bytes; larger gets 413."""
+    max_audio_seconds: float = Field(default=120.0, gt=0)
+    """Longest accepted recording; longer gets 413."""
+    decode_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # --- speech synthesis -----------------------------------------------------------------
+    tts_voice: Path | None = None
+    """A Piper voice (.onnx, with its .onnx.json beside it) instead of the preset's."""
+    tts_format: Literal["mp3", "ogg", "wav"] = "mp3"
+    tts_ttl_seconds: float = Field(default=24 * 3600, gt=0)
+    """How long generated audio stays downloadable; a sweeper deletes it afterwards."""
+    tts_for_text_chat: bool = False
+    """Also synthesise speech for text chat (off: `assistant_audio_url` is null there)."""
+    tts_use_cuda: bool = False
+    """Run Piper on the GPU (short sentences are often slower there than on the CPU)."""
+    tts_queue_size: int = Field(default=16, ge=0)
+
     # --- storage --------------------------------------------------------------------------
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -102,8 +136,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
-        if self.llm_model is not None and not self.llm_model.is_absolute():
-            self.llm_model = self.models_dir / self.llm_model
+        for name in ("llm_model", "asr_model", "tts_voice"):
+            path = getattr(self, name)
+            if path is not None and not path.is_absolute():
+                setattr(self, name, self.models_dir / path)
         return self
 
     @property

@@ -23,6 +23,8 @@ from lea_local.api.auth import require_api_key
 from lea_local.api.chat import chat
 from lea_local.api.errors import ApiError, exception_handlers
 from lea_local.api.health import health, ready
+from lea_local.api.media import tts_audio
+from lea_local.api.voice import chat_voice
 from lea_local.services import Services, build_services
 from lea_local.settings import Settings
 
@@ -66,10 +68,22 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         runtime.ready = True
         log.info("ready", extra={"event": "ready", "models": services.model_names()})
 
+    async def sweep_expired_audio() -> None:
+        period = min(max(settings.tts_ttl_seconds / 4, 1.0), 300.0)
+        while True:
+            await anyio.sleep(period)
+            services = runtime.services
+            if services is not None and services.speech is not None:
+                try:
+                    await anyio.to_thread.run_sync(services.speech.store.sweep)
+                except OSError:
+                    log.exception("sweeping expired audio failed")
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(load)
+            tasks.start_soon(sweep_expired_audio)
             try:
                 yield
             finally:
@@ -79,9 +93,16 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
 
     # The guard runs before any body is read: a caller without the key costs nothing.
     agent_api = Router(path="/api/external/agent", route_handlers=[chat], guards=[require_api_key])
+    # Multipart overhead on top of the recording itself; the file's own limit is checked too.
+    voice_api = Router(
+        path="/api/external/agent",
+        route_handlers=[chat_voice],
+        guards=[require_api_key],
+        request_max_body_size=settings.max_upload_bytes + 64 * 1024,
+    )
 
     return Litestar(
-        route_handlers=[agent_api, health, ready],
+        route_handlers=[agent_api, voice_api, tts_audio, health, ready],
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]

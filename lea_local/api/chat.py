@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from lea_local.api.errors import ApiError
+from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ChatRequest, ChatResponse
 from lea_local.services import Services
@@ -30,6 +31,8 @@ def clean_session_id(session_id: str | None) -> str | None:
     """Blank means absent; an id with control characters is refused (it ends up in logs)."""
     if session_id is None or not session_id.strip():
         return None
+    if len(session_id) > 128:
+        raise ApiError(status_code=400, detail="session_id is too long (at most 128 characters)")
     if any(ord(c) < 32 or ord(c) == 127 for c in session_id):
         raise ApiError(status_code=400, detail="session_id must not contain control characters")
     return session_id.strip()
@@ -57,6 +60,9 @@ async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDep
         session_id=clean_session_id(data.session_id),
         conversation_id=data.conversation_id,
     )
+    audio_name = None
+    if services.settings.tts_for_text_chat and services.speech is not None:
+        audio_name = await services.speech.render(result.reply)
     return ChatResponse(
         success=True,
         response=result.reply,
@@ -64,5 +70,5 @@ async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDep
         conversation_id=result.conversation_id,
         model=result.model,
         provider=result.provider,
-        assistant_audio_url=None,
+        assistant_audio_url=audio_url(request, services.settings, audio_name),
     )

@@ -14,6 +14,8 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from lea_local.asr.base import NoSpeech
+from lea_local.asr.decode import AudioRejected
 from lea_local.inference_queue import QueueFull
 from lea_local.llm.context import PromptTooLong
 from lea_local.store.conversations import ConversationNotFound
@@ -76,8 +78,14 @@ def _status(code: int):
     return handler
 
 
+def _audio_rejected(_: Request, exc: AudioRejected) -> Response:
+    return error_response(exc.status, str(exc))
+
+
 exception_handlers = {
     HTTPException: _http_exception,
+    AudioRejected: _audio_rejected,
+    NoSpeech: _status(400),
     ConversationNotFound: _status(404),
     PromptTooLong: _status(400),
     EngineFailure: _status(500),

@@ -80,6 +80,11 @@ class LlamaCppChatEngine:
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._prompt_tokens(messages))
 
+    def reset_cache(self) -> None:
+        """Forget the evaluated prompt (benchmarks of cold prompt evaluation)."""
+        with self._lock:
+            self._llama.reset()
+
     def count_text_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
 

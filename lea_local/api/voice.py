@@ -1,0 +1,85 @@
+"""POST /api/external/agent/chat/voice: a voice turn from a browser MediaRecorder upload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from litestar import Request, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+
+from lea_local.api.chat import clean_session_id
+from lea_local.api.errors import ApiError
+from lea_local.api.media import audio_url
+from lea_local.api.openapi import error_responses
+from lea_local.api.schemas import VoiceChatResponse
+from lea_local.services import Services
+
+
+@dataclass
+class VoiceForm:
+    audio: UploadFile | None = None
+    """The recording (webm, mp4, ogg, wav, mp3, flac). `file` is accepted too; `audio` wins."""
+    file: UploadFile | None = None
+    session_id: str | None = None
+    conversation_id: str | None = None
+    """An integer, sent as text as multipart fields are."""
+    user_id: str | None = None
+    user_email: str | None = None
+
+
+def parse_conversation_id(value: str | None) -> int | None:
+    if value is None or not value.strip() or value.strip().lower() in ("null", "none"):
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ApiError(status_code=400, detail="conversation_id must be a positive integer")
+    return int(text)
+
+
+def clean_optional(value: str | None, name: str, max_length: int) -> str | None:
+    if value is None or not value.strip():
+        return None
+    if len(value) > max_length or any(ord(c) < 32 for c in value):
+        raise ApiError(status_code=400, detail=f"{name} is invalid (at most {max_length} printable characters)")
+    return value.strip()
+
+
+@post(
+    "/chat/voice",
+    status_code=200,
+    summary="Voice chat with Léa",
+    responses=error_responses(400, 401, 404, 413, 500, 503),
+)
+async def chat_voice(
+    data: Annotated[VoiceForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+    request: Request,
+    services: NamedDependency[Services],
+) -> VoiceChatResponse:
+    settings = services.settings
+    upload = data.audio or data.file
+    if upload is None:
+        raise ApiError(status_code=400, detail="audio or file is required (a multipart file field)")
+    audio = await upload.read(settings.max_upload_bytes + 1)
+    if len(audio) > settings.max_upload_bytes:
+        raise ApiError(status_code=413, detail=f"the recording is larger than {settings.max_upload_bytes} bytes")
+    assert services.voice is not None and services.speech is not None
+    result = await services.voice.take_voice_turn(
+        audio,
+        session_id=clean_session_id(data.session_id),
+        conversation_id=parse_conversation_id(data.conversation_id),
+        user_id=clean_optional(data.user_id, "user_id", 256),
+        user_email=clean_optional(data.user_email, "user_email", 320),
+    )
+    audio_name = await services.speech.render(result.turn.reply)
+    return VoiceChatResponse(
+        success=True,
+        transcription=result.transcription,
+        response=result.turn.reply,
+        session_id=result.turn.session_id,
+        conversation_id=result.turn.conversation_id,
+        assistant_audio_url=audio_url(request, settings, audio_name),
+    )

@@ -1,0 +1,70 @@
+"""Generated speech on disk, under unguessable names, for a limited time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# token_urlsafe(24) gives 32 characters of [A-Za-z0-9_-]: 192 random bits.
+_NAME = re.compile(r"[A-Za-z0-9_-]{32}\.(?:mp3|ogg|wav)")
+
+
+class TtsAudioStore:
+    def __init__(self, directory: Path, ttl_seconds: float) -> None:
+        self.directory = directory
+        self.ttl_seconds = ttl_seconds
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def new_name(self, extension: str) -> str:
+        return f"{secrets.token_urlsafe(24)}.{extension}"
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.directory / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader sees the whole file or none
+        return path
+
+    def resolve(self, name: str) -> Path | None:
+        """The file for a public name, or None: malformed names (traversal included), missing
+        files and expired files all look the same."""
+        if not _NAME.fullmatch(name):
+            return None
+        path = self.directory / name
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return path if age <= self.ttl_seconds else None
+
+    def delete(self, names: list[str]) -> int:
+        deleted = 0
+        for name in names:
+            if _NAME.fullmatch(name):
+                try:
+                    (self.directory / name).unlink()
+                    deleted += 1
+                except FileNotFoundError:
+                    pass
+        return deleted
+
+    def sweep(self, older_than: float | None = None) -> int:
+        """Delete files older than the TTL (or `older_than` seconds); returns how many."""
+        limit = time.time() - (self.ttl_seconds if older_than is None else older_than)
+        deleted = 0
+        for path in self.directory.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < limit:
+                    path.unlink()
+                    deleted += 1
+            except FileNotFoundError:
+                continue
+        if deleted:
+            log.info("expired speech files deleted", extra={"event": "tts.sweep", "deleted": deleted})
+        return deleted

@@ -1,0 +1,19 @@
+"""What the pipeline needs from a speech synthesiser. Another engine (Kokoro, XTTS…) is one new
+module that satisfies `SpeechSynthesizer`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+
+class SpeechSynthesizer(Protocol):
+    voice_name: str
+    sample_rate: int
+
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        """Speech for already-normalised text: mono int16 chunks, one per sentence, as soon as
+        each is ready. Blocking; implementations serialise calls where their engine needs it."""
+        ...

@@ -1,0 +1,112 @@
+"""The voice turn: recording → decode (ffmpeg) → transcribe (Whisper) → the very same
+conversation turn as text chat. Speech for the reply is the caller's next step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio.to_thread
+
+from lea_local.asr.base import NoSpeech, SpeechRecognizer, Transcript
+from lea_local.asr.decode import DecodedAudio, decode_audio
+from lea_local.inference_queue import InferenceQueue
+from lea_local.store.conversations import ConversationNotFound
+from lea_local.turns import ChatTurns, EngineFailure, TurnResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VoiceTurnResult:
+    transcription: str
+    turn: TurnResult
+    audio_seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class VoiceTurns:
+    def __init__(
+        self,
+        *,
+        chat: ChatTurns,
+        recognizer: SpeechRecognizer,
+        decode_queue: InferenceQueue,
+        asr_queue: InferenceQueue,
+        max_audio_seconds: float,
+        decode_timeout: float,
+        temp_dir: Path,
+        log_content: bool = False,
+    ) -> None:
+        self.chat = chat
+        self.recognizer = recognizer
+        self.decode_queue = decode_queue
+        self.asr_queue = asr_queue
+        self.max_audio_seconds = max_audio_seconds
+        self.decode_timeout = decode_timeout
+        self.temp_dir = temp_dir
+        self.log_content = log_content
+        temp_dir.mkdir(parents=True, exist_ok=True)
+
+    def _decode(self, audio: bytes) -> DecodedAudio:
+        return decode_audio(
+            audio, max_seconds=self.max_audio_seconds, timeout=self.decode_timeout, temp_dir=self.temp_dir
+        )
+
+    def _transcribe(self, decoded: DecodedAudio) -> Transcript:
+        try:
+            return self.recognizer.transcribe(decoded.samples)
+        except NoSpeech:
+            raise
+        except Exception as exc:
+            log.exception("speech recognition failed")
+            raise EngineFailure("speech recognizer") from exc
+
+    async def take_voice_turn(
+        self,
+        audio: bytes,
+        *,
+        session_id: str | None = None,
+        conversation_id: int | None = None,
+        user_id: str | None = None,
+        user_email: str | None = None,
+    ) -> VoiceTurnResult:
+        """Raises AudioRejected, NoSpeech, ConversationNotFound, QueueFull, EngineFailure;
+        stores nothing unless the whole turn succeeded."""
+        if conversation_id is not None:
+            # Fail on a wrong conversation before spending decoding and transcription on it.
+            owner = await anyio.to_thread.run_sync(self.chat.store.session_of, conversation_id)
+            if session_id is not None and owner != session_id:
+                raise ConversationNotFound(f"conversation {conversation_id} not found for this session")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        decoded = await self.decode_queue.run(self._decode, audio)
+        timings["decode"] = time.perf_counter() - started
+        started = time.perf_counter()
+        transcript = await self.asr_queue.run(self._transcribe, decoded)
+        timings["asr"] = time.perf_counter() - started
+        log.info(
+            "transcribed",
+            extra={
+                "event": "asr",
+                "container": decoded.container,
+                "audio_seconds": round(decoded.seconds, 3),
+                "decode_seconds": round(timings["decode"], 3),
+                "asr_seconds": round(timings["asr"], 3),
+                "language": transcript.language,
+                **({"transcription": transcript.text} if self.log_content else {}),
+            },
+        )
+        started = time.perf_counter()
+        turn = await self.chat.take_turn(
+            transcript.text,
+            session_id=session_id,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            user_email=user_email,
+            audio_seconds=decoded.seconds,
+        )
+        timings["llm"] = time.perf_counter() - started
+        return VoiceTurnResult(transcript.text, turn, decoded.seconds, timings)

@@ -1,0 +1,127 @@
+"""Generated speech: fetched over HTTP from the app's own media route, decoded, timed against
+its text; expiry, traversal attempts, other formats, text chat with speech, synthesis failure."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+
+import numpy as np
+import soundfile as sf
+
+from lea_local.tts.encode import encode_audio
+from tests.audio import BROWSER_FORMATS, CLIP, encode
+from tests.server import API_KEY, VOICE_PATH
+
+HEADERS = {"X-API-Key": API_KEY}
+
+
+def voice_turn(server) -> dict:
+    args, mime, name = BROWSER_FORMATS["webm-opus"]
+    with server.client() as client:
+        r = client.post(VOICE_PATH, files={"audio": (name, encode(CLIP, args), mime)}, headers=HEADERS)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_audio_url_serves_audio_whose_duration_fits_the_text(server):
+    body = voice_turn(server)
+    with server.client() as client:
+        r = client.get(body["assistant_audio_url"])  # no API key: a browser <audio> fetches it
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "audio/mpeg"
+    samples, rate = sf.read(io.BytesIO(r.content))
+    seconds = len(samples) / rate
+    spoken_chars = len(body["response"])
+    # Piper reads about 13-20 characters a second; the bounds leave room for numbers written out.
+    assert 0.025 * spoken_chars < seconds < 0.15 * spoken_chars, (seconds, spoken_chars)
+    assert np.abs(samples).max() > 0.05  # speech, not silence
+
+
+def test_traversal_and_listing_attempts_are_404(server):
+    body = voice_turn(server)
+    name = body["assistant_audio_url"].rsplit("/", 1)[1]
+    attempts = [
+        "/media/tts/",
+        "/media/tts",
+        "/media/tts/../lea.sqlite3",
+        "/media/tts/..%2Flea.sqlite3",
+        "/media/tts/%2e%2e%2flea.sqlite3",
+        "/media/tts/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/media/tts/%2Fetc%2Fpasswd",
+        f"/media/tts/{name[:-4]}.wav",  # right id, wrong extension
+        f"/media/tts/{name}%00.mp3",
+        f"/media/tts/.{name}.tmp",
+        "/media/tts/" + "A" * 32 + ".mp3",  # well-formed, unknown
+    ]
+    with server.client() as client:
+        for path in attempts:
+            r = client.get(path)
+            assert r.status_code == 404, (path, r.status_code)
+            assert r.json()["success"] is False
+        assert client.get(f"/media/tts/{name}").status_code == 200
+
+
+def test_expired_audio_is_404_and_swept(make_server):
+    lea = make_server({"LEA_TTS_TTL_SECONDS": "2", "LEA_LLM_MAX_REPLY_TOKENS": "24"})
+    body = voice_turn(lea)
+    name = body["assistant_audio_url"].rsplit("/", 1)[1]
+    with lea.client() as client:
+        assert client.get(body["assistant_audio_url"]).status_code == 200
+        time.sleep(2.5)
+        r = client.get(body["assistant_audio_url"])
+    assert r.status_code == 404 and r.json() == {"success": False, "error": "audio not found or expired"}
+    deadline = time.monotonic() + 10
+    while (lea.data_dir / "tts" / name).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (lea.data_dir / "tts" / name).exists(), "the sweeper did not delete the expired file"
+
+
+def test_ogg_format_and_public_base_url(make_server):
+    lea = make_server(
+        {
+            "LEA_TTS_FORMAT": "ogg",
+            "LEA_PUBLIC_BASE_URL": "https://lea.agence.example/",
+            "LEA_LLM_MAX_REPLY_TOKENS": "24",
+        }
+    )
+    body = voice_turn(lea)
+    assert body["assistant_audio_url"].startswith("https://lea.agence.example/media/tts/")
+    assert body["assistant_audio_url"].endswith(".ogg")
+    path = body["assistant_audio_url"].removeprefix("https://lea.agence.example")
+    with lea.client() as client:
+        r = client.get(path)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/ogg"
+    samples, rate = sf.read(io.BytesIO(r.content))
+    assert rate == 24000 and len(samples) > rate // 2
+
+
+def test_text_chat_speaks_when_the_setting_asks(make_server):
+    lea = make_server({"LEA_TTS_FOR_TEXT_CHAT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "24"})
+    with lea.client() as client:
+        body = lea.chat(client, "Bonjour").json()
+        assert body["assistant_audio_url"].startswith(f"{lea.url}/media/tts/")
+        assert client.get(body["assistant_audio_url"]).status_code == 200
+
+
+def test_failed_synthesis_still_answers_with_null_audio(make_server):
+    lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "24"})
+    # Make the store's directory a file: every write fails, as on a full or broken disk.
+    shutil.rmtree(lea.data_dir / "tts")
+    (lea.data_dir / "tts").write_bytes(b"")
+    body = voice_turn(lea)
+    assert body["assistant_audio_url"] is None
+    assert body["response"].strip()
+    assert "speech synthesis failed" in lea.log_text()
+
+
+def test_encoders_produce_decodable_files():
+    rate = 22050
+    t = np.arange(rate) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    for fmt, expected_rate in (("mp3", 22050), ("ogg", 24000), ("wav", 22050)):
+        data = encode_audio(tone, rate, fmt)
+        samples, decoded_rate = sf.read(io.BytesIO(data))
+        assert decoded_rate == expected_rate
+        assert abs(len(samples) / decoded_rate - 1.0) < 0.1, fmt
