@@ -54,7 +54,11 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def machine_info() -> dict[str, object]:
-    info: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    info: dict[str, object] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -65,7 +69,12 @@ def machine_info() -> dict[str, object]:
     except (OSError, StopIteration):
         pass
     try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         info["gpu"] = gpu.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         info["gpu"] = None
@@ -82,7 +91,21 @@ def machine_info() -> dict[str, object]:
 def browser_recording(clip: Path) -> bytes:
     """The clip as Chrome records it: WebM/Opus, no duration in the header."""
     return subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(clip), "-c:a", "libopus", "-b:a", "32k", "-f", "webm", "pipe:1"],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(clip),
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-f",
+            "webm",
+            "pipe:1",
+        ],
         capture_output=True,
         check=True,
     ).stdout
@@ -100,7 +123,10 @@ def bench_direct(settings: Settings, recording: bytes, runs: int) -> tuple[dict[
     load_started = time.perf_counter()
     services = build_services(settings)
     services.warm_up()
-    facts: dict[str, object] = {"load_and_warm_up_s": round(time.perf_counter() - load_started, 2), "models": services.model_names()}
+    facts: dict[str, object] = {
+        "load_and_warm_up_s": round(time.perf_counter() - load_started, 2),
+        "models": services.model_names(),
+    }
     assert services.voice is not None and services.speech is not None and services.recognizer is not None
     voice, engine, synthesizer = services.voice, services.chat_engine, services.speech.synthesizer
     m = {
@@ -139,7 +165,7 @@ def bench_direct(settings: Settings, recording: bytes, runs: int) -> tuple[dict[
     for run in range(runs + 1):  # run 0 is the warm-up
         keep = run > 0
         t_decode, decoded = timed(lambda: voice._decode(recording))
-        t_asr, transcript = timed(lambda: voice._transcribe(decoded))
+        t_asr, transcript = timed(lambda d=decoded: voice._transcribe(d))
         _, t_llm, reply = generate(transcript.text)
         spoken = normalize_for_speech(reply.text)
         chunks: list = []
@@ -152,7 +178,7 @@ def bench_direct(settings: Settings, recording: bytes, runs: int) -> tuple[dict[
         import numpy as np
 
         samples = np.concatenate(chunks)
-        t_encode, _ = timed(lambda: encode_audio(samples, synthesizer.sample_rate, settings.tts_format))
+        t_encode, _ = timed(lambda x=samples: encode_audio(x, synthesizer.sample_rate, settings.tts_format))
         # Cold prompt: forget the KV cache so the whole prompt is evaluated.
         reset = getattr(engine, "reset_cache", None)
         if reset:
@@ -261,7 +287,11 @@ def bench_http(settings_env: dict[str, str], recording: bytes, runs: int) -> dic
             with httpx.Client(base_url=server.url, timeout=300) as client:
                 for run in range(runs + 1):
                     started = time.perf_counter()
-                    r = client.post("/api/external/agent/chat/voice", files={"audio": ("r.webm", recording, "audio/webm")}, headers=headers)
+                    r = client.post(
+                        "/api/external/agent/chat/voice",
+                        files={"audio": ("r.webm", recording, "audio/webm")},
+                        headers=headers,
+                    )
                     json_at = time.perf_counter()
                     r.raise_for_status()
                     url = r.json()["assistant_audio_url"]
@@ -299,12 +329,16 @@ def print_table(title: str, measures: list[Measure]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lea-local bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lea-local bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5, help="measured runs per figure, after one warm-up (default 5)")
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="a 4-6 s French utterance")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where to write the numbers")
     parser.add_argument("--no-http", action="store_true", help="direct engine calls only")
-    parser.add_argument("--openai-checkpoint", type=Path, help="openai-whisper .pt on the same weights, to compare the engines")
+    parser.add_argument(
+        "--openai-checkpoint", type=Path, help="openai-whisper .pt on the same weights, to compare the engines"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("AGENT_API_KEY", BENCH_KEY)

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(models)
     models.set_defaults(func=_models)
 
-    bench = commands.add_parser("bench", help="measure per-stage latencies (see lea-local bench --help)", add_help=False)
+    bench = commands.add_parser(
+        "bench", help="measure per-stage latencies (see lea-local bench --help)", add_help=False
+    )
     bench.set_defaults(func=None)
 
     args, rest = parser.parse_known_args(argv)

@@ -30,3 +30,23 @@ def cuda_device_count() -> int:
         return ctranslate2.get_cuda_device_count()
     except Exception:  # a CPU-only build raises rather than answering 0
         return 0
+
+
+@cache
+def physical_cores() -> int:
+    """Physical CPU cores (not hyper-threads): the thread count llama.cpp and CTranslate2 run
+    best with. Falls back to the logical CPU count."""
+    import os
+
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        cores, current_physical = set(), "0"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                current_physical = value.strip()
+            elif key.strip() == "core id":
+                cores.add((current_physical, value.strip()))
+        return max(1, min(len(cores), logical)) if cores else logical
+    except OSError:
+        return logical

@@ -4,6 +4,7 @@ startup from the settings, handed to routes by dependency injection."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from lea_local.asr.base import SpeechRecognizer
 from lea_local.catalog import Catalog, load_catalog, resolve_installed_preset
+from lea_local.hardware import physical_cores
 from lea_local.inference_queue import InferenceQueue
 from lea_local.llm.base import ChatEngine
 from lea_local.settings import Settings
@@ -53,20 +55,32 @@ class Services:
         return names
 
     def warm_up(self) -> None:
-        """One small inference per engine, so that the first user does not pay for it."""
+        """One small inference per engine, in parallel, so that the first user does not pay
+        for lazy initialisation (kernels, caches, VAD model)."""
+        from lea_local.asr.base import NoSpeech
         from lea_local.llm.base import ChatMessage
 
-        self.chat_engine.generate([ChatMessage("user", "Bonjour")], max_tokens=1, temperature=0.0)
-        if self.recognizer is not None:
-            from lea_local.asr.base import NoSpeech
+        def warm_llm() -> None:
+            self.chat_engine.generate([ChatMessage("user", "Bonjour")], max_tokens=1, temperature=0.0)
 
+        def warm_asr() -> None:
+            assert self.recognizer is not None
+            # Half a second of a tone: enough to run the VAD and the encoder once.
+            tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(8_000) / 16_000)
             try:
-                self.recognizer.transcribe(np.zeros(16_000, dtype=np.float32))
+                self.recognizer.transcribe(tone.astype(np.float32))
             except NoSpeech:
                 pass
-        if self.speech is not None:
+
+        def warm_tts() -> None:
+            assert self.speech is not None
             for _ in self.speech.synthesizer.synthesize("Bonjour."):
                 pass
+
+        jobs = [warm_llm] + ([warm_asr] if self.recognizer else []) + ([warm_tts] if self.speech else [])
+        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="warm-up") as pool:
+            for future in [pool.submit(job) for job in jobs]:
+                future.result()
 
     def close(self) -> None:
         self.store.close()
@@ -118,7 +132,7 @@ def build_recognizer(settings: Settings, path: Path) -> SpeechRecognizer:
         language=language,
         beam_size=settings.asr_beam_size,
         initial_prompt=settings.asr_initial_prompt,
-        threads=settings.asr_threads,
+        threads=settings.asr_threads or physical_cores(),
     )
     if settings.asr_engine == "openai-whisper":
         from lea_local.asr.openai_whisper_engine import OpenAIWhisperRecognizer
@@ -127,6 +141,14 @@ def build_recognizer(settings: Settings, path: Path) -> SpeechRecognizer:
     from lea_local.asr.faster_whisper_engine import FasterWhisperRecognizer
 
     return FasterWhisperRecognizer(path, compute_type=settings.asr_compute_type, **common)  # type: ignore[arg-type]
+
+
+def overlap_generation(settings: Settings, engine: ChatEngine) -> bool:
+    """Whether speech starts while the LLM still writes (see `Settings.tts_overlap`)."""
+    if settings.tts_overlap != "auto":
+        return settings.tts_overlap == "during_generation"
+    # Measured on a 2-core CPU: overlapping slows the LLM by more than speech gains.
+    return bool(getattr(engine, "on_gpu", False)) and not settings.tts_use_cuda
 
 
 def build_services(settings: Settings) -> Services:
@@ -139,18 +161,28 @@ def build_services(settings: Settings) -> Services:
         extra={"preset": paths.preset, "llm": str(paths.llm), "asr": str(paths.asr), "tts": str(paths.tts)},
     )
     store = ConversationStore.from_url(settings.effective_database_url)
-    engine = LlamaCppChatEngine(
-        paths.llm,
-        context_size=settings.llm_context_size,
-        gpu_layers=settings.llm_gpu_layers,
-        threads=settings.llm_threads,
-    )
+    # The three models load in parallel: their loading is mostly file reads and native code.
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="load") as pool:
+        llm_loading = pool.submit(
+            LlamaCppChatEngine,
+            paths.llm,
+            context_size=settings.llm_context_size,
+            gpu_layers=settings.llm_gpu_layers,
+            threads=settings.llm_threads or physical_cores(),
+        )
+        asr_loading = pool.submit(build_recognizer, settings, paths.asr)
+        tts_loading = pool.submit(PiperSynthesizer, paths.tts, use_cuda=settings.tts_use_cuda)
+        engine, recognizer, synthesizer = llm_loading.result(), asr_loading.result(), tts_loading.result()
     log.info(
-        "LLM loaded",
-        extra={"model": engine.model_name, "context": engine.context_size, "gpu_layers": engine.gpu_layers},
+        "models loaded",
+        extra={
+            "llm": engine.model_name,
+            "context": engine.context_size,
+            "gpu_layers": engine.gpu_layers,
+            "asr": recognizer.model_name,
+            "tts": synthesizer.voice_name,
+        },
     )
-    recognizer = build_recognizer(settings, paths.asr)
-    synthesizer = PiperSynthesizer(paths.tts, use_cuda=settings.tts_use_cuda)
     llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size)
     turns = ChatTurns(
         engine=engine,
@@ -166,6 +198,7 @@ def build_services(settings: Settings) -> Services:
         TtsAudioStore(settings.data_dir / "tts", settings.tts_ttl_seconds),
         InferenceQueue("speech synthesis", max_waiting=settings.tts_queue_size),
         settings.tts_format,
+        overlap_generation=overlap_generation(settings, engine),
     )
     voice = VoiceTurns(
         chat=turns,

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     """Layers offloaded to the GPU. Unset: all when llama-cpp-python has GPU offload, else 0.
     -1 also means all."""
     llm_threads: int | None = Field(default=None, ge=1)
-    """CPU threads for generation. Unset: llama.cpp's own choice (physical cores)."""
+    """CPU threads for generation. Unset: the machine's physical cores."""
     llm_max_reply_tokens: int = Field(default=384, ge=1)
     llm_temperature: float = Field(default=0.3, ge=0.0, le=2.0)
     llm_queue_size: int = Field(default=16, ge=0)
@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     asr_initial_prompt: str | None = None
     """Vocabulary hint for Whisper: commune and street names, agency jargon."""
     asr_threads: int = Field(default=0, ge=0)
-    """CPU threads for ASR (0: the engine's choice)."""
+    """CPU threads for ASR (0: the machine's physical cores)."""
     asr_queue_size: int = Field(default=16, ge=0)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     """Largest accepted recording, in bytes; larger gets 413."""
@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     tts_use_cuda: bool = False
     """Run Piper on the GPU (short sentences are often slower there than on the CPU)."""
     tts_queue_size: int = Field(default=16, ge=0)
+    tts_overlap: Literal["auto", "during_generation", "after_reply"] = "auto"
+    """When speech synthesis starts: `during_generation` (each sentence as soon as the LLM has
+    written it) or `after_reply`. `auto`: during generation when the LLM runs on a GPU, after
+    the reply on a CPU-only machine (there both would fight over the same cores)."""
+    tts_stream_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A GET on audio still being synthesised fails (500) after this long without progress."""
 
     # --- storage --------------------------------------------------------------------------
     data_dir: Path = Path("data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class VoiceTurns:
         conversation_id: int | None = None,
         user_id: str | None = None,
         user_email: str | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> VoiceTurnResult:
         """Raises AudioRejected, NoSpeech, ConversationNotFound, QueueFull, EngineFailure;
         stores nothing unless the whole turn succeeded."""
@@ -107,6 +109,7 @@ class VoiceTurns:
             user_id=user_id,
             user_email=user_email,
             audio_seconds=decoded.seconds,
+            on_text=on_text,
         )
         timings["llm"] = time.perf_counter() - started
         return VoiceTurnResult(transcript.text, turn, decoded.seconds, timings)

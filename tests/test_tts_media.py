@@ -105,15 +105,30 @@ def test_text_chat_speaks_when_the_setting_asks(make_server):
         assert client.get(body["assistant_audio_url"]).status_code == 200
 
 
-def test_failed_synthesis_still_answers_with_null_audio(make_server):
+def test_speech_that_cannot_start_leaves_a_null_audio_url(make_server):
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "24"})
-    # Make the store's directory a file: every write fails, as on a full or broken disk.
+    # Make the store's directory a file, as a broken disk or a wrong mount would.
     shutil.rmtree(lea.data_dir / "tts")
     (lea.data_dir / "tts").write_bytes(b"")
     body = voice_turn(lea)
     assert body["assistant_audio_url"] is None
     assert body["response"].strip()
-    assert "speech synthesis failed" in lea.log_text()
+    assert "speech skipped" in lea.log_text()
+
+
+def test_speech_that_fails_after_the_answer_gives_an_error_status_not_a_hang(make_server, tmp_path):
+    """The answer leaves before speech is done; if synthesis then fails (here: no audio
+    encoder on the PATH), the audio URL answers 500 at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    lea = make_server({"LEA_TTS_FOR_TEXT_CHAT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "24", "PATH": str(bin_dir)})
+    with lea.client() as client:
+        body = lea.chat(client, "Bonjour").json()
+        assert body["response"].strip() and body["assistant_audio_url"]
+        started = time.monotonic()
+        r = client.get(body["assistant_audio_url"])
+    assert r.status_code == 500 and r.json() == {"success": False, "error": "speech synthesis failed"}
+    assert time.monotonic() - started < 10
 
 
 def test_encoders_produce_decodable_files():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,16 +58,22 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
 
     async def load() -> None:
         try:
+            started = time.perf_counter()
             services = await anyio.to_thread.run_sync(build, settings)
+            loaded = time.perf_counter()
             runtime.services = services
             await anyio.to_thread.run_sync(services.warm_up)
+            timings = {
+                "load_seconds": round(loaded - started, 2),
+                "warm_up_seconds": round(time.perf_counter() - loaded, 2),
+            }
         except Exception as exc:
             log.exception("loading the models failed; stopping the server")
             runtime.load_error = f"{type(exc).__name__}: {exc}"
             os.kill(os.getpid(), signal.SIGTERM)  # `lea-local serve` then exits non-zero
             return
         runtime.ready = True
-        log.info("ready", extra={"event": "ready", "models": services.model_names()})
+        log.info("ready", extra={"event": "ready", "models": services.model_names(), **timings})
 
     async def sweep_expired_audio() -> None:
         period = min(max(settings.tts_ttl_seconds / 4, 1.0), 300.0)
@@ -89,6 +96,8 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             finally:
                 tasks.cancel_scope.cancel()
         if runtime.services is not None:
+            if runtime.services.speech is not None:
+                await runtime.services.speech.aclose()
             runtime.services.close()
 
     # The guard runs before any body is read: a caller without the key costs nothing.

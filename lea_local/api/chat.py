@@ -55,14 +55,18 @@ def clean_message(message: str, max_chars: int) -> str:
 async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDependency[Services]) -> ChatResponse:
     data = await strictly(request, ChatRequest)  # `data` above gives the OpenAPI schema
     message = clean_message(data.message, services.settings.max_message_chars)
-    result = await services.turns.take_turn(
-        message,
-        session_id=clean_session_id(data.session_id),
-        conversation_id=data.conversation_id,
-    )
-    audio_name = None
-    if services.settings.tts_for_text_chat and services.speech is not None:
-        audio_name = await services.speech.render(result.reply)
+    session_id = clean_session_id(data.session_id)
+    turns, speech = services.turns, services.speech
+    if services.settings.tts_for_text_chat and speech is not None:
+        result, audio_name = await speech.speak(
+            lambda on_text: turns.take_turn(
+                message, session_id=session_id, conversation_id=data.conversation_id, on_text=on_text
+            ),
+            lambda result: result.reply,
+        )
+    else:
+        result = await turns.take_turn(message, session_id=session_id, conversation_id=data.conversation_id)
+        audio_name = None
     return ChatResponse(
         success=True,
         response=result.reply,

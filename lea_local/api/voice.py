@@ -67,14 +67,22 @@ async def chat_voice(
     if len(audio) > settings.max_upload_bytes:
         raise ApiError(status_code=413, detail=f"the recording is larger than {settings.max_upload_bytes} bytes")
     assert services.voice is not None and services.speech is not None
-    result = await services.voice.take_voice_turn(
-        audio,
-        session_id=clean_session_id(data.session_id),
-        conversation_id=parse_conversation_id(data.conversation_id),
-        user_id=clean_optional(data.user_id, "user_id", 256),
-        user_email=clean_optional(data.user_email, "user_email", 320),
+    voice = services.voice
+    session_id = clean_session_id(data.session_id)
+    conversation_id = parse_conversation_id(data.conversation_id)
+    user_id = clean_optional(data.user_id, "user_id", 256)
+    user_email = clean_optional(data.user_email, "user_email", 320)
+    result, audio_name = await services.speech.speak(
+        lambda on_text: voice.take_voice_turn(
+            audio,
+            session_id=session_id,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            user_email=user_email,
+            on_text=on_text,
+        ),
+        lambda result: result.turn.reply,
     )
-    audio_name = await services.speech.render(result.turn.reply)
     return VoiceChatResponse(
         success=True,
         transcription=result.transcription,

@@ -41,7 +41,10 @@ class LlamaCppChatEngine:
 
         if not model_path.is_file():
             raise FileNotFoundError(f"LLM model file not found: {model_path}")
+        import llama_cpp
+
         self.gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
+        self.on_gpu = self.gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         self._llama = Llama(
             model_path=str(model_path),
             n_ctx=context_size,

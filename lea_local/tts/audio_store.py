@@ -21,6 +21,9 @@ class TtsAudioStore:
         self.ttl_seconds = ttl_seconds
         directory.mkdir(parents=True, exist_ok=True)
 
+    def is_usable(self) -> bool:
+        return self.directory.is_dir() and os.access(self.directory, os.W_OK)
+
     def new_name(self, extension: str) -> str:
         return f"{secrets.token_urlsafe(24)}.{extension}"
 

@@ -1,19 +1,138 @@
-"""Reply text → an audio file in the store: normalise, synthesise, encode."""
+"""Speech for Léa's replies, off the critical path.
+
+A `SpeechJob` is created when a turn starts speaking: its audio URL is valid at once, so the
+JSON answer never waits for speech. The job synthesises sentence by sentence (Piper) into one
+streaming encoder (ffmpeg: one continuous MP3/Ogg/WAV stream, not a concatenation of files),
+so that a GET on the URL can play the first sentence while the last is being synthesised. When
+the job ends, the whole file goes to the `TtsAudioStore`, from which later GETs are served.
+
+Two ways to feed a job, chosen per device (`LEA_TTS_OVERLAP`):
+- after the reply: the whole reply text once the LLM is done (CPU-only machines, where speech
+  and generation would fight over the same cores);
+- during generation: each sentence as soon as the LLM completes it (LLM on a GPU, Piper on the
+  CPU: the first sentence is spoken while the LLM still writes the rest).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import subprocess
+import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
 
-from lea_local.inference_queue import InferenceQueue
+from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
-from lea_local.tts.encode import AudioFormat, encode_audio
+from lea_local.tts.encode import MEDIA_TYPES, AudioFormat
 from lea_local.tts.normalize_fr import normalize_for_speech
+from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ENCODER_ARGS: dict[str, list[str]] = {
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3"],
+    "ogg": ["-ar", "24000", "-c:a", "libopus", "-b:a", "32k", "-application", "voip", "-f", "ogg"],
+    "wav": ["-c:a", "pcm_s16le", "-f", "wav"],
+}
+
+
+class SpeechFailed(Exception):
+    pass
+
+
+class SpeechJob:
+    """One reply's speech: text in (from any thread), encoded audio out (to any number of
+    readers, from the first byte)."""
+
+    def __init__(self, name: str, audio_format: AudioFormat, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.audio_format = audio_format
+        self.media_type = MEDIA_TYPES[audio_format]
+        self.loop = loop
+        self.created = time.monotonic()
+        self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        self._splitter = SentenceSplitter()
+        self._text_lock = threading.Lock()
+        self._fed_any_text = False
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.done = False
+        self.error: str | None = None
+        self._changed = asyncio.Event()
+        self.first_byte_at: float | None = None
+
+    # --- text in ----------------------------------------------------------------------------
+
+    def feed(self, text: str) -> None:
+        """Streamed reply text; complete sentences go to synthesis. Safe from any thread."""
+        with self._text_lock:
+            self._fed_any_text = self._fed_any_text or bool(text.strip())
+            for sentence in self._splitter.feed(text):
+                self.loop.call_soon_threadsafe(self.sentences.put_nowait, sentence)
+
+    def finish_text(self, fallback: str | None = None) -> None:
+        """The reply is complete (`fallback`: what to say when nothing was fed)."""
+        with self._text_lock:
+            if not self._fed_any_text and fallback:
+                self._splitter.feed(fallback)
+            for sentence in self._splitter.flush():
+                self.loop.call_soon_threadsafe(self.sentences.put_nowait, sentence)
+            self.loop.call_soon_threadsafe(self.sentences.put_nowait, None)
+
+    def cancel(self, reason: str) -> None:
+        """The turn failed: no speech for it."""
+        self.loop.call_soon_threadsafe(self._fail, reason)
+
+    # --- audio out --------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _append(self, data: bytes) -> None:  # on the event loop
+        if self.first_byte_at is None:
+            self.first_byte_at = time.monotonic()
+        self._chunks.append(data)
+        self._size += len(data)
+        self._notify()
+
+    def _finish(self) -> None:  # on the event loop
+        self.done = True
+        self._notify()
+
+    def _fail(self, reason: str) -> None:  # on the event loop
+        if not self.done and self.error is None:
+            self.error = reason
+            self._notify()
+
+    def audio_bytes(self) -> bytes:
+        return b"".join(self._chunks)
+
+    async def stream(self, timeout: float) -> AsyncIterator[bytes]:
+        """Every byte of the audio, as it comes. Raises SpeechFailed before the first byte when
+        synthesis fails or stalls for `timeout` seconds; after it, the stream just ends."""
+        sent = 0
+        while True:
+            if sent < len(self._chunks):
+                data = b"".join(self._chunks[sent:])
+                sent = len(self._chunks)
+                yield data
+                continue
+            if self.done:
+                return
+            if self.error is not None:
+                raise SpeechFailed(self.error)
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), timeout)
+            except TimeoutError:
+                raise SpeechFailed(f"speech synthesis stalled for {timeout:g} s") from None
 
 
 class SpeechService:
@@ -23,41 +142,190 @@ class SpeechService:
         store: TtsAudioStore,
         queue: InferenceQueue,
         audio_format: AudioFormat,
+        *,
+        overlap_generation: bool = False,
+        max_jobs: int = 32,
+        job_grace_seconds: float = 120.0,
     ) -> None:
         self.synthesizer = synthesizer
         self.store = store
         self.queue = queue
         self.audio_format = audio_format
+        self.overlap_generation = overlap_generation
+        self.max_jobs = max_jobs
+        self.job_grace_seconds = job_grace_seconds
+        self._jobs: dict[str, SpeechJob] = {}
+        self._tasks: set[asyncio.Task] = set()
 
-    def synthesize_file(self, text: str, name: str) -> float:
-        """Blocking: write the speech for `text` under `name`; returns its duration in seconds."""
-        spoken = normalize_for_speech(text)
-        if not spoken:
-            raise ValueError("nothing to say once the text is normalised")
-        started = time.perf_counter()
-        chunks = list(self.synthesizer.synthesize(spoken))
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-        synthesized = time.perf_counter()
-        self.store.write(name, encode_audio(samples, self.synthesizer.sample_rate, self.audio_format))
-        seconds = len(samples) / self.synthesizer.sample_rate
-        log.info(
-            "speech synthesised",
-            extra={
-                "event": "tts",
-                "audio_seconds": round(seconds, 3),
-                "tts_seconds": round(synthesized - started, 3),
-                "encode_seconds": round(time.perf_counter() - synthesized, 3),
-            },
-        )
-        return seconds
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> SpeechJob | None:
+        """A new job, already reachable by name; None when too many are running (the turn then
+        answers without audio, as the contract allows)."""
+        self._forget_finished_jobs()
+        if not self.store.is_usable():
+            log.error("speech skipped: the audio directory %s is missing or read-only", self.store.directory)
+            return None
+        active = sum(1 for j in self._jobs.values() if not j.done and j.error is None)
+        if active >= self.max_jobs:
+            log.warning("speech skipped: %d syntheses already running", active)
+            return None
+        job = SpeechJob(self.store.new_name(self.audio_format), self.audio_format, asyncio.get_running_loop())
+        self._jobs[job.name] = job
+        task = asyncio.create_task(self._run(job), name=f"speech-{job.name[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    def job(self, name: str) -> SpeechJob | None:
+        return self._jobs.get(name)
 
     async def render(self, text: str) -> str | None:
-        """The stored file's name, or None when synthesis failed: the contract makes the audio
-        optional, so a failure costs the turn its audio, never its answer."""
-        name = self.store.new_name(self.audio_format)
-        try:
-            await self.queue.run(self.synthesize_file, text, name)
-        except Exception:
-            log.exception("speech synthesis failed; answering without audio")
+        """Speak a whole text (after-the-reply mode); returns the audio name at once."""
+        job = self.start()
+        if job is None:
             return None
-        return name
+        job.feed(text)
+        job.finish_text()
+        return job.name
+
+    async def speak(
+        self,
+        run_turn: Callable[[Callable[[str], None] | None], Awaitable[T]],
+        reply_of: Callable[[T], str],
+    ) -> tuple[T, str | None]:
+        """Run a turn and speak its reply; returns the turn's result and the audio name (None
+        when speech was skipped). `run_turn` receives the callback for streamed reply text
+        (None when speech starts after the reply)."""
+        job = self.start() if self.overlap_generation else None
+        try:
+            result = await run_turn(job.feed if job is not None else None)
+        except BaseException:
+            if job is not None:
+                job.cancel("the turn failed")
+            raise
+        if job is None:
+            return result, await self.render(reply_of(result))
+        log.info(
+            "reply complete; speech under way",
+            extra={"event": "tts.overlap", "audio_bytes_before_reply_end": job._size},
+        )
+        job.finish_text(fallback=reply_of(result))
+        return result, job.name
+
+    async def wait_idle(self) -> None:
+        """Wait until every running synthesis has finished (tests, benchmarks, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _forget_finished_jobs(self) -> None:
+        now = time.monotonic()
+        for name, job in list(self._jobs.items()):
+            if (job.done or job.error) and now - job.created > self.job_grace_seconds:
+                del self._jobs[name]
+
+    # --- the work -----------------------------------------------------------------------------
+
+    async def _run(self, job: SpeechJob) -> None:
+        encoder: subprocess.Popen | None = None
+        reader: threading.Thread | None = None
+        # The encoder process starts while the first sentence is synthesised, not after it.
+        encoder_starting = asyncio.ensure_future(asyncio.to_thread(self._start_encoder, job))
+        started = time.perf_counter()
+        synth_seconds = 0.0
+        audio_samples = 0
+        try:
+            while True:
+                sentence = await job.sentences.get()
+                if sentence is None or job.error is not None:
+                    break
+                for phrase in split_first_phrase(sentence) if encoder is None else [sentence]:
+                    spoken = normalize_for_speech(phrase)
+                    if not spoken:
+                        continue
+                    t0 = time.perf_counter()
+                    pcm = await self.queue.run(self._synthesize, spoken)
+                    synth_seconds += time.perf_counter() - t0
+                    if encoder is None:
+                        encoder, reader = await encoder_starting
+                    audio_samples += len(pcm)
+                    await asyncio.to_thread(self._write_pcm, encoder, pcm)
+            if job.error is not None:
+                return
+            if encoder is None:
+                raise SpeechFailed("the reply had nothing to say aloud")
+            await asyncio.to_thread(self._close_encoder, encoder, reader)
+            data = job.audio_bytes()
+            await asyncio.to_thread(self.store.write, job.name, data)
+            job._finish()
+            log.info(
+                "speech synthesised",
+                extra={
+                    "event": "tts",
+                    "audio_seconds": round(audio_samples / self.synthesizer.sample_rate, 3),
+                    "tts_seconds": round(synth_seconds, 3),
+                    "total_seconds": round(time.perf_counter() - started, 3),
+                    "bytes": len(data),
+                },
+            )
+        except asyncio.CancelledError:
+            job._fail("the server is shutting down")
+            raise
+        except Exception as exc:
+            log.error("speech synthesis failed: %s", exc, exc_info=not isinstance(exc, (SpeechFailed, QueueFull)))
+            job._fail("speech synthesis failed")
+        finally:
+            if encoder is None and not encoder_starting.cancelled():
+                try:
+                    encoder, reader = await asyncio.shield(encoder_starting)
+                except Exception:
+                    encoder = None
+            if encoder is not None and encoder.poll() is None:
+                encoder.kill()
+                encoder.wait()
+
+    def _synthesize(self, text: str) -> np.ndarray:
+        chunks = list(self.synthesizer.synthesize(text))
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+    def _start_encoder(self, job: SpeechJob) -> tuple[subprocess.Popen, threading.Thread]:
+        rate = str(self.synthesizer.sample_rate)
+        command = [
+            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+            # Raw PCM needs no probing: without these, ffmpeg waits for seconds of input first.
+            "-probesize", "32", "-analyzeduration", "0", "-fflags", "+nobuffer",
+            "-f", "s16le", "-ar", rate, "-ac", "1", "-i", "pipe:0",
+            *_ENCODER_ARGS[self.audio_format],
+            "-flush_packets", "1",  # hand each encoded frame over at once, not per 32 KB
+            "pipe:1",
+        ]  # fmt: skip
+        encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+        def pump() -> None:
+            assert encoder.stdout is not None
+            while data := encoder.stdout.read1(65536):
+                job.loop.call_soon_threadsafe(job._append, data)
+
+        reader = threading.Thread(target=pump, name=f"encoder-{job.name[:8]}", daemon=True)
+        reader.start()
+        return encoder, reader
+
+    @staticmethod
+    def _write_pcm(encoder: subprocess.Popen, pcm: np.ndarray) -> None:
+        assert encoder.stdin is not None
+        encoder.stdin.write(pcm.astype("<i2").tobytes())
+        encoder.stdin.flush()
+
+    @staticmethod
+    def _close_encoder(encoder: subprocess.Popen, reader: threading.Thread | None) -> None:
+        assert encoder.stdin is not None
+        encoder.stdin.close()
+        if encoder.wait(timeout=60) != 0:
+            raise SpeechFailed(f"the audio encoder failed (exit {encoder.returncode})")
+        if reader is not None:
+            reader.join(timeout=60)

@@ -1,0 +1,83 @@
+"""Split text into sentences as it streams in, so that speech can start with the first one."""
+
+from __future__ import annotations
+
+import re
+
+# A sentence ends at . ! ? … (or a line break) followed by space and a likely sentence start.
+_BOUNDARY = re.compile(r"(?<=[.!?…])[\"»)]?\s+(?=[\"«(\-–—]?\s?[A-ZÀ-ÖØ-Þ0-9])|\n+")
+# Words whose final period is not the end of a sentence.
+_ABBREVIATIONS = {
+    "m",
+    "mm",
+    "mme",
+    "mmes",
+    "mlle",
+    "dr",
+    "me",
+    "st",
+    "ste",
+    "av",
+    "bd",
+    "cf",
+    "env",
+    "tél",
+    "etc",
+    "n",
+    "p",
+    "vol",
+    "art",
+    "réf",
+}
+_MIN_CHARS = 12  # "Oui." alone is merged with what follows: fewer, smoother synthesis calls
+
+
+class SentenceSplitter:
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def _is_abbreviation(self, text: str, end: int) -> bool:
+        word = re.search(r"(\w+)\.$", text[:end].rstrip())
+        return bool(word and word.group(1).lower() in _ABBREVIATIONS)
+
+    def feed(self, text: str) -> list[str]:
+        """Add streamed text; return the sentences now complete."""
+        self._pending += text
+        sentences = []
+        start = 0
+        for match in _BOUNDARY.finditer(self._pending):
+            if "\n" not in match.group(0) and self._is_abbreviation(self._pending, match.start()):
+                continue
+            candidate = self._pending[start : match.start()].strip()
+            candidate += self._pending[match.start() : match.end()].strip()  # closing quote or bracket
+            if len(candidate) < _MIN_CHARS and "\n" not in match.group(0):
+                continue
+            if candidate.strip():
+                sentences.append(candidate.strip())
+            start = match.end()
+        self._pending = self._pending[start:]
+        return sentences
+
+    def flush(self) -> list[str]:
+        """The rest, once the text is complete."""
+        rest, self._pending = self._pending.strip(), ""
+        return [rest] if rest else []
+
+
+def split_sentences(text: str) -> list[str]:
+    splitter = SentenceSplitter()
+    return splitter.feed(text) + splitter.flush()
+
+
+_BREATH = re.compile(r"(?<=[,;:])\s+|\s+(?=(?:et|mais|ou|donc|car|qui|que|qu'|dont|où|pour|avec|puis)\b)", re.I)
+
+
+def split_first_phrase(sentence: str, *, longer_than: int = 50, min_head: int = 15) -> list[str]:
+    """The first sentence of a reply cut at its first natural pause (a comma, or before a
+    conjunction), so that the first audio is ready sooner; other sentences stay whole."""
+    if len(sentence) <= longer_than:
+        return [sentence]
+    for match in _BREATH.finditer(sentence):
+        if match.start() >= min_head and len(sentence) - match.end() >= min_head:
+            return [sentence[: match.start()].strip(), sentence[match.end() :].strip()]
+    return [sentence]
