@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from lea_local.asr.decode import decode_audio
 from lea_local.settings import Settings
@@ -114,100 +115,87 @@ def browser_recording(clip: Path) -> bytes:
 # ---------------------------------------------------------------------------------- direct
 
 
-def bench_direct(settings: Settings, recording: bytes, runs: int) -> tuple[dict[str, Measure], dict[str, object]]:
-    from lea_local.services import build_services
-    from lea_local.store.conversations import ConversationContext
-    from lea_local.tts.encode import encode_audio
-    from lea_local.tts.normalize_fr import normalize_for_speech
+class DirectBench:
+    """The engines in this process, called as the server calls them."""
 
-    load_started = time.perf_counter()
-    services = build_services(settings)
-    services.warm_up()
-    facts: dict[str, object] = {
-        "load_and_warm_up_s": round(time.perf_counter() - load_started, 2),
-        "models": services.model_names(),
-    }
-    assert services.voice is not None and services.speech is not None and services.recognizer is not None
-    voice, engine, synthesizer = services.voice, services.chat_engine, services.speech.synthesizer
-    m = {
-        name: Measure(name, unit, note=note)
-        for name, unit, note in [
-            ("decode", "s", "ffmpeg → 16 kHz float32"),
-            ("asr", "s", ""),
-            ("asr_rtf", "×", "ASR seconds per audio second"),
-            ("llm_prompt_tps", "tok/s", "prompt evaluation, cold cache"),
-            ("llm_generation_tps", "tok/s", ""),
-            ("llm_voice_reply", "s", "prompt + generation for the voice turn"),
-            ("tts", "s", "Piper, whole reply"),
-            ("tts_rtf", "×", "TTS seconds per audio second"),
-            ("tts_first_sentence", "s", "first sentence's audio ready"),
-            ("encode", "s", f"{settings.tts_format}"),
-            ("text_turn", "s", "prompt + LLM"),
-            ("voice_turn_to_text", "s", "decode + ASR + LLM"),
-            ("voice_turn_with_audio", "s", "decode + ASR + LLM + TTS + encode"),
-        ]
-    }
-    empty = ConversationContext("bench", None, ())
+    def __init__(self, settings: Settings) -> None:
+        from lea_local.services import build_services
 
-    def generate(message: str) -> tuple[float, float, object]:
-        prompt = services.turns.build_prompt(empty, message)
+        started = time.perf_counter()
+        self.settings = settings
+        self.services = build_services(settings)
+        self.services.warm_up()
+        self.load_and_warm_up_s = time.perf_counter() - started
+        assert self.services.voice is not None and self.services.speech is not None
+        self.voice = self.services.voice
+        self.engine = self.services.chat_engine
+        self.synthesizer = self.services.speech.synthesizer
+
+    def generate(self, message: str) -> tuple[float, float, object]:
+        """(seconds to the first text, seconds in all, reply) for a new conversation."""
+        from lea_local.store.conversations import ConversationContext
+
+        prompt = self.services.turns.build_prompt(ConversationContext("bench", None, ()), message)
         first: list[float] = []
         started = time.perf_counter()
-        reply = engine.generate(
+        reply = self.engine.generate(
             prompt,
-            max_tokens=settings.llm_max_reply_tokens,
-            temperature=settings.llm_temperature,
+            max_tokens=self.settings.llm_max_reply_tokens,
+            temperature=self.settings.llm_temperature,
             on_text=lambda _: first or first.append(time.perf_counter()),
         )
         ended = time.perf_counter()
         return (first[0] if first else ended) - started, ended - started, reply
 
-    for run in range(runs + 1):  # run 0 is the warm-up
-        keep = run > 0
-        t_decode, decoded = timed(lambda: voice._decode(recording))
-        t_asr, transcript = timed(lambda d=decoded: voice._transcribe(d))
-        _, t_llm, reply = generate(transcript.text)
-        spoken = normalize_for_speech(reply.text)
-        chunks: list = []
+    def turn_round(self, recording: bytes) -> dict[str, object]:
+        """A voice turn then a text turn, stage by stage (the order the HTTP round uses)."""
+        t_decode, decoded = timed(lambda: self.voice._decode(recording))
+        t_asr, transcript = timed(lambda: self.voice._transcribe(decoded))
+        _, t_llm, reply = self.generate(transcript.text)
+        t_text, _ = timed(lambda: self.generate(TEXT_MESSAGE))
+        return {
+            "decode": t_decode,
+            "asr": t_asr,
+            "asr_rtf": t_asr / decoded.seconds,
+            "llm_voice_reply": t_llm,
+            "voice_turn_to_text": t_decode + t_asr + t_llm,
+            "text_turn": t_text,
+            "_transcript": transcript.text,
+            "_reply": reply,
+            "_audio_seconds": decoded.seconds,
+        }
+
+    def speech_round(self, text: str) -> dict[str, float]:
+        """TTS and encoding of a reply, and the LLM's cold prompt and generation speeds."""
+        from lea_local.tts.encode import encode_audio
+        from lea_local.tts.normalize_fr import normalize_for_speech
+
+        chunks: list[np.ndarray] = []
         first_chunk: list[float] = []
         started = time.perf_counter()
-        for chunk in synthesizer.synthesize(spoken):
+        for chunk in self.synthesizer.synthesize(normalize_for_speech(text)):
             chunks.append(chunk)
             first_chunk or first_chunk.append(time.perf_counter() - started)
         t_tts = time.perf_counter() - started
-        import numpy as np
-
         samples = np.concatenate(chunks)
-        t_encode, _ = timed(lambda x=samples: encode_audio(x, synthesizer.sample_rate, settings.tts_format))
-        # Cold prompt: forget the KV cache so the whole prompt is evaluated.
-        reset = getattr(engine, "reset_cache", None)
+        t_encode, _ = timed(lambda: encode_audio(samples, self.synthesizer.sample_rate, self.settings.tts_format))
+        reset = getattr(self.engine, "reset_cache", None)
         if reset:
-            reset()
-        ttft, total, text_reply = generate(TEXT_MESSAGE)
-        if keep:
-            m["decode"].values.append(t_decode)
-            m["asr"].values.append(t_asr)
-            m["asr_rtf"].values.append(t_asr / decoded.seconds)
-            m["llm_voice_reply"].values.append(t_llm)
-            m["tts"].values.append(t_tts)
-            m["tts_rtf"].values.append(t_tts / (len(samples) / synthesizer.sample_rate))
-            m["tts_first_sentence"].values.append(first_chunk[0])
-            m["encode"].values.append(t_encode)
-            m["llm_prompt_tps"].values.append(text_reply.prompt_tokens / ttft)
-            if text_reply.completion_tokens > 1 and total > ttft:
-                m["llm_generation_tps"].values.append((text_reply.completion_tokens - 1) / (total - ttft))
-            m["voice_turn_to_text"].values.append(t_decode + t_asr + t_llm)
-            m["voice_turn_with_audio"].values.append(t_decode + t_asr + t_llm + t_tts + t_encode)
-        # The text turn as the server runs it: warm prefix cache, like the HTTP runs.
-        t_text, _ = timed(lambda: generate(TEXT_MESSAGE))
-        if keep:
-            m["text_turn"].values.append(t_text)
-    facts["voice_transcription"] = transcript.text
-    facts["voice_reply_tokens"] = reply.completion_tokens
-    facts["text_reply_tokens"] = text_reply.completion_tokens
-    facts["audio_seconds"] = round(decoded.seconds, 2)
-    services.close()
-    return m, facts
+            reset()  # cold prompt: the whole prompt is evaluated
+        ttft, total, reply = self.generate(TEXT_MESSAGE)
+        result = {
+            "tts": t_tts,
+            "tts_rtf": t_tts / (len(samples) / self.synthesizer.sample_rate),
+            "tts_first_sentence": first_chunk[0],
+            "encode": t_encode,
+            "llm_prompt_tps": reply.prompt_tokens / ttft,
+        }
+        if reply.completion_tokens > 1 and total > ttft:
+            result["llm_generation_tps"] = (reply.completion_tokens - 1) / (total - ttft)
+        return result
+
+    def close(self) -> None:
+        self.services.close()
 
 
 def bench_asr_engines(settings: Settings, recording: bytes, runs: int, checkpoint: Path | None) -> dict[str, Measure]:
@@ -273,47 +261,33 @@ class ServerProcess:
         self.log.close()
 
 
-def bench_http(settings_env: dict[str, str], recording: bytes, runs: int) -> dict[str, Measure]:
-    m = {
-        "http_text_turn": Measure("http_text_turn"),
-        "http_voice_json": Measure("http_voice_json", note="upload → JSON"),
-        "http_audio_first_byte": Measure("http_audio_first_byte", note="after the JSON arrived"),
-        "http_audio_complete": Measure("http_audio_complete", note="after the JSON arrived"),
+def http_round(client: httpx.Client, recording: bytes) -> dict[str, float]:
+    """A voice turn (and its audio, fetched as a browser would), then a text turn."""
+    headers = {"X-API-Key": BENCH_KEY}
+    started = time.perf_counter()
+    r = client.post(
+        "/api/external/agent/chat/voice", files={"audio": ("r.webm", recording, "audio/webm")}, headers=headers
+    )
+    json_at = time.perf_counter()
+    r.raise_for_status()
+    url = r.json()["assistant_audio_url"]
+    first_byte = complete = float("nan")
+    if url:
+        with client.stream("GET", url) as audio:
+            for _ in audio.iter_raw():
+                if first_byte != first_byte:  # nan until the first chunk
+                    first_byte = time.perf_counter() - json_at
+            complete = time.perf_counter() - json_at
+    t_text, text = timed(
+        lambda: client.post("/api/external/agent/chat", json={"message": TEXT_MESSAGE}, headers=headers)
+    )
+    text.raise_for_status()  # type: ignore[attr-defined]
+    return {
+        "http_voice_json": json_at - started,
+        "http_audio_first_byte": first_byte,
+        "http_audio_complete": complete,
+        "http_text_turn": t_text,
     }
-    with tempfile.TemporaryDirectory(prefix="lea-bench-") as data_dir:
-        server = ServerProcess(settings_env, Path(data_dir))
-        try:
-            headers = {"X-API-Key": BENCH_KEY}
-            with httpx.Client(base_url=server.url, timeout=300) as client:
-                for run in range(runs + 1):
-                    started = time.perf_counter()
-                    r = client.post(
-                        "/api/external/agent/chat/voice",
-                        files={"audio": ("r.webm", recording, "audio/webm")},
-                        headers=headers,
-                    )
-                    json_at = time.perf_counter()
-                    r.raise_for_status()
-                    url = r.json()["assistant_audio_url"]
-                    first_byte = complete = float("nan")
-                    if url:
-                        with client.stream("GET", url) as audio:
-                            for _ in audio.iter_raw():
-                                if first_byte != first_byte:  # nan: first chunk
-                                    first_byte = time.perf_counter() - json_at
-                            complete = time.perf_counter() - json_at
-                    t_text, text = timed(
-                        lambda: client.post("/api/external/agent/chat", json={"message": TEXT_MESSAGE}, headers=headers)
-                    )
-                    text.raise_for_status()  # type: ignore[attr-defined]
-                    if run:
-                        m["http_voice_json"].values.append(json_at - started)
-                        m["http_audio_first_byte"].values.append(first_byte)
-                        m["http_audio_complete"].values.append(complete)
-                        m["http_text_turn"].values.append(t_text)
-        finally:
-            server.stop()
-    return m
 
 
 # ---------------------------------------------------------------------------------- report
@@ -352,24 +326,78 @@ def main(argv: list[str] | None = None) -> int:
     shown = settings.model_dump(mode="json", exclude={"api_keys"})
     print("settings:", json.dumps(shown, ensure_ascii=False))
 
-    direct, facts = bench_direct(settings, recording, args.runs)
+    direct_bench = DirectBench(settings)
+    server = None if args.no_http else ServerProcess(server_env, Path(tempfile.mkdtemp(prefix="lea-bench-")))
+    notes = {
+        "decode": "ffmpeg → 16 kHz float32",
+        "asr_rtf": "ASR seconds per audio second",
+        "llm_prompt_tps": "prompt evaluation, cold cache",
+        "llm_voice_reply": "prompt + generation, voice turn",
+        "tts": "Piper, whole reply",
+        "tts_rtf": "TTS seconds per audio second",
+        "tts_first_sentence": "first sentence's audio ready",
+        "encode": settings.tts_format,
+        "text_turn": "prompt + LLM",
+        "voice_turn_to_text": "decode + ASR + LLM",
+        "http_voice_json": "upload → JSON",
+        "http_audio_first_byte": "after the JSON arrived",
+        "http_audio_complete": "after the JSON arrived",
+        "text_turn_http_over_direct": "paired per round",
+        "voice_json_over_decode_asr_llm": "paired per round",
+    }
+    units = {"llm_prompt_tps": "tok/s", "llm_generation_tps": "tok/s", "asr_rtf": "×", "tts_rtf": "×"}
+    units.update(text_turn_http_over_direct="×", voice_json_over_decode_asr_llm="×")
+    direct: dict[str, Measure] = {}
+    http: dict[str, Measure] = {}
+    ratios: dict[str, Measure] = {}
+
+    def record(table: dict[str, Measure], values: dict[str, object]) -> None:
+        for name, value in values.items():
+            if not name.startswith("_"):
+                table.setdefault(name, Measure(name, units.get(name, "s"), note=notes.get(name, ""))).values.append(
+                    value
+                )
+
+    try:
+        client = httpx.Client(base_url=server.url, timeout=300) if server else None
+        # Direct and HTTP rounds alternate, so that drift in the machine's speed hits both alike.
+        for run in range(args.runs + 1):  # round 0 warms up
+            turn = direct_bench.turn_round(recording)
+            speech = direct_bench.speech_round(turn["_reply"].text)  # type: ignore[attr-defined]
+            over_http = http_round(client, recording) if client else {}
+            if run == 0:
+                continue
+            record(direct, {**turn, **speech})
+            if over_http:
+                record(http, over_http)
+                record(
+                    ratios,
+                    {
+                        "text_turn_http_over_direct": over_http["http_text_turn"] / turn["text_turn"],
+                        "voice_json_over_decode_asr_llm": over_http["http_voice_json"] / turn["voice_turn_to_text"],
+                    },
+                )
+        if client:
+            client.close()
+    finally:
+        if server:
+            server.stop()
+    facts = {
+        "load_and_warm_up_s": round(direct_bench.load_and_warm_up_s, 2),
+        "models": direct_bench.services.model_names(),
+        "voice_transcription": turn["_transcript"],
+        "voice_reply_tokens": turn["_reply"].completion_tokens,  # type: ignore[attr-defined]
+        "audio_seconds": round(turn["_audio_seconds"], 2),  # type: ignore[arg-type]
+    }
+    direct_bench.close()
+    engines = bench_asr_engines(settings, recording, args.runs, args.openai_checkpoint)
     print("facts:", json.dumps(facts, ensure_ascii=False))
     print_table("Direct engine calls", list(direct.values()))
-    engines = bench_asr_engines(settings, recording, args.runs, args.openai_checkpoint)
     if engines:
         print_table("ASR engines on the same weights", list(engines.values()))
-    http: dict[str, Measure] = {}
-    ratios: dict[str, float] = {}
-    if not args.no_http:
-        http = bench_http(server_env, recording, args.runs)
+    if http:
         print_table("Over HTTP (real server on 127.0.0.1)", list(http.values()))
-        ratios = {
-            "text_turn_http_over_direct": http["http_text_turn"].median / direct["text_turn"].median,
-            "voice_json_over_decode_asr_llm": http["http_voice_json"].median / direct["voice_turn_to_text"].median,
-        }
-        print("\nRatios")
-        for name, value in ratios.items():
-            print(f"  {name:<34} {value:.3f}")
+        print_table("Ratios", list(ratios.values()))
     report = {
         "machine": info,
         "settings": shown,
@@ -378,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "direct": {k: {"median": v.median, "unit": v.unit, "values": v.values} for k, v in direct.items()},
         "asr_engines": {k: {"median": v.median, "values": v.values, "model": v.note} for k, v in engines.items()},
         "http": {k: {"median": v.median, "unit": v.unit, "values": v.values} for k, v in http.items()},
-        "ratios": ratios,
+        "ratios": {k: {"median": v.median, "values": v.values} for k, v in ratios.items()},
     }
     args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"\nwritten: {args.json}")
