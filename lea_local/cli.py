@@ -10,7 +10,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from lea_local.api.app import create_app
+    from lea_local.api.app import create_asgi_app
     from lea_local.catalog import ModelsNotInstalled
     from lea_local.logs import configure_logging
     from lea_local.services import resolve_model_paths
@@ -26,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, secrets=keys)
     try:
         resolve_model_paths(settings)  # fail here, clearly, rather than inside uvicorn's startup
-        app = create_app(settings)
+        app = create_asgi_app(settings)
         uvicorn.run(
             app,
             host=settings.host,
@@ -35,8 +35,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             timeout_graceful_shutdown=10,
         )
-        if app.state.runtime.load_error:
-            print(f"lea-local: stopped: the models failed to load: {app.state.runtime.load_error}", file=sys.stderr)
+        if app.app.state.runtime.load_error:
+            print(f"lea-local: stopped: the models failed to load: {app.app.state.runtime.load_error}", file=sys.stderr)
             return 3
     except ModelsNotInstalled as exc:
         print(f"lea-local: cannot start: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import numpy as np
 
 from lea_local.asr.base import SpeechRecognizer
@@ -45,6 +46,14 @@ class Services:
     recognizer: SpeechRecognizer | None = None
     voice: VoiceTurns | None = None
     speech: SpeechService | None = None
+
+    def queues(self) -> list[InferenceQueue]:
+        found = [self.llm_queue]
+        if self.voice is not None:
+            found += [self.voice.decode_queue, self.voice.asr_queue]
+        if self.speech is not None:
+            found.append(self.speech.queue)
+        return found
 
     def model_names(self) -> dict[str, str]:
         names = {"llm": self.chat_engine.model_name}
@@ -169,6 +178,7 @@ def build_services(settings: Settings) -> Services:
             context_size=settings.llm_context_size,
             gpu_layers=settings.llm_gpu_layers,
             threads=settings.llm_threads or physical_cores(),
+            prompt_cache_bytes=settings.llm_prompt_cache_mb * 1024 * 1024,
         )
         asr_loading = pool.submit(build_recognizer, settings, paths.asr)
         tts_loading = pool.submit(PiperSynthesizer, paths.tts, use_cuda=settings.tts_use_cuda)
@@ -183,7 +193,13 @@ def build_services(settings: Settings) -> Services:
             "tts": synthesizer.voice_name,
         },
     )
-    llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size)
+    share = settings.engines_share_cpu
+    if share is None:
+        share = not (
+            getattr(engine, "on_gpu", False) or getattr(recognizer, "device", "cpu") == "cuda" or settings.tts_use_cuda
+        )
+    cpu = anyio.CapacityLimiter(1) if share else None
+    llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size, limiter=cpu, stage="llm")
     turns = ChatTurns(
         engine=engine,
         store=store,
@@ -196,15 +212,17 @@ def build_services(settings: Settings) -> Services:
     speech = SpeechService(
         synthesizer,
         TtsAudioStore(settings.data_dir / "tts", settings.tts_ttl_seconds),
-        InferenceQueue("speech synthesis", max_waiting=settings.tts_queue_size),
+        InferenceQueue("speech synthesis", max_waiting=settings.tts_queue_size, limiter=cpu, stage="tts"),
         settings.tts_format,
         overlap_generation=overlap_generation(settings, engine),
     )
     voice = VoiceTurns(
         chat=turns,
         recognizer=recognizer,
-        decode_queue=InferenceQueue("audio decoder", max_waiting=settings.asr_queue_size, concurrency=2),
-        asr_queue=InferenceQueue("speech recognition", max_waiting=settings.asr_queue_size),
+        decode_queue=InferenceQueue(
+            "audio decoder", max_waiting=settings.asr_queue_size, concurrency=2, stage="decode"
+        ),
+        asr_queue=InferenceQueue("speech recognition", max_waiting=settings.asr_queue_size, limiter=cpu, stage="asr"),
         max_audio_seconds=settings.max_audio_seconds,
         decode_timeout=settings.decode_timeout_seconds,
         temp_dir=settings.data_dir / "tmp",

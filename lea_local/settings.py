@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     Unset: the base URL of the request itself."""
     cors_origins: CommaList = Field(default_factory=list)
     """Origins allowed to call the API from a browser (ImmoAssist's). Empty: CORS off."""
+    request_timeout_seconds: float = Field(default=300.0, gt=0)
+    """A turn still running after this long is stopped and answered 504."""
     max_message_chars: int = Field(default=4000, ge=1)
     """Longest accepted chat message, in characters; longer gets 400."""
 
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     """CPU threads for generation. Unset: the machine's physical cores."""
     llm_max_reply_tokens: int = Field(default=384, ge=1)
     llm_temperature: float = Field(default=0.3, ge=0.0, le=2.0)
+    llm_prompt_cache_mb: int = Field(default=1024, ge=0)
+    """RAM kept for the evaluated state of recent conversations (0: only the last prompt).
+    A state costs about (conversation tokens × the model's KV bytes per token)."""
     llm_queue_size: int = Field(default=16, ge=0)
     """Requests that may wait for the LLM while it answers another; beyond: 503 + Retry-After."""
     system_prompt_file: Path | None = None
@@ -115,10 +120,19 @@ class Settings(BaseSettings):
     tts_stream_timeout_seconds: float = Field(default=30.0, gt=0)
     """A GET on audio still being synthesised fails (500) after this long without progress."""
 
+    engines_share_cpu: bool | None = None
+    """Run the LLM, ASR and TTS one at a time, each with every core. Unset: yes when no
+    engine runs on a GPU. Measured on 2 cores: engines computing side by side spin-wait on
+    each other and a 200-turn load took 2.7× longer."""
+
     # --- storage --------------------------------------------------------------------------
     data_dir: Path = Path("data")
     database_url: str | None = None
     """SQLAlchemy URL of the conversation database. Unset: `sqlite:///<data_dir>/lea.sqlite3`."""
+
+    retention_days: int = Field(default=0, ge=0)
+    """Conversations (and their audio) untouched for this many days are purged, hourly.
+    0: kept until erased through the API."""
 
     # --- logging --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -15,6 +15,7 @@ import anyio.to_thread
 from lea_local.inference_queue import InferenceQueue
 from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply, GenerationCancelled
 from lea_local.llm.context import PromptTooLong, fit_to_context
+from lea_local.observability import count
 from lea_local.store.conversations import ConversationContext, ConversationStore, TurnRecord, utcnow
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class ChatTurns:
         user_email: str | None = None,
         audio_seconds: float | None = None,
         on_text: Callable[[str], None] | None = None,
+        audio_name: str | None = None,
         cancel: threading.Event | None = None,
     ) -> TurnResult:
         """Raises ConversationNotFound, PromptTooLong, QueueFull, GenerationCancelled; stores
@@ -108,6 +110,8 @@ class ChatTurns:
             context = await anyio.to_thread.run_sync(self.store.context_for, session_id, conversation_id)
             user_at = utcnow()
             reply = await self.llm_queue.run(self._generate, context, message, on_text, cancel)
+            count("tokens_generated", reply.completion_tokens)
+            count("prompt_tokens", reply.prompt_tokens)
             text = reply.text.strip() or EMPTY_REPLY_FALLBACK
             if not reply.text.strip():
                 log.warning("the model returned an empty reply; answering with the fallback sentence")
@@ -124,6 +128,7 @@ class ChatTurns:
                 user_id=user_id,
                 user_email=user_email,
                 audio_seconds=audio_seconds,
+                audio_file=audio_name,
             )
             stored_id = await anyio.to_thread.run_sync(self.store.record_turn, record)
         return TurnResult(

@@ -4,6 +4,7 @@ conversation turn as text chat. Speech for the reply is the caller's next step."
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ import anyio.to_thread
 from lea_local.asr.base import NoSpeech, SpeechRecognizer, Transcript
 from lea_local.asr.decode import DecodedAudio, decode_audio
 from lea_local.inference_queue import InferenceQueue
+from lea_local.llm.base import GenerationCancelled
+from lea_local.observability import count
 from lea_local.store.conversations import ConversationNotFound
 from lea_local.turns import ChatTurns, EngineFailure, TurnResult
 
@@ -56,7 +59,9 @@ class VoiceTurns:
             audio, max_seconds=self.max_audio_seconds, timeout=self.decode_timeout, temp_dir=self.temp_dir
         )
 
-    def _transcribe(self, decoded: DecodedAudio) -> Transcript:
+    def _transcribe(self, decoded: DecodedAudio, cancel: threading.Event | None = None) -> Transcript:
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("cancelled before transcription")
         try:
             return self.recognizer.transcribe(decoded.samples)
         except NoSpeech:
@@ -74,6 +79,8 @@ class VoiceTurns:
         user_id: str | None = None,
         user_email: str | None = None,
         on_text: Callable[[str], None] | None = None,
+        audio_name: str | None = None,
+        cancel: threading.Event | None = None,
     ) -> VoiceTurnResult:
         """Raises AudioRejected, NoSpeech, ConversationNotFound, QueueFull, EngineFailure;
         stores nothing unless the whole turn succeeded."""
@@ -87,8 +94,9 @@ class VoiceTurns:
         decoded = await self.decode_queue.run(self._decode, audio)
         timings["decode"] = time.perf_counter() - started
         started = time.perf_counter()
-        transcript = await self.asr_queue.run(self._transcribe, decoded)
+        transcript = await self.asr_queue.run(self._transcribe, decoded, cancel)
         timings["asr"] = time.perf_counter() - started
+        count("audio_transcribed", decoded.seconds)
         log.info(
             "transcribed",
             extra={
@@ -110,6 +118,8 @@ class VoiceTurns:
             user_email=user_email,
             audio_seconds=decoded.seconds,
             on_text=on_text,
+            audio_name=audio_name,
+            cancel=cancel,
         )
         timings["llm"] = time.perf_counter() - started
         return VoiceTurnResult(transcript.text, turn, decoded.seconds, timings)

@@ -55,6 +55,12 @@ class LeaServer:
         return env
 
     def start(self, timeout: float = 180.0) -> LeaServer:
+        self.spawn()
+        self.wait_until_ready(timeout)
+        return self
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -65,8 +71,6 @@ class LeaServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_until_ready(timeout)
-        return self
 
     def wait_until_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio
 import anyio.to_thread
@@ -22,12 +23,16 @@ from litestar.openapi import OpenAPIConfig
 from lea_local import __version__
 from lea_local.api.auth import require_api_key
 from lea_local.api.chat import chat
+from lea_local.api.erase import erase
 from lea_local.api.errors import ApiError, exception_handlers
 from lea_local.api.health import health, ready
 from lea_local.api.media import tts_audio
+from lea_local.api.metrics import metrics
 from lea_local.api.voice import chat_voice
+from lea_local.observability import Metrics, RequestLogMiddleware
 from lea_local.services import Services, build_services
 from lea_local.settings import Settings
+from lea_local.store.conversations import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
     """`build` makes the engines at startup; a narrow unit test may pass its own."""
     api_keys = settings.require_api_keys()
     runtime = Runtime()
+    app_metrics = Metrics()
 
     async def load() -> None:
         try:
@@ -72,6 +78,8 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             runtime.load_error = f"{type(exc).__name__}: {exc}"
             os.kill(os.getpid(), signal.SIGTERM)  # `lea-local serve` then exits non-zero
             return
+        for queue in services.queues():
+            app_metrics.track_queue(queue.name, lambda q=queue: q.depth)
         runtime.ready = True
         log.info("ready", extra={"event": "ready", "models": services.model_names(), **timings})
 
@@ -86,11 +94,40 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
                 except OSError:
                     log.exception("sweeping expired audio failed")
 
+    async def purge_expired_conversations() -> None:
+        if not settings.retention_days:
+            return
+        while True:
+            services = runtime.services
+            if services is not None and runtime.ready:
+                cutoff = utcnow() - timedelta(days=settings.retention_days)
+                try:
+                    erased = await anyio.to_thread.run_sync(
+                        lambda store=services.store, cutoff=cutoff: store.erase(older_than=cutoff)
+                    )
+                    files = services.speech.erase(erased.audio_files) if services.speech else 0
+                    if erased.conversations:
+                        log.info(
+                            "retention purge",
+                            extra={
+                                "event": "retention",
+                                "conversations": erased.conversations,
+                                "messages": erased.messages,
+                                "audio_files": files,
+                            },
+                        )
+                except Exception:
+                    log.exception("retention purge failed")
+                await anyio.sleep(3600)
+            else:
+                await anyio.sleep(1)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(load)
             tasks.start_soon(sweep_expired_audio)
+            tasks.start_soon(purge_expired_conversations)
             try:
                 yield
             finally:
@@ -101,7 +138,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             runtime.services.close()
 
     # The guard runs before any body is read: a caller without the key costs nothing.
-    agent_api = Router(path="/api/external/agent", route_handlers=[chat], guards=[require_api_key])
+    agent_api = Router(path="/api/external/agent", route_handlers=[chat, erase], guards=[require_api_key])
     # Multipart overhead on top of the recording itself; the file's own limit is checked too.
     voice_api = Router(
         path="/api/external/agent",
@@ -111,15 +148,17 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
     )
 
     return Litestar(
-        route_handlers=[agent_api, voice_api, tts_audio, health, ready],
+        route_handlers=[agent_api, voice_api, tts_audio, health, ready, metrics],
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
-        state=State({"api_keys": api_keys, "settings": settings, "runtime": runtime}),
+        state=State({"api_keys": api_keys, "settings": settings, "runtime": runtime, "metrics": app_metrics}),
         cors_config=CORSConfig(
             allow_origins=settings.cors_origins,
-            allow_headers=["Content-Type", "X-API-Key"],
+            allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
             allow_methods=["GET", "POST", "OPTIONS"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
         )
         if settings.cors_origins
         else None,
@@ -128,3 +167,10 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         logging_config=None,  # lea_local.logs configures logging (JSON lines)
         debug=False,
     )
+
+
+def create_asgi_app(settings: Settings) -> RequestLogMiddleware:
+    """The app as served: every request, routed or not (404s too), gets a request id, a log
+    line and its metrics."""
+    app = create_app(settings)
+    return RequestLogMiddleware(app, app.state.metrics)

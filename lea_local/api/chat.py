@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TypeVar
 
 import msgspec
@@ -9,6 +10,7 @@ from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from lea_local.api.deadline import request_deadline
 from lea_local.api.errors import ApiError
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
@@ -27,6 +29,7 @@ async def strictly(request: Request, schema: type[T]) -> T:
         raise ApiError(status_code=400, detail=f"Invalid request: {exc}") from exc
 
 
+
 def clean_session_id(session_id: str | None) -> str | None:
     """Blank means absent; an id with control characters is refused (it ends up in logs)."""
     if session_id is None or not session_id.strip():
@@ -38,8 +41,13 @@ def clean_session_id(session_id: str | None) -> str | None:
     return session_id.strip()
 
 
+def is_blank(text: str) -> bool:
+    """Nothing visible: whitespace, control and format characters (zero-width spaces…)."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
+
+
 def clean_message(message: str, max_chars: int) -> str:
-    if not message.strip():
+    if is_blank(message):
         raise ApiError(status_code=400, detail="message is required and must not be blank")
     if len(message) > max_chars:
         raise ApiError(status_code=400, detail=f"message is too long ({len(message)} characters, at most {max_chars})")
@@ -57,16 +65,24 @@ async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDep
     message = clean_message(data.message, services.settings.max_message_chars)
     session_id = clean_session_id(data.session_id)
     turns, speech = services.turns, services.speech
-    if services.settings.tts_for_text_chat and speech is not None:
-        result, audio_name = await speech.speak(
-            lambda on_text: turns.take_turn(
-                message, session_id=session_id, conversation_id=data.conversation_id, on_text=on_text
-            ),
-            lambda result: result.reply,
-        )
-    else:
-        result = await turns.take_turn(message, session_id=session_id, conversation_id=data.conversation_id)
-        audio_name = None
+    async with request_deadline(request, services.settings.request_timeout_seconds) as cancel:
+        if services.settings.tts_for_text_chat and speech is not None:
+            result, audio_name = await speech.speak(
+                lambda on_text, audio_name: turns.take_turn(
+                    message,
+                    session_id=session_id,
+                    conversation_id=data.conversation_id,
+                    on_text=on_text,
+                    audio_name=audio_name,
+                    cancel=cancel,
+                ),
+                lambda result: result.reply,
+            )
+        else:
+            result = await turns.take_turn(
+                message, session_id=session_id, conversation_id=data.conversation_id, cancel=cancel
+            )
+            audio_name = None
     return ChatResponse(
         success=True,
         response=result.reply,

@@ -82,7 +82,19 @@ def _audio_rejected(_: Request, exc: AudioRejected) -> Response:
     return error_response(exc.status, str(exc))
 
 
+def _undecodable_text(_: Request, exc: UnicodeDecodeError) -> Response:
+    # Raised while parsing a client's body (e.g. Litestar's multipart parser on a text field
+    # holding binary data): the client's fault, not ours.
+    return error_response(400, "the request contains text that is not valid UTF-8")
+
+
+def _too_deep(_: Request, exc: RecursionError) -> Response:
+    return error_response(400, "the request body is nested too deeply")
+
+
 exception_handlers = {
+    UnicodeDecodeError: _undecodable_text,
+    RecursionError: _too_deep,
     HTTPException: _http_exception,
     AudioRejected: _audio_rejected,
     NoSpeech: _status(400),

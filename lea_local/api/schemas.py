@@ -12,7 +12,7 @@ SessionId = Annotated[str, msgspec.Meta(max_length=128, description="Session id 
 class ChatRequest(msgspec.Struct):
     message: Annotated[str, msgspec.Meta(description="The user's message")]
     session_id: SessionId | None = None
-    conversation_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    conversation_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
 class ChatResponse(msgspec.Struct):

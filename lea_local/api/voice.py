@@ -12,6 +12,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
 from lea_local.api.chat import clean_session_id
+from lea_local.api.deadline import request_deadline
 from lea_local.api.errors import ApiError
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
@@ -35,7 +36,7 @@ def parse_conversation_id(value: str | None) -> int | None:
     if value is None or not value.strip() or value.strip().lower() in ("null", "none"):
         return None
     text = value.strip()
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) < 2**63:
         raise ApiError(status_code=400, detail="conversation_id must be a positive integer")
     return int(text)
 
@@ -72,17 +73,20 @@ async def chat_voice(
     conversation_id = parse_conversation_id(data.conversation_id)
     user_id = clean_optional(data.user_id, "user_id", 256)
     user_email = clean_optional(data.user_email, "user_email", 320)
-    result, audio_name = await services.speech.speak(
-        lambda on_text: voice.take_voice_turn(
-            audio,
-            session_id=session_id,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            user_email=user_email,
-            on_text=on_text,
-        ),
-        lambda result: result.turn.reply,
-    )
+    async with request_deadline(request, settings.request_timeout_seconds) as cancel:
+        result, audio_name = await services.speech.speak(
+            lambda on_text, audio_name: voice.take_voice_turn(
+                audio,
+                session_id=session_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+                user_email=user_email,
+                on_text=on_text,
+                audio_name=audio_name,
+                cancel=cancel,
+            ),
+            lambda result: result.turn.reply,
+        )
     return VoiceChatResponse(
         success=True,
         transcription=result.transcription,

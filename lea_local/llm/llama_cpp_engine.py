@@ -35,6 +35,7 @@ class LlamaCppChatEngine:
         context_size: int = 4096,
         gpu_layers: int | None = None,
         threads: int | None = None,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -52,6 +53,12 @@ class LlamaCppChatEngine:
             n_threads=threads,
             verbose=False,
         )
+        if prompt_cache_bytes > 0:
+            # Keeps the evaluated state of recent conversations: a conversation's next turn
+            # evaluates only its new tokens even when other conversations ran in between.
+            from llama_cpp import LlamaRAMCache
+
+            self._llama.set_cache(LlamaRAMCache(capacity_bytes=prompt_cache_bytes))
         trained = self._llama._model.n_ctx_train()
         if trained and context_size > trained:
             log.warning(

@@ -6,7 +6,6 @@ database holds whole turns or nothing of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -57,6 +57,15 @@ class MessageRow(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     audio_seconds: Mapped[float | None] = mapped_column()
     """For a spoken user message: the recording's duration."""
+    audio_file: Mapped[str | None] = mapped_column(String(64))
+    """For a spoken reply: its file name in the TTS audio store (erased with the conversation)."""
+
+
+@dataclass(frozen=True)
+class Erased:
+    conversations: int
+    messages: int
+    audio_files: list[str]
 
 
 class ConversationNotFound(Exception):
@@ -93,6 +102,7 @@ class TurnRecord:
     user_id: str | None = None
     user_email: str | None = None
     audio_seconds: float | None = None
+    audio_file: str | None = None
 
 
 def utcnow() -> datetime:
@@ -211,6 +221,7 @@ class ConversationStore:
                         model=turn.model,
                         prompt_tokens=turn.prompt_tokens,
                         completion_tokens=turn.completion_tokens,
+                        audio_file=turn.audio_file,
                     ),
                 ]
             )
@@ -232,10 +243,34 @@ class ConversationStore:
                 db.scalar(select(func.count()).select_from(MessageRow)) or 0,
             )
 
-    def delete_conversations(self, ids: Sequence[int]) -> int:
-        if not ids:
-            return 0
+    def erase(
+        self, *, session_id: str | None = None, user_id: str | None = None, older_than: datetime | None = None
+    ) -> Erased:
+        """Delete every conversation of a session, of a user, or last updated before a date,
+        with its messages, in one transaction. Returns what was erased, audio names included
+        (the caller deletes those files)."""
+        conditions = []
+        if session_id is not None:
+            conditions.append(ConversationRow.session_id == session_id)
+        if user_id is not None:
+            conditions.append(ConversationRow.user_id == user_id)
+        if older_than is not None:
+            conditions.append(ConversationRow.updated_at < older_than)
+        if not conditions:
+            raise ValueError("erase needs a session_id, a user_id or a date")
         with self._sessions.begin() as db:
-            db.execute(delete(MessageRow).where(MessageRow.conversation_id.in_(ids)))
-            result = db.execute(delete(ConversationRow).where(ConversationRow.id.in_(ids)))
-            return result.rowcount or 0
+            ids = list(db.scalars(select(ConversationRow.id).where(or_(*conditions))))
+            if not ids:
+                return Erased(0, 0, [])
+            audio = [
+                name
+                for name in db.scalars(
+                    select(MessageRow.audio_file).where(
+                        MessageRow.conversation_id.in_(ids), MessageRow.audio_file.is_not(None)
+                    )
+                )
+                if name
+            ]
+            messages = db.execute(delete(MessageRow).where(MessageRow.conversation_id.in_(ids))).rowcount or 0
+            conversations = db.execute(delete(ConversationRow).where(ConversationRow.id.in_(ids))).rowcount or 0
+            return Erased(conversations, messages, audio)

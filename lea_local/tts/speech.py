@@ -26,6 +26,7 @@ from typing import TypeVar
 import numpy as np
 
 from lea_local.inference_queue import InferenceQueue, QueueFull
+from lea_local.observability import count
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.encode import MEDIA_TYPES, AudioFormat
@@ -88,6 +89,7 @@ class SpeechJob:
     def cancel(self, reason: str) -> None:
         """The turn failed: no speech for it."""
         self.loop.call_soon_threadsafe(self._fail, reason)
+        self.loop.call_soon_threadsafe(self.sentences.put_nowait, None)
 
     # --- audio out --------------------------------------------------------------------------
 
@@ -191,27 +193,40 @@ class SpeechService:
 
     async def speak(
         self,
-        run_turn: Callable[[Callable[[str], None] | None], Awaitable[T]],
+        run_turn: Callable[[Callable[[str], None] | None, str | None], Awaitable[T]],
         reply_of: Callable[[T], str],
     ) -> tuple[T, str | None]:
         """Run a turn and speak its reply; returns the turn's result and the audio name (None
-        when speech was skipped). `run_turn` receives the callback for streamed reply text
-        (None when speech starts after the reply)."""
-        job = self.start() if self.overlap_generation else None
+        when speech was skipped). `run_turn` receives the callback for streamed reply text (None
+        when speech starts after the reply) and the audio's name, to store with the turn."""
+        job = self.start()
         try:
-            result = await run_turn(job.feed if job is not None else None)
+            overlap = job is not None and self.overlap_generation
+            result = await run_turn(job.feed if overlap else None, job.name if job is not None else None)
         except BaseException:
             if job is not None:
                 job.cancel("the turn failed")
             raise
         if job is None:
-            return result, await self.render(reply_of(result))
+            return result, None
+        if not self.overlap_generation:
+            job.feed(reply_of(result))
+            job.finish_text()
+            return result, job.name
         log.info(
             "reply complete; speech under way",
             extra={"event": "tts.overlap", "audio_bytes_before_reply_end": job._size},
         )
         job.finish_text(fallback=reply_of(result))
         return result, job.name
+
+    def erase(self, names: list[str]) -> int:
+        """Stop the jobs and delete the files of these audio names; returns files deleted."""
+        for name in names:
+            job = self._jobs.pop(name, None)
+            if job is not None and not job.done:
+                job.cancel("erased")
+        return self.store.delete(names)
 
     async def wait_idle(self) -> None:
         """Wait until every running synthesis has finished (tests, benchmarks, shutdown)."""
@@ -263,6 +278,7 @@ class SpeechService:
             data = job.audio_bytes()
             await asyncio.to_thread(self.store.write, job.name, data)
             job._finish()
+            count("audio_synthesised", audio_samples / self.synthesizer.sample_rate)
             log.info(
                 "speech synthesised",
                 extra={
