@@ -199,6 +199,7 @@ def build_services(settings: Settings) -> Services:
             getattr(engine, "on_gpu", False) or getattr(recognizer, "device", "cpu") == "cuda" or settings.tts_use_cuda
         )
     cpu = anyio.CapacityLimiter(1) if share else None
+    overlap = overlap_generation(settings, engine)
     llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size, limiter=cpu, stage="llm")
     turns = ChatTurns(
         engine=engine,
@@ -212,9 +213,12 @@ def build_services(settings: Settings) -> Services:
     speech = SpeechService(
         synthesizer,
         TtsAudioStore(settings.data_dir / "tts", settings.tts_ttl_seconds),
-        InferenceQueue("speech synthesis", max_waiting=settings.tts_queue_size, limiter=cpu, stage="tts"),
+        # Speech that overlaps generation cannot wait for the LLM's turn on the CPU.
+        InferenceQueue(
+            "speech synthesis", max_waiting=settings.tts_queue_size, limiter=None if overlap else cpu, stage="tts"
+        ),
         settings.tts_format,
-        overlap_generation=overlap_generation(settings, engine),
+        overlap_generation=overlap,
     )
     voice = VoiceTurns(
         chat=turns,
