@@ -91,9 +91,11 @@ class LlamaCppChatEngine:
         return len(self._prompt_tokens(messages))
 
     def reset_cache(self) -> None:
-        """Forget the evaluated prompt (benchmarks of cold prompt evaluation)."""
+        """Forget every evaluated prompt (benchmarks of cold prompt evaluation)."""
         with self._lock:
             self._llama.reset()
+            if self._llama.cache is not None:
+                self._llama.cache.cache_state.clear()
 
     def count_text_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
