@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 
 from lea_local.asr.decode import decode_audio
+from lea_local.server_process import ServerProcess
 from lea_local.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -228,39 +229,6 @@ def bench_asr_engines(settings: Settings, recording: bytes, runs: int, checkpoin
 # ---------------------------------------------------------------------------------- HTTP
 
 
-class ServerProcess:
-    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (data_dir / "bench-server.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lea_local", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env={**env, "AGENT_API_KEY": BENCH_KEY, "LEA_DATA_DIR": str(data_dir)},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("the server exited; see bench-server.log")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the server did not become ready")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.log.close()
-
-
 def http_round(client: httpx.Client, recording: bytes) -> dict[str, float]:
     """A voice turn (and its audio, fetched as a browser would), then a text turn."""
     headers = {"X-API-Key": BENCH_KEY}
@@ -327,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     print("settings:", json.dumps(shown, ensure_ascii=False))
 
     direct_bench = DirectBench(settings)
-    server = None if args.no_http else ServerProcess(server_env, Path(tempfile.mkdtemp(prefix="lea-bench-")))
+    server = None
+    if not args.no_http:
+        data_dir = Path(tempfile.mkdtemp(prefix="lea-bench-"))
+        server = ServerProcess(
+            data_dir, {k: v for k, v in server_env.items() if k.startswith("LEA_")}, api_key=BENCH_KEY
+        )
+        server.start(timeout=600)
     notes = {
         "decode": "ffmpeg → 16 kHz float32",
         "asr_rtf": "ASR seconds per audio second",

@@ -9,9 +9,9 @@ from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from lea_local.api.chat import strictly
 from lea_local.api.errors import ApiError
 from lea_local.api.openapi import error_responses
+from lea_local.api.validation import clean_identifier, strictly
 from lea_local.services import Services
 
 
@@ -34,8 +34,8 @@ class EraseResponse(msgspec.Struct):
 @post("/erase", status_code=200, summary="Erase a session's or a user's data", responses=error_responses(400, 401))
 async def erase(data: JSONBody[EraseRequest], request: Request, services: NamedDependency[Services]) -> EraseResponse:
     data = await strictly(request, EraseRequest)
-    session_id = (data.session_id or "").strip() or None
-    user_id = (data.user_id or "").strip() or None
+    session_id = clean_identifier(data.session_id, "session_id")
+    user_id = clean_identifier(data.user_id, "user_id", 256)
     if (session_id is None) == (user_id is None):
         raise ApiError(status_code=400, detail="give exactly one of session_id or user_id")
     erased = await anyio.to_thread.run_sync(lambda: services.store.erase(session_id=session_id, user_id=user_id))

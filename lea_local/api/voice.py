@@ -11,12 +11,12 @@ from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
-from lea_local.api.chat import clean_session_id
 from lea_local.api.deadline import request_deadline
 from lea_local.api.errors import ApiError
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import VoiceChatResponse
+from lea_local.api.validation import clean_identifier, parse_conversation_id
 from lea_local.services import Services
 
 
@@ -32,28 +32,11 @@ class VoiceForm:
     user_email: str | None = None
 
 
-def parse_conversation_id(value: str | None) -> int | None:
-    if value is None or not value.strip() or value.strip().lower() in ("null", "none"):
-        return None
-    text = value.strip()
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) < 2**63:
-        raise ApiError(status_code=400, detail="conversation_id must be a positive integer")
-    return int(text)
-
-
-def clean_optional(value: str | None, name: str, max_length: int) -> str | None:
-    if value is None or not value.strip():
-        return None
-    if len(value) > max_length or any(ord(c) < 32 for c in value):
-        raise ApiError(status_code=400, detail=f"{name} is invalid (at most {max_length} printable characters)")
-    return value.strip()
-
-
 @post(
     "/chat/voice",
     status_code=200,
     summary="Voice chat with Léa",
-    responses=error_responses(400, 401, 404, 413, 500, 503),
+    responses=error_responses(400, 401, 404, 413, 500, 503, 504),
 )
 async def chat_voice(
     data: Annotated[VoiceForm, Body(media_type=RequestEncodingType.MULTI_PART)],
@@ -69,10 +52,10 @@ async def chat_voice(
         raise ApiError(status_code=413, detail=f"the recording is larger than {settings.max_upload_bytes} bytes")
     assert services.voice is not None and services.speech is not None
     voice = services.voice
-    session_id = clean_session_id(data.session_id)
+    session_id = clean_identifier(data.session_id, "session_id")
     conversation_id = parse_conversation_id(data.conversation_id)
-    user_id = clean_optional(data.user_id, "user_id", 256)
-    user_email = clean_optional(data.user_email, "user_email", 320)
+    user_id = clean_identifier(data.user_id, "user_id", 256)
+    user_email = clean_identifier(data.user_email, "user_email", 320)
     async with request_deadline(request, settings.request_timeout_seconds) as cancel:
         result, audio_name = await services.speech.speak(
             lambda on_text, audio_name: voice.take_voice_turn(
