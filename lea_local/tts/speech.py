@@ -29,18 +29,12 @@ from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.observability import count
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
-from lea_local.tts.encode import MEDIA_TYPES, AudioFormat
+from lea_local.tts.encode import MEDIA_TYPES, AudioFormat, encoder_command, finalize
 from lea_local.tts.normalize_fr import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_ENCODER_ARGS: dict[str, list[str]] = {
-    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3"],
-    "ogg": ["-ar", "24000", "-c:a", "libopus", "-b:a", "32k", "-application", "voip", "-f", "ogg"],
-    "wav": ["-c:a", "pcm_s16le", "-f", "wav"],
-}
 
 
 class SpeechFailed(Exception):
@@ -275,7 +269,7 @@ class SpeechService:
             if encoder is None:
                 raise SpeechFailed("the reply had nothing to say aloud")
             await asyncio.to_thread(self._close_encoder, encoder, reader)
-            data = job.audio_bytes()
+            data = finalize(job.audio_bytes(), self.audio_format)
             await asyncio.to_thread(self.store.write, job.name, data)
             job._finish()
             count("audio_synthesised", audio_samples / self.synthesizer.sample_rate)
@@ -310,16 +304,7 @@ class SpeechService:
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
     def _start_encoder(self, job: SpeechJob) -> tuple[subprocess.Popen, threading.Thread]:
-        rate = str(self.synthesizer.sample_rate)
-        command = [
-            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-            # Raw PCM needs no probing: without these, ffmpeg waits for seconds of input first.
-            "-probesize", "32", "-analyzeduration", "0", "-fflags", "+nobuffer",
-            "-f", "s16le", "-ar", rate, "-ac", "1", "-i", "pipe:0",
-            *_ENCODER_ARGS[self.audio_format],
-            "-flush_packets", "1",  # hand each encoded frame over at once, not per 32 KB
-            "pipe:1",
-        ]  # fmt: skip
+        command = encoder_command(self.audio_format, self.synthesizer.sample_rate)
         encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
         def pump() -> None:
