@@ -24,7 +24,7 @@ from lea_local import __version__
 from lea_local.api.auth import require_api_key
 from lea_local.api.chat import chat
 from lea_local.api.erase import erase
-from lea_local.api.errors import ApiError, exception_handlers
+from lea_local.api.errors import exception_handlers, still_starting
 from lea_local.api.health import health, ready
 from lea_local.api.media import tts_audio
 from lea_local.api.metrics import metrics
@@ -52,7 +52,7 @@ class Runtime:
 def _services(state: State) -> Services:
     runtime: Runtime = state.runtime
     if not runtime.ready or runtime.services is None:
-        raise ApiError(status_code=503, detail="Léa is starting: models are loading", headers={"Retry-After": "5"})
+        raise still_starting()
     return runtime.services
 
 

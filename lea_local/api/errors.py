@@ -28,6 +28,10 @@ class ApiError(HTTPException):
     """An error the API answers with its own status and message."""
 
 
+def still_starting() -> ApiError:
+    return ApiError(status_code=503, detail="Léa is starting: models are loading", headers={"Retry-After": "5"})
+
+
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
         content={"success": False, "error": message},

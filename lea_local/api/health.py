@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import get
 from litestar.datastructures import State
 
-from lea_local.api.errors import ApiError
+from lea_local.api.errors import still_starting
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import HealthResponse, ReadyResponse
 
@@ -24,5 +24,5 @@ def health() -> HealthResponse:
 def ready(state: State) -> ReadyResponse:
     runtime = state.runtime
     if not runtime.ready or runtime.services is None:
-        raise ApiError(status_code=503, detail="Léa is starting: models are loading", headers={"Retry-After": "5"})
+        raise still_starting()
     return ReadyResponse(status="ready", models=runtime.services.model_names())
