@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -27,8 +26,6 @@ log = logging.getLogger(__name__)
 class VoiceTurnResult:
     transcription: str
     turn: TurnResult
-    audio_seconds: float
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class VoiceTurns:
@@ -89,13 +86,9 @@ class VoiceTurns:
             owner = await anyio.to_thread.run_sync(self.chat.store.session_of, conversation_id)
             if session_id is not None and owner != session_id:
                 raise ConversationNotFound(f"conversation {conversation_id} not found for this session")
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
+        # The queues record each stage's engine time and wait in the request's log line.
         decoded = await self.decode_queue.run(self._decode, audio)
-        timings["decode"] = time.perf_counter() - started
-        started = time.perf_counter()
         transcript = await self.asr_queue.run(self._transcribe, decoded, cancel)
-        timings["asr"] = time.perf_counter() - started
         count("audio_transcribed", decoded.seconds)
         log.info(
             "transcribed",
@@ -103,13 +96,10 @@ class VoiceTurns:
                 "event": "asr",
                 "container": decoded.container,
                 "audio_seconds": round(decoded.seconds, 3),
-                "decode_seconds": round(timings["decode"], 3),
-                "asr_seconds": round(timings["asr"], 3),
                 "language": transcript.language,
                 **({"transcription": transcript.text} if self.log_content else {}),
             },
         )
-        started = time.perf_counter()
         turn = await self.chat.take_turn(
             transcript.text,
             session_id=session_id,
@@ -121,5 +111,4 @@ class VoiceTurns:
             audio_name=audio_name,
             cancel=cancel,
         )
-        timings["llm"] = time.perf_counter() - started
-        return VoiceTurnResult(transcript.text, turn, decoded.seconds, timings)
+        return VoiceTurnResult(transcript.text, turn)

@@ -227,14 +227,6 @@ class ConversationStore:
             )
             return conversation.id
 
-    def messages(self, conversation_id: int) -> list[MessageRow]:
-        with self._sessions() as db:
-            return list(
-                db.scalars(
-                    select(MessageRow).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.id)
-                )
-            )
-
     def counts(self) -> tuple[int, int]:
         """(conversations, messages) stored."""
         with self._sessions() as db:

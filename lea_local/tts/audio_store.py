@@ -57,9 +57,9 @@ class TtsAudioStore:
                     pass
         return deleted
 
-    def sweep(self, older_than: float | None = None) -> int:
-        """Delete files older than the TTL (or `older_than` seconds); returns how many."""
-        limit = time.time() - (self.ttl_seconds if older_than is None else older_than)
+    def sweep(self) -> int:
+        """Delete files older than the TTL; returns how many."""
+        limit = time.time() - self.ttl_seconds
         deleted = 0
         for path in self.directory.iterdir():
             try:

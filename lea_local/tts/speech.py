@@ -60,7 +60,6 @@ class SpeechJob:
         self.done = False
         self.error: str | None = None
         self._changed = asyncio.Event()
-        self.first_byte_at: float | None = None
 
     # --- text in ----------------------------------------------------------------------------
 
@@ -92,8 +91,6 @@ class SpeechJob:
         self._changed = asyncio.Event()
 
     def _append(self, data: bytes) -> None:  # on the event loop
-        if self.first_byte_at is None:
-            self.first_byte_at = time.monotonic()
         self._chunks.append(data)
         self._size += len(data)
         self._notify()
@@ -221,11 +218,6 @@ class SpeechService:
             if job is not None and not job.done:
                 job.cancel("erased")
         return self.store.delete(names)
-
-    async def wait_idle(self) -> None:
-        """Wait until every running synthesis has finished (tests, benchmarks, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
