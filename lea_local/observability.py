@@ -76,14 +76,15 @@ class Metrics:
 _metrics: contextvars.ContextVar[Metrics | None] = contextvars.ContextVar("metrics", default=None)
 
 
-def current_request_id() -> str | None:
-    return _request_id.get()
+def _add_to_request(key: str, seconds: float) -> None:
+    stages = _stages.get()
+    if stages is not None:
+        stages[key] = round(stages.get(key, 0.0) + seconds, 4)
 
 
 def record_stage(stage: str, seconds: float) -> None:
-    stages = _stages.get()
-    if stages is not None:
-        stages[stage] = round(stages.get(stage, 0.0) + seconds, 4)
+    """An engine's own time for one job, in the request's log line and the stage histogram."""
+    _add_to_request(stage, seconds)
     metrics = _metrics.get()
     if metrics is not None:
         metrics.stage_seconds.labels(stage=stage).observe(seconds)
@@ -91,10 +92,8 @@ def record_stage(stage: str, seconds: float) -> None:
 
 def record_wait(stage: str, seconds: float) -> None:
     """Time a job waited for its engine (queueing), apart from the engine's own time."""
-    stages = _stages.get()
-    if stages is not None and seconds >= 0.001:
-        key = f"{stage}_wait"
-        stages[key] = round(stages.get(key, 0.0) + seconds, 4)
+    if seconds >= 0.001:  # no noise in the log line for jobs that did not wait
+        _add_to_request(f"{stage}_wait", seconds)
     metrics = _metrics.get()
     if metrics is not None:
         metrics.queue_wait_seconds.labels(stage=stage).observe(seconds)
