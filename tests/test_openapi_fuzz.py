@@ -21,7 +21,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path, mo
         result = subprocess.run(
             [cli, "run", f"{lea.url}/schema/openapi.json", "--checks", CHECKS, "--header", f"X-API-Key: {API_KEY}",
              "--max-examples", "25", "--request-timeout", "120", "--generation-deterministic", "--no-color"],
-            capture_output=True, text=True, timeout=1200,
+            capture_output=True, text=True, timeout=1200, cwd=tmp_path,  # its cache stays out of the repo
         )  # fmt: skip
     finally:
         lea.stop()
