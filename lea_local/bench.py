@@ -169,12 +169,12 @@ class DirectBench:
     def speech_round(self, text: str) -> dict[str, float]:
         """TTS and encoding of a reply, and the LLM's cold prompt and generation speeds."""
         from lea_local.tts.encode import encode_audio
-        from lea_local.tts.normalize_fr import normalize_for_speech
+        from lea_local.tts.normalize import normalize_for_speech
 
         chunks: list[np.ndarray] = []
         first_chunk: list[float] = []
         started = time.perf_counter()
-        for chunk in self.synthesizer.synthesize(normalize_for_speech(text)):
+        for chunk in self.synthesizer.synthesize(normalize_for_speech(text, "fr-CA")):
             chunks.append(chunk)
             first_chunk or first_chunk.append(time.perf_counter() - started)
         t_tts = time.perf_counter() - started

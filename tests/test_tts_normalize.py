@@ -1,10 +1,10 @@
-"""The French reading normaliser, table-driven: what Léa writes → what the voice reads."""
+"""The France (fr-FR) reading normaliser, table-driven: what Léa writes → what the voice reads."""
 
 from __future__ import annotations
 
 import pytest
 
-from lea_local.tts.normalize_fr import normalize_for_speech
+from lea_local.tts.normalize import normalize_for_speech
 
 CASES = [
     # numbers
@@ -89,7 +89,7 @@ CASES = [
 
 @pytest.mark.parametrize(("written", "spoken"), CASES, ids=[c[0][:40] for c in CASES])
 def test_normalize_for_speech(written: str, spoken: str) -> None:
-    assert normalize_for_speech(written) == spoken
+    assert normalize_for_speech(written, "fr-FR") == spoken
 
 
 def test_there_are_at_least_40_cases() -> None:
