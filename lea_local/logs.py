@@ -1,5 +1,6 @@
-"""Structured logs: one JSON object per line on stderr. Secrets never reach them: every
-configured API key is masked in whatever is logged, as a last line of defence."""
+"""Structured logs: one JSON object per line on stderr. Secrets never reach them: nothing logs
+request headers, and request lines name the route template, not the path (an audio name is a
+credential). As a last line of defence, a configured API key is masked should one slip in."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from lea_local.settings import MIN_API_KEY_LENGTH
+
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, secrets: list[str] | None = None) -> None:
         super().__init__()
-        self.secrets = [s for s in (secrets or []) if s]
+        # Only whole keys of a refusable length: masking a short one ("k") would mangle every
+        # word that contains it. The settings refuse such keys before logging is configured.
+        self.secrets = [s for s in (secrets or []) if len(s) >= MIN_API_KEY_LENGTH]
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {

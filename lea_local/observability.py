@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger("lea_local.request")
 
@@ -71,6 +72,43 @@ class Metrics:
 
     def track_queue(self, name: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(queue=name).set_function(depth)
+
+    def track_prompt_cache(self, stats: Callable[[], dict[str, int] | None]) -> None:
+        """The LLM prompt cache's counters (`PromptCache.stats`), read at each scrape."""
+        self.registry.register(PromptCacheCollector(stats))
+
+
+class PromptCacheCollector:
+    """lea_llm_prompt_cache_{hits,misses,evictions,reused_tokens,looked_up_tokens}_total,
+    lea_llm_prompt_cache_{bytes,entries,capacity_bytes}."""
+
+    COUNTERS = {
+        "hits": "Lookups that restored a stored conversation state",
+        "misses": "Lookups that restored nothing",
+        "evictions": "States dropped to stay within the capacity",
+        "reused_tokens": "Prompt tokens not evaluated again (restored state or live context)",
+        "looked_up_tokens": "Prompt tokens looked up",
+    }
+    GAUGES = {
+        "bytes": "Bytes the prompt cache holds, everything counted",
+        "entries": "Conversation states held",
+        "capacity_bytes": "Most bytes the prompt cache may hold",
+    }
+
+    def __init__(self, stats: Callable[[], dict[str, int] | None]) -> None:
+        self.stats = stats
+
+    def describe(self):
+        return self._families({})
+
+    def collect(self):
+        return self._families(self.stats() or {})
+
+    def _families(self, values: dict[str, int]):
+        return [
+            CounterMetricFamily(f"lea_llm_prompt_cache_{k}", doc, value=values.get(k, 0))
+            for k, doc in self.COUNTERS.items()
+        ] + [GaugeMetricFamily(f"lea_llm_prompt_cache_{k}", doc, value=values.get(k, 0)) for k, doc in self.GAUGES.items()]
 
 
 _metrics: contextvars.ContextVar[Metrics | None] = contextvars.ContextVar("metrics", default=None)
@@ -131,7 +169,8 @@ class RequestIdFilter(logging.Filter):
 class RequestLogMiddleware:
     """Pure ASGI middleware: a request id (the client's X-Request-ID when well-formed, else a
     new one) returned in X-Request-ID, and one JSON log line per request with its status,
-    latency and per-stage timings. Logs the path only, never the query or headers."""
+    latency and per-stage timings. Logs the route template, never the raw path (an audio name
+    is a credential), the query or headers."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app = app
@@ -159,16 +198,16 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_label(scope)
-            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            route = route_label(scope)
+            method = method_label(scope["method"])
+            self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()
             self.metrics.request_seconds.labels(route=route).observe(elapsed)
             log.info(
                 "request",
                 extra={
                     "event": "request",
                     "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"][:200],
+                    "method": method,
                     "route": route,
                     "status": status,
                     "seconds": round(elapsed, 4),
@@ -180,23 +219,19 @@ class RequestLogMiddleware:
             _metrics.reset(tokens[2])
 
 
-_KNOWN_ROUTES = (
-    "/api/external/agent/chat/voice",
-    "/api/external/agent/chat",
-    "/api/external/agent/erase",
-    "/health",
-    "/ready",
-    "/metrics",
-)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
 
 
-def _route_label(scope) -> str:
-    """A bounded label set: the route template, never the raw path (ids, attacks)."""
-    path = scope.get("path", "")
-    if path in _KNOWN_ROUTES:
-        return path
-    if path.startswith("/media/tts/"):
-        return "/media/tts/{name}"
-    if path.startswith("/schema"):
-        return "/schema"
-    return "other"
+def method_label(method: str) -> str:
+    """uvicorn's parser accepts any token as a method: a label per invented name would be a new
+    series for ever (memory anyone can grow), so the label set is closed."""
+    return method if method in KNOWN_METHODS else "other"
+
+
+def route_label(scope) -> str:
+    """The template of the route Litestar matched (`/media/tts/{name:str}`): never the raw path,
+    whose ids, audio names (credentials) and attack strings would each be a new series and end
+    up in the logs. Litestar sets `path_template` while routing; no route matched: a fixed label."""
+    template = scope.get("path_template")
+    return template if isinstance(template, str) and template else UNMATCHED_ROUTE

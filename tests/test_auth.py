@@ -11,12 +11,12 @@ from tests.server import CHAT_PATH
 
 
 def test_every_rotated_key_is_accepted_and_others_refused(make_server):
-    lea = make_server({"AGENT_API_KEY": "old-key-111, new-key-222"})
+    lea = make_server({"AGENT_API_KEY": "old-key-0123456789, new-key-0123456789"})
     with lea.client() as client:
         for key, status in (
-            ("old-key-111", 200),
-            ("new-key-222", 200),
-            ("old-key-111, new-key-222", 401),
+            ("old-key-0123456789", 200),
+            ("new-key-0123456789", 200),
+            ("old-key-0123456789, new-key-0123456789", 401),
             ("", 401),
             ("x" * 10000, 401),
         ):

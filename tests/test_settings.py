@@ -10,20 +10,21 @@ from lea_local.settings import Settings, SettingsError
 
 
 def test_defaults(monkeypatch):
-    monkeypatch.setenv("AGENT_API_KEY", "k")
+    monkeypatch.setenv("AGENT_API_KEY", "a-long-enough-test-key")
     s = Settings(_env_file=None)
     assert s.models_dir == Path("models") and s.data_dir == Path("data")
     assert s.preset == "auto"
     assert s.effective_database_url == "sqlite:///data/lea.sqlite3"
     assert s.llm_gpu_layers is None
     assert s.cors_origins == []
+    assert s.metrics_require_key is False
 
 
 def test_comma_separated_keys_and_origins(monkeypatch):
-    monkeypatch.setenv("AGENT_API_KEY", " one , two,")
+    monkeypatch.setenv("AGENT_API_KEY", " key-one-0123456789 , key-two-0123456789,")
     monkeypatch.setenv("LEA_CORS_ORIGINS", "https://app.immoassist.fr, https://staging.immoassist.fr")
     s = Settings(_env_file=None)
-    assert s.require_api_keys() == [b"one", b"two"]
+    assert s.require_api_keys() == [b"key-one-0123456789", b"key-two-0123456789"]
     assert s.cors_origins == ["https://app.immoassist.fr", "https://staging.immoassist.fr"]
 
 
@@ -33,13 +34,26 @@ def test_missing_key_is_refused_with_the_reason(monkeypatch):
         Settings(_env_file=None).require_api_keys()
 
 
+@pytest.mark.parametrize("keys", ["Zq", "fifteen-charsZq", "a-long-enough-test-key,Zq9"])
+def test_short_key_is_refused_with_the_reason(monkeypatch, keys):
+    monkeypatch.setenv("AGENT_API_KEY", keys)
+    with pytest.raises(SettingsError, match="AGENT_API_KEY is too short: every key needs at least 16") as caught:
+        Settings(_env_file=None).require_api_keys()
+    assert "Zq" not in str(caught.value)  # the key itself is not echoed
+
+
+def test_sixteen_characters_are_enough(monkeypatch):
+    monkeypatch.setenv("AGENT_API_KEY", "sixteen-chars-16")
+    assert Settings(_env_file=None).require_api_keys() == [b"sixteen-chars-16"]
+
+
 def test_key_is_not_shown_in_repr(monkeypatch):
     monkeypatch.setenv("AGENT_API_KEY", "super-secret-value")
     assert "super-secret-value" not in repr(Settings(_env_file=None))
 
 
 def test_relative_llm_model_is_under_models_dir(monkeypatch):
-    monkeypatch.setenv("AGENT_API_KEY", "k")
+    monkeypatch.setenv("AGENT_API_KEY", "a-long-enough-test-key")
     monkeypatch.setenv("LEA_MODELS_DIR", "/srv/models")
     monkeypatch.setenv("LEA_LLM_MODEL", "custom/model.gguf")
     assert Settings(_env_file=None).llm_model == Path("/srv/models/custom/model.gguf")

@@ -7,17 +7,29 @@ header), and a PNG named `.webm` must be refused before ffmpeg sees it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import ffmpeg
+from anyio.abc import TaskStatus
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 SUPPORTED = "webm, mp4/m4a, ogg (opus, vorbis), wav, mp3, flac, aac"
+
+UPLOAD_PREFIX = "lea-upload-"
+# A decode holds its copy of the upload for at most the decode timeout: a copy older than a
+# few timeouts belongs to no running decode.
+STALE_AFTER_TIMEOUTS = 4
 
 # ffmpeg messages that mean the input stops before its own end.
 _TRUNCATION_MARKERS = ("ended prematurely", "partial file", "moov atom not found", "truncat", "end of file")
@@ -98,7 +110,7 @@ def decode_audio(
     if container == "ogg" and not ogg_is_complete(data):
         raise AudioRejected("the audio file is truncated or corrupt (incomplete Ogg stream)")
     # A real file, not a pipe: MP4's index (moov) may sit at the end of the file.
-    fd, path = tempfile.mkstemp(prefix="lea-upload-", dir=temp_dir)
+    fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=temp_dir)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -127,3 +139,50 @@ def decode_audio(
     if decoded.seconds > max_seconds:
         raise AudioRejected(f"the recording is longer than {max_seconds:g} s", status=413)
     return decoded
+
+
+def remove_temp_files(directory: Path, older_than: float | None = None) -> int:
+    """Delete the files in the upload folder: all of them, or those last written more than
+    `older_than` seconds ago. Returns how many. A decode deletes its own copy; one that stays
+    was left by a killed server and holds a recording outside erasure and retention."""
+    cutoff = None if older_than is None else time.time() - older_than
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            continue  # its decode finished meanwhile
+    return removed
+
+
+async def keep_temp_dir_clean(
+    directory: Path, decode_timeout: float, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """For the app's lifespan (`await tasks.start(...)`): empties the upload folder before the
+    server serves (no decode can be running yet), then deletes stale copies periodically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    removed = remove_temp_files(directory)
+    if removed:
+        log.warning(
+            "deleted uploads left by an earlier run", extra={"event": "tmp.cleared", "deleted": removed}
+        )
+    task_status.started()
+    max_age = decode_timeout * STALE_AFTER_TIMEOUTS
+    while True:
+        await anyio.sleep(max_age)
+        try:
+            removed = await anyio.to_thread.run_sync(remove_temp_files, directory, max_age)
+        except OSError:
+            log.exception("sweeping stale uploads failed")
+            continue
+        if removed:
+            log.warning("deleted stale uploads", extra={"event": "tmp.sweep", "deleted": removed})
