@@ -1,5 +1,6 @@
 """Generated speech: fetched over HTTP from the app's own media route, decoded, timed against
-its text; expiry, traversal attempts, other formats, text chat with speech, synthesis failure."""
+its text; byte ranges, HEAD and ETags as a browser's media element uses them; expiry, traversal
+attempts, other formats, text chat with speech, synthesis failure."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_expired_audio_is_404_and_swept(make_server):
         assert client.get(body["assistant_audio_url"]).status_code == 200
         time.sleep(2.5)
         r = client.get(body["assistant_audio_url"])
-    assert r.status_code == 404 and r.json() == {"success": False, "error": "audio not found or expired"}
+    assert r.status_code == 404 and r.json()["error"] == "audio not found or expired"
     deadline = time.monotonic() + 10
     while (lea.data_dir / "tts" / name).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -127,7 +128,8 @@ def test_speech_that_fails_after_the_answer_gives_an_error_status_not_a_hang(mak
         assert body["response"].strip() and body["assistant_audio_url"]
         started = time.monotonic()
         r = client.get(body["assistant_audio_url"])
-    assert r.status_code == 500 and r.json() == {"success": False, "error": "speech synthesis failed"}
+    assert r.status_code == 500 and r.json()["success"] is False
+    assert r.json()["error"] == "speech synthesis failed"
     assert time.monotonic() - started < 10
 
 
@@ -141,3 +143,120 @@ def test_encoders_produce_decodable_files():
         samples, decoded_rate = sf.read(io.BytesIO(data))
         assert decoded_rate == expected_rate
         assert abs(len(samples) / decoded_rate - 2.0) < 0.1, fmt
+
+
+# --- what a browser's media element asks (Safari: Range from the first request) ---------------
+
+
+def complete_audio(server) -> tuple[str, bytes]:
+    """A voice turn's audio URL and its whole file, once synthesis is over."""
+    url = voice_turn(server)["assistant_audio_url"]
+    with server.client() as client:
+        r = client.get(url)  # streams until the job is done and the file stored
+    assert r.status_code == 200
+    return url, r.content
+
+
+def test_byte_ranges_answer_206_with_the_exact_bytes(server):
+    url, whole = complete_audio(server)
+    size = len(whole)
+    assert size > 2048
+    with server.client() as client:
+        for header, start, end in (
+            ("bytes=0-1023", 0, 1023),
+            ("bytes=500-", 500, size - 1),
+            ("bytes=-500", size - 500, size - 1),
+            (f"bytes=1000-{size + 5000}", 1000, size - 1),  # past the end: up to the end
+        ):
+            r = client.get(url, headers={"Range": header})
+            assert r.status_code == 206, (header, r.status_code)
+            assert r.headers["content-range"] == f"bytes {start}-{end}/{size}", header
+            assert r.headers["content-length"] == str(end - start + 1)
+            assert r.headers["content-type"] == "audio/mpeg"
+            assert r.headers["accept-ranges"] == "bytes"
+            assert r.content == whole[start : end + 1], header
+        # Several ranges: the whole file (RFC 9110 allows it); an invalid header is ignored.
+        for header in ("bytes=0-99,200-299", "bytes=500-100", "lines=0-10"):
+            r = client.get(url, headers={"Range": header})
+            assert r.status_code == 200 and r.content == whole, header
+
+
+def test_ranges_a_player_stitches_together_decode_as_the_whole_audio(server):
+    url, whole = complete_audio(server)
+    size = len(whole)
+    half = size // 2
+    with server.client() as client:
+        first = client.get(url, headers={"Range": f"bytes=0-{half - 1}"})
+        second = client.get(url, headers={"Range": f"bytes={half}-"})
+    assert first.status_code == second.status_code == 206
+    assert first.content + second.content == whole
+    samples, rate = sf.read(io.BytesIO(first.content + second.content))
+    whole_samples, _ = sf.read(io.BytesIO(whole))
+    assert len(samples) == len(whole_samples) and len(samples) / rate > 1
+    # The first half alone is playable MP3: the first half of the speech.
+    head, _ = sf.read(io.BytesIO(first.content))
+    assert 0.3 * len(whole_samples) < len(head) < 0.7 * len(whole_samples)
+    assert np.abs(head).max() > 0.05
+
+
+def test_unsatisfiable_ranges_are_416_with_the_size(server):
+    url, whole = complete_audio(server)
+    size = len(whole)
+    with server.client() as client:
+        for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
+            r = client.get(url, headers={"Range": header})
+            assert r.status_code == 416, header
+            assert r.headers["content-range"] == f"bytes */{size}"
+            assert r.json()["success"] is False
+
+
+def test_head_gives_the_headers_without_the_body(server):
+    url, whole = complete_audio(server)
+    with server.client() as client:
+        r = client.head(url)
+        get = client.get(url)
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-length"] == str(len(whole)) == get.headers["content-length"]
+    assert r.headers["content-type"] == "audio/mpeg"
+    assert r.headers["accept-ranges"] == "bytes"
+    assert r.headers["etag"] == get.headers["etag"]
+    with server.client() as client:
+        assert client.head(url.rsplit("/", 1)[0] + "/" + "B" * 32 + ".mp3").status_code == 404
+
+
+def test_etag_and_if_none_match_give_304(server):
+    url, whole = complete_audio(server)
+    with server.client() as client:
+        r = client.get(url)
+        etag = r.headers["etag"]
+        assert etag.startswith('"') and not etag.startswith("W/")  # strong: ranges may use it
+        assert r.headers["content-length"] == str(len(whole))
+        assert client.get(url).headers["etag"] == etag  # the same file, the same tag
+        not_modified = client.get(url, headers={"If-None-Match": etag})
+        assert not_modified.status_code == 304 and not_modified.content == b""
+        assert not_modified.headers["etag"] == etag
+        assert client.get(url, headers={"If-None-Match": '"something-else"'}).status_code == 200
+        # If-Range with another file's tag: the whole of this one, not a piece of it.
+        r = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"something-else"'})
+        assert r.status_code == 200 and r.content == whole
+        r = client.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
+        assert r.status_code == 206 and r.content == whole[:10]
+    other_url, _ = complete_audio(server)
+    with server.client() as client:
+        assert client.get(other_url).headers["etag"] != etag
+
+
+def test_a_range_on_audio_in_progress_waits_for_it_then_answers_206(make_server):
+    lea = make_server({"LEA_TTS_FOR_TEXT_CHAT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "160", "LEA_LLM_TEMPERATURE": "0"})
+    with lea.client() as client:
+        body = lea.chat(client, "Écris une très longue histoire sur une maison à vendre à Lyon.").json()
+        name = body["assistant_audio_url"].rsplit("/", 1)[1]
+        assert not (lea.data_dir / "tts" / name).exists(), "speech was finished before the JSON left"
+        r = client.get(body["assistant_audio_url"], headers={"Range": "bytes=0-1023"})
+        stored = (lea.data_dir / "tts" / name).read_bytes()
+        assert r.status_code == 206
+        assert r.headers["content-range"] == f"bytes 0-1023/{len(stored)}"
+        assert r.content == stored[:1024]
+        tail = client.get(body["assistant_audio_url"], headers={"Range": "bytes=1024-"})
+    samples, rate = sf.read(io.BytesIO(r.content + tail.content))
+    assert len(samples) / rate > 3

@@ -1,5 +1,6 @@
-"""Every error leaves as `{"success": false, "error": "<clear message>"}`: never HTML, never a
-stack trace. Registered once, on the app, so router-level 404/405 are shaped too."""
+"""Every error leaves as `{"success": false, "error": "<clear message>", "detail": "<same>"}`:
+never HTML, never a stack trace. `error` is the contract's field; ImmoAssist's web app shows
+`detail` to the user. Registered once, on the app, so router-level 404/405 are shaped too."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from lea_local.asr.base import NoSpeech
 from lea_local.asr.decode import AudioRejected
 from lea_local.inference_queue import QueueFull
 from lea_local.llm.context import PromptTooLong
+from lea_local.observability import method_label, route_label
 from lea_local.store.conversations import ConversationNotFound
 from lea_local.turns import EngineFailure
 
@@ -34,7 +36,7 @@ def still_starting() -> ApiError:
 
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        content={"success": False, "error": message},
+        content={"success": False, "error": message, "detail": message},
         status_code=status_code,
         media_type=MediaType.JSON,
         headers=headers,
@@ -60,6 +62,10 @@ def _http_exception(request: Request, exc: HTTPException) -> Response:
         message = f"No such route: {request.method} {request.url.path}"
     elif isinstance(exc, MethodNotAllowedException):
         message = f"Method {request.method} is not allowed on {request.url.path}"
+    elif exc.status_code >= 500 and not isinstance(exc, ApiError):
+        # Litestar's own 500s (ImproperlyConfiguredException…) carry internal details: file paths.
+        log.error("internal error on %s %s", method_label(request.method), route_label(request.scope), exc_info=exc)
+        message = "Internal server error"
     else:
         message = exc.detail or "Request failed"
     headers = dict(exc.headers or {})
@@ -71,7 +77,8 @@ def _queue_full(_: Request, exc: QueueFull) -> Response:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # The route template, not the path: an audio name in /media/tts/<name> is a credential.
+    log.error("unhandled error on %s %s", method_label(request.method), route_label(request.scope), exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
 
 

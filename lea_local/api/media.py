@@ -1,26 +1,41 @@
-"""GET /media/tts/<name>: generated speech, for the browser's <audio> element (no API key: the
-name itself, 192 random bits, is the credential; it lists nothing and expires).
+"""GET and HEAD /media/tts/<name>: generated speech, for the browser's <audio> element (no API
+key: the name itself, 192 random bits, is the credential; it lists nothing and expires).
 
-While the speech is still being synthesised, the response streams it from the first sentence
-on; once done, the stored file is served."""
+While the speech is still being synthesised, a plain GET streams it from the first sentence on;
+a Range or HEAD request (Safari's media element asks with ranges) waits until it is complete.
+A complete file is served with byte ranges (206), a strong ETag (304 on If-None-Match) and its
+length. Litestar's `File` does neither ranges nor conditional requests, and it stats the file
+after the handler returned (a file swept meanwhile gave a 500 naming its path): the file is
+read here, whole (a reply's audio is a few hundred KB), and answered from memory."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 
-from litestar import Request, get
+import anyio.to_thread
+from litestar import HttpMethod, Request, Response, route
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
-from litestar.response import File, Stream
+from litestar.response import Stream
 
 from lea_local.api.errors import ApiError
 from lea_local.api.openapi import error_responses
+from lea_local.api.schemas import ErrorResponse
 from lea_local.settings import Settings
+from lea_local.tts.audio_store import StoredAudio
 from lea_local.tts.encode import MEDIA_TYPES
-from lea_local.tts.speech import SpeechFailed
+from lea_local.tts.speech import SpeechFailed, SpeechJob
+
+log = logging.getLogger(__name__)
 
 MEDIA_PREFIX = "/media/tts"
-_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff", "Accept-Ranges": "bytes"}
+# One range; more digits than a file could have are treated as an invalid header (ignored).
+_RANGE = re.compile(r"bytes=\s*(\d{0,18})\s*-\s*(\d{0,18})\s*", re.IGNORECASE)
 
 
 def audio_url(request: Request, settings: Settings, name: str | None) -> str | None:
@@ -32,41 +47,121 @@ def audio_url(request: Request, settings: Settings, name: str | None) -> str | N
     return f"{base}{MEDIA_PREFIX}/{name}"
 
 
-@get(
+def _not_found() -> ApiError:
+    return ApiError(status_code=404, detail="audio not found or expired")
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The first and last byte (inclusive) asked by a Range header, or None to serve the whole
+    file: a header that is not one valid byte range is ignored, as RFC 9110 allows (several
+    ranges included). Raises 416 when the range lies outside the file."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # bytes=-N: the last N bytes
+        start, end = max(0, size - int(last)), size - 1
+        satisfiable = int(last) > 0 and size > 0
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            return None
+        satisfiable = start < size
+    if not satisfiable:
+        raise ApiError(
+            status_code=416,
+            detail=f"the range {header.strip()!r} is outside the audio ({size} bytes)",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match: weak comparison, a list or `*`."""
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _stored_response(request: Request, audio: StoredAudio, media_type: str) -> Response[bytes]:
+    size = len(audio.data)
+    last_modified = formatdate(audio.modified, usegmt=True)
+    headers = {**_HEADERS, "ETag": audio.etag, "Last-Modified": last_modified}
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and _etag_matches(if_none_match, audio.etag):
+        return Response(b"", status_code=304, headers=headers, media_type=media_type)
+    range_header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() not in (audio.etag, last_modified):
+        range_header = None  # the client's copy is another file: send the whole of this one
+    selected = byte_range(range_header, size) if range_header and request.method == "GET" else None
+    if request.method == "HEAD":
+        return Response(b"", headers={**headers, "Content-Length": str(size)}, media_type=media_type)
+    if selected is None:
+        return Response(audio.data, headers=headers, media_type=media_type)
+    start, end = selected
+    return Response(
+        audio.data[start : end + 1],
+        status_code=206,
+        headers={**headers, "Content-Range": f"bytes {start}-{end}/{size}"},
+        media_type=media_type,
+    )
+
+
+def _failed(job: SpeechJob, exc: SpeechFailed) -> ApiError:
+    return _not_found() if job.erased else ApiError(status_code=500, detail=str(exc))
+
+
+async def _stream_in_progress(job: SpeechJob, timeout: float) -> Stream:
+    chunks = job.stream(timeout=timeout)
+    try:
+        first = await anext(chunks)  # the status must tell a failure, so wait for audio first
+    except SpeechFailed as exc:
+        raise _failed(job, exc) from exc
+    except StopAsyncIteration:
+        first = b""
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except SpeechFailed as exc:
+            # The 200 is gone: end the response without its last chunk, so that the player
+            # sees a broken transfer, not a complete (truncated) file.
+            log.warning("audio stream aborted: %s", exc, extra={"event": "tts.stream_aborted"})
+            raise
+
+    return Stream(rest(), media_type=job.media_type, headers=_HEADERS)
+
+
+@route(
     f"{MEDIA_PREFIX}/{{name:str}}",
-    summary="Generated speech (streamed while it is being synthesised)",
-    responses=error_responses(404, 500),
+    http_method=[HttpMethod.GET, HttpMethod.HEAD],
+    summary="Generated speech (streamed while it is being synthesised; byte ranges once complete)",
+    responses={
+        **error_responses(404, 500),
+        416: ResponseSpec(
+            data_container=ErrorResponse,
+            description="The byte range lies outside the audio (Content-Range: bytes */<size>)",
+            generate_examples=False,
+        ),
+    },
 )
-async def tts_audio(name: FromPath[str], state: State) -> File | Stream:
+async def tts_audio(name: FromPath[str], request: Request, state: State) -> Response:
     runtime = state.runtime
     speech = runtime.services.speech if runtime.ready else None
     if speech is None:
-        raise ApiError(status_code=404, detail="audio not found or expired")
+        raise _not_found()
+    timeout = runtime.services.settings.tts_stream_timeout_seconds
     job = speech.job(name)
     if job is not None and not job.done:
-        chunks = job.stream(timeout=runtime.services.settings.tts_stream_timeout_seconds)
-        try:
-            first = await anext(chunks)  # the status must tell a failure, so wait for audio first
+        if request.method == "GET" and "range" not in request.headers:
+            return await _stream_in_progress(job, timeout)
+        try:  # a range or a length needs the whole file
+            await job.wait_done(timeout)
         except SpeechFailed as exc:
-            raise ApiError(status_code=500, detail=str(exc)) from exc
-        except StopAsyncIteration:
-            first = b""
-
-        async def rest() -> AsyncIterator[bytes]:
-            yield first
-            try:
-                async for chunk in chunks:
-                    yield chunk
-            except SpeechFailed:
-                return  # headers are gone: the stream ends early, the player stops
-
-        return Stream(rest(), media_type=job.media_type, headers=_HEADERS)
-    path = speech.store.resolve(name)
-    if path is None:
-        raise ApiError(status_code=404, detail="audio not found or expired")
-    return File(
-        path=path,
-        media_type=MEDIA_TYPES[path.suffix.lstrip(".")],
-        content_disposition_type="inline",
-        headers=_HEADERS,
-    )
+            raise _failed(job, exc) from exc
+    audio = await anyio.to_thread.run_sync(speech.store.read, name)
+    if audio is None:
+        raise _not_found()
+    return _stored_response(request, audio, MEDIA_TYPES[name.rsplit(".", 1)[1]])

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 # token_urlsafe(24) gives 32 characters of [A-Za-z0-9_-]: 192 random bits.
 _NAME = re.compile(r"[A-Za-z0-9_-]{32}\.(?:mp3|ogg|wav)")
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """A stored file's whole content, read at once (a reply's audio is at most a few MB), so that
+    a file removed or expired meanwhile cannot break a response whose headers are already sent."""
+
+    data: bytes
+    modified: float
+    etag: str
+    """Strong: a stored file never changes once written (name, size and mtime identify it)."""
 
 
 class TtsAudioStore:
@@ -27,12 +40,19 @@ class TtsAudioStore:
     def new_name(self, extension: str) -> str:
         return f"{secrets.token_urlsafe(24)}.{extension}"
 
-    def write(self, name: str, data: bytes) -> Path:
+    def stage(self, name: str, data: bytes) -> Path:
+        """Write the file under a hidden temporary name; `commit` makes it public."""
+        staged = self.directory / f".{name}.tmp"
+        staged.write_bytes(data)
+        return staged
+
+    def commit(self, staged: Path, name: str) -> Path:
         path = self.directory / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # a reader sees the whole file or none
+        os.replace(staged, path)  # a reader sees the whole file or none
         return path
+
+    def write(self, name: str, data: bytes) -> Path:
+        return self.commit(self.stage(name, data), name)
 
     def resolve(self, name: str) -> Path | None:
         """The file for a public name, or None: malformed names (traversal included), missing
@@ -45,6 +65,21 @@ class TtsAudioStore:
         except FileNotFoundError:
             return None
         return path if age <= self.ttl_seconds else None
+
+    def read(self, name: str) -> StoredAudio | None:
+        """The stored audio of a public name, or None (like `resolve`; also when the file goes
+        away between the lookup and the read)."""
+        path = self.resolve(name)
+        if path is None:
+            return None
+        try:
+            with path.open("rb") as file:
+                info = os.fstat(file.fileno())
+                data = file.read()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        tag = hashlib.blake2b(f"{name}:{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=12).hexdigest()
+        return StoredAudio(data=data, modified=info.st_mtime, etag=f'"{tag}"')
 
     def delete(self, names: list[str]) -> int:
         deleted = 0

@@ -21,16 +21,18 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from lea_local.inference_queue import InferenceQueue, QueueFull
-from lea_local.observability import count
+from lea_local.locales import Locale
+from lea_local.observability import count, count_rejection
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.encode import MEDIA_TYPES, AudioFormat, encoder_command, finalize
-from lea_local.tts.normalize_fr import normalize_for_speech
+from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,11 @@ class SpeechJob:
         self._size = 0
         self.done = False
         self.error: str | None = None
+        self.erased = False
+        self.cpu_wait_seconds = 0.0  # its sentences' time waiting for the CPU (another engine's)
+        self._queued_at = 0.0
+        # Waiting for the reply's text or for the CPU (another engine's turn): not a stall.
+        self._idle = True
         self._changed = asyncio.Event()
 
     # --- text in ----------------------------------------------------------------------------
@@ -86,9 +93,14 @@ class SpeechJob:
 
     # --- audio out --------------------------------------------------------------------------
 
-    def _notify(self) -> None:
+    def _notify(self) -> None:  # on the event loop: any progress restarts the stall timer
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _set_idle(self, idle: bool) -> None:  # on the event loop
+        if idle != self._idle:
+            self._idle = idle
+            self._notify()
 
     def _append(self, data: bytes) -> None:  # on the event loop
         self._chunks.append(data)
@@ -107,9 +119,25 @@ class SpeechJob:
     def audio_bytes(self) -> bytes:
         return b"".join(self._chunks)
 
+    async def _next_change(self, timeout: float) -> None:
+        """Wait until the job moves on. SpeechFailed when it is working (synthesising,
+        encoding, storing) yet shows no progress for `timeout` seconds; waiting for the CPU
+        while another engine holds it, or for the reply's text, is not a stall."""
+        while True:
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), timeout)
+                return
+            except TimeoutError:
+                if not self._idle:
+                    raise SpeechFailed(f"speech synthesis stalled for {timeout:g} s") from None
+
     async def stream(self, timeout: float) -> AsyncIterator[bytes]:
-        """Every byte of the audio, as it comes. Raises SpeechFailed before the first byte when
-        synthesis fails or stalls for `timeout` seconds; after it, the stream just ends."""
+        """Every byte of the audio, as it comes. Raises SpeechFailed, before or after the first
+        byte, when synthesis fails, is erased or stalls (see `_next_change`); at once, with no
+        byte, when it has already failed."""
+        if self.error is not None and not self.done:
+            raise SpeechFailed(self.error)
         sent = 0
         while True:
             if sent < len(self._chunks):
@@ -121,11 +149,14 @@ class SpeechJob:
                 return
             if self.error is not None:
                 raise SpeechFailed(self.error)
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), timeout)
-            except TimeoutError:
-                raise SpeechFailed(f"speech synthesis stalled for {timeout:g} s") from None
+            await self._next_change(timeout)
+
+    async def wait_done(self, timeout: float) -> None:
+        """Until the audio is complete and stored; SpeechFailed as for `stream`."""
+        while not self.done:
+            if self.error is not None:
+                raise SpeechFailed(self.error)
+            await self._next_change(timeout)
 
 
 class SpeechService:
@@ -139,8 +170,11 @@ class SpeechService:
         overlap_generation: bool = False,
         max_jobs: int = 32,
         job_grace_seconds: float = 120.0,
+        locale: Locale = "fr-CA",
     ) -> None:
+        """`locale`: how numbers and symbols are read aloud (`lea_local.tts.normalize`)."""
         self.synthesizer = synthesizer
+        self.locale = locale
         self.store = store
         self.queue = queue
         self.audio_format = audio_format
@@ -153,16 +187,21 @@ class SpeechService:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> SpeechJob | None:
-        """A new job, already reachable by name; None when too many are running (the turn then
-        answers without audio, as the contract allows)."""
+        """A new job, already reachable by name; None when the audio directory is unusable (the
+        turn then answers without audio, as the contract allows).
+
+        Raises QueueFull (503, before the turn does any work) when `max_jobs` are under way:
+        a turn that is admitted always gets its audio. `max_jobs` is sized from the turn queues
+        (see `build_services`), so this only happens when speech lags far behind the turns."""
         self._forget_finished_jobs()
         if not self.store.is_usable():
             log.error("speech skipped: the audio directory %s is missing or read-only", self.store.directory)
             return None
         active = sum(1 for j in self._jobs.values() if not j.done and j.error is None)
         if active >= self.max_jobs:
-            log.warning("speech skipped: %d syntheses already running", active)
-            return None
+            count_rejection(self.queue.name)
+            log.warning("speech refused: %d syntheses already under way", active)
+            raise QueueFull(f"the {self.queue.name} engine is busy; try again in a few seconds", 5, self.queue.name)
         job = SpeechJob(self.store.new_name(self.audio_format), self.audio_format, asyncio.get_running_loop())
         self._jobs[job.name] = job
         task = asyncio.create_task(self._run(job), name=f"speech-{job.name[:8]}")
@@ -212,11 +251,15 @@ class SpeechService:
         return result, job.name
 
     def erase(self, names: list[str]) -> int:
-        """Stop the jobs and delete the files of these audio names; returns files deleted."""
+        """Stop the jobs and delete the files of these audio names; returns files deleted.
+        On the event loop, like the job's last step (`_publish`): a job erased before it
+        published never writes its file, one erased after has its file deleted here."""
         for name in names:
             job = self._jobs.pop(name, None)
-            if job is not None and not job.done:
-                job.cancel("erased")
+            if job is not None:
+                job.erased = True
+                if not job.done:
+                    job.cancel("erased")
         return self.store.delete(names)
 
     async def aclose(self) -> None:
@@ -242,35 +285,40 @@ class SpeechService:
         audio_samples = 0
         try:
             while True:
+                job._set_idle(True)  # waiting for the reply's text
                 sentence = await job.sentences.get()
                 if sentence is None or job.error is not None:
                     break
                 for phrase in split_first_phrase(sentence) if encoder is None else [sentence]:
-                    spoken = normalize_for_speech(phrase)
+                    spoken = normalize_for_speech(phrase, self.locale)
                     if not spoken:
                         continue
-                    t0 = time.perf_counter()
-                    pcm = await self.queue.run(self._synthesize, spoken)
-                    synth_seconds += time.perf_counter() - t0
+                    job._queued_at = time.perf_counter()
+                    job._set_idle(True)  # waiting for the CPU: `_synthesize` says when it starts
+                    pcm = await self.queue.run(self._synthesize, job, spoken)
+                    synth_seconds += time.perf_counter() - job._queued_at
                     if encoder is None:
                         encoder, reader = await encoder_starting
                     audio_samples += len(pcm)
                     await asyncio.to_thread(self._write_pcm, encoder, pcm)
+            job._set_idle(False)
             if job.error is not None:
                 return
             if encoder is None:
                 raise SpeechFailed("the reply had nothing to say aloud")
             await asyncio.to_thread(self._close_encoder, encoder, reader)
             data = finalize(job.audio_bytes(), self.audio_format)
-            await asyncio.to_thread(self.store.write, job.name, data)
-            job._finish()
+            staged = await asyncio.to_thread(self.store.stage, job.name, data)
+            if not self._publish(job, staged):
+                return
             count("audio_synthesised", audio_samples / self.synthesizer.sample_rate)
             log.info(
                 "speech synthesised",
                 extra={
                     "event": "tts",
                     "audio_seconds": round(audio_samples / self.synthesizer.sample_rate, 3),
-                    "tts_seconds": round(synth_seconds, 3),
+                    "tts_seconds": round(synth_seconds - job.cpu_wait_seconds, 3),
+                    "cpu_wait_seconds": round(job.cpu_wait_seconds, 3),
                     "total_seconds": round(time.perf_counter() - started, 3),
                     "bytes": len(data),
                 },
@@ -291,8 +339,23 @@ class SpeechService:
                 encoder.kill()
                 encoder.wait()
 
-    def _synthesize(self, text: str) -> np.ndarray:
-        chunks = list(self.synthesizer.synthesize(text))
+    def _publish(self, job: SpeechJob, staged: Path) -> bool:
+        """On the event loop, as `erase` is: nothing can erase between the check and the rename."""
+        if job.erased or job.error is not None:
+            staged.unlink(missing_ok=True)
+            log.info("speech discarded: %s", job.error or "erased", extra={"event": "tts.discarded"})
+            return False
+        self.store.commit(staged, job.name)
+        job._finish()
+        return True
+
+    def _synthesize(self, job: SpeechJob, text: str) -> np.ndarray:  # in a worker thread
+        job.cpu_wait_seconds += time.perf_counter() - job._queued_at
+        job.loop.call_soon_threadsafe(job._set_idle, False)  # has the CPU now: a stall would count
+        chunks = []
+        for chunk in self.synthesizer.synthesize(text):
+            chunks.append(chunk)
+            job.loop.call_soon_threadsafe(job._notify)
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
     def _start_encoder(self, job: SpeechJob) -> tuple[subprocess.Popen, threading.Thread]:
