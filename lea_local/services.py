@@ -4,18 +4,20 @@ startup from the settings, handed to routes by dependency injection."""
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-import anyio
 import numpy as np
 
 from lea_local.asr.base import SpeechRecognizer
 from lea_local.catalog import Catalog, load_catalog, resolve_installed_preset
 from lea_local.hardware import physical_cores
-from lea_local.inference_queue import InferenceQueue
+from lea_local.inference_queue import InferenceQueue, Slot
 from lea_local.llm.base import ChatEngine
+from lea_local.locales import asr_vocabulary, system_prompt_path
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
 from lea_local.tts.audio_store import TtsAudioStore
@@ -25,7 +27,9 @@ from lea_local.voice import VoiceTurns
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = Path(__file__).parent / "llm" / "system_prompt.fr.txt"
+# A reply of 2 to 4 sentences is synthesised in about this many jobs (one per sentence, the
+# first sentence's first phrase apart).
+SPEECH_JOBS_PER_REPLY = 4.0
 
 
 @dataclass
@@ -55,6 +59,16 @@ class Services:
             found.append(self.speech.queue)
         return found
 
+    def turn_stages(self, kind: Literal["chat", "voice"]) -> list[tuple[InferenceQueue, float]]:
+        """The engine jobs a text or voice turn will need, for its admission against its budget.
+        Its speech is counted too: it runs after the answer but on the same cores."""
+        stages: list[tuple[InferenceQueue, float]] = [(self.llm_queue, 1.0)]
+        if kind == "voice" and self.voice is not None:
+            stages += [(self.voice.decode_queue, 1.0), (self.voice.asr_queue, 1.0)]
+        if self.speech is not None and (kind == "voice" or self.settings.tts_for_text_chat):
+            stages.append((self.speech.queue, SPEECH_JOBS_PER_REPLY))
+        return stages
+
     def model_names(self) -> dict[str, str]:
         names = {"llm": self.chat_engine.model_name}
         if self.recognizer is not None:
@@ -71,6 +85,14 @@ class Services:
 
         def warm_llm() -> None:
             self.chat_engine.generate([ChatMessage("user", "Bonjour")], max_tokens=1, temperature=0.0)
+            # A first estimate of a turn's cost for admission, before any real turn is measured:
+            # a full-length reply at the measured speed (real turns then refine it).
+            started = time.perf_counter()
+            reply = self.chat_engine.generate(
+                [ChatMessage("user", "Bonjour, présentez-vous.")], max_tokens=16, temperature=0.0
+            )
+            per_token = (time.perf_counter() - started) / max(1, reply.completion_tokens)
+            self.llm_queue.service.seed(per_token * self.settings.llm_max_reply_tokens)
 
         def warm_asr() -> None:
             assert self.recognizer is not None
@@ -85,6 +107,10 @@ class Services:
             assert self.speech is not None
             for _ in self.speech.synthesizer.synthesize("Bonjour."):
                 pass
+            started = time.perf_counter()
+            for _ in self.speech.synthesizer.synthesize("Bonjour, je suis Léa, votre assistante."):
+                pass
+            self.speech.queue.service.seed(time.perf_counter() - started)
 
         jobs = [warm_llm] + ([warm_asr] if self.recognizer else []) + ([warm_tts] if self.speech else [])
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="warm-up") as pool:
@@ -130,7 +156,7 @@ def resolve_model_paths(settings: Settings, catalog: Catalog | None = None) -> M
 
 
 def read_system_prompt(settings: Settings) -> str:
-    path = settings.system_prompt_file or DEFAULT_SYSTEM_PROMPT
+    path = settings.system_prompt_file or system_prompt_path(settings.locale)
     return path.read_text(encoding="utf-8").strip()
 
 
@@ -140,7 +166,7 @@ def build_recognizer(settings: Settings, path: Path) -> SpeechRecognizer:
         device=settings.asr_device,
         language=language,
         beam_size=settings.asr_beam_size,
-        initial_prompt=settings.asr_initial_prompt,
+        initial_prompt=asr_vocabulary(settings.locale, settings.asr_initial_prompt),
         threads=settings.asr_threads or physical_cores(),
     )
     if settings.asr_engine == "openai-whisper":
@@ -179,6 +205,7 @@ def build_services(settings: Settings) -> Services:
             gpu_layers=settings.llm_gpu_layers,
             threads=settings.llm_threads or physical_cores(),
             prompt_cache_bytes=settings.llm_prompt_cache_mb * 1024 * 1024,
+            repeat_penalty=settings.llm_repeat_penalty,
         )
         asr_loading = pool.submit(build_recognizer, settings, paths.asr)
         tts_loading = pool.submit(PiperSynthesizer, paths.tts, use_cuda=settings.tts_use_cuda)
@@ -198,9 +225,9 @@ def build_services(settings: Settings) -> Services:
         share = not (
             getattr(engine, "on_gpu", False) or getattr(recognizer, "device", "cpu") == "cuda" or settings.tts_use_cuda
         )
-    cpu = anyio.CapacityLimiter(1) if share else None
+    cpu = Slot(1) if share else None
     overlap = overlap_generation(settings, engine)
-    llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size, limiter=cpu, stage="llm")
+    llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size, slot=cpu, stage="llm")
     turns = ChatTurns(
         engine=engine,
         store=store,
@@ -210,15 +237,22 @@ def build_services(settings: Settings) -> Services:
         temperature=settings.llm_temperature,
         log_content=settings.log_content,
     )
+    # Every turn the queues can hold (decode, ASR, LLM: waiting + running) may be speaking, plus
+    # a backlog of `tts_queue_size` replies still being spoken. Speech admits that many jobs (a
+    # turn beyond gets 503 before any work, never a null audio URL), and their sentences wait
+    # for the CPU without ever being refused.
+    speech_jobs = (
+        (settings.asr_queue_size + 2) + (settings.asr_queue_size + 1) + (settings.llm_queue_size + 1)
+    ) + settings.tts_queue_size
     speech = SpeechService(
         synthesizer,
         TtsAudioStore(settings.data_dir / "tts", settings.tts_ttl_seconds),
         # Speech that overlaps generation cannot wait for the LLM's turn on the CPU.
-        InferenceQueue(
-            "speech synthesis", max_waiting=settings.tts_queue_size, limiter=None if overlap else cpu, stage="tts"
-        ),
+        InferenceQueue("speech synthesis", max_waiting=speech_jobs, slot=None if overlap else cpu, stage="tts"),
         settings.tts_format,
         overlap_generation=overlap,
+        max_jobs=speech_jobs,
+        locale=settings.locale,
     )
     voice = VoiceTurns(
         chat=turns,
@@ -226,7 +260,7 @@ def build_services(settings: Settings) -> Services:
         decode_queue=InferenceQueue(
             "audio decoder", max_waiting=settings.asr_queue_size, concurrency=2, stage="decode"
         ),
-        asr_queue=InferenceQueue("speech recognition", max_waiting=settings.asr_queue_size, limiter=cpu, stage="asr"),
+        asr_queue=InferenceQueue("speech recognition", max_waiting=settings.asr_queue_size, slot=cpu, stage="asr"),
         max_audio_seconds=settings.max_audio_seconds,
         decode_timeout=settings.decode_timeout_seconds,
         temp_dir=settings.data_dir / "tmp",

@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
 
+MIN_API_KEY_LENGTH = 16
+"""Shorter keys are refused: guessable, and masking one in logs would mangle ordinary text."""
+
 
 class SettingsError(ValueError):
     """Raised when the settings cannot run a server (a missing API key, say)."""
@@ -39,7 +42,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AGENT_API_KEY", "LEA_API_KEYS"),
     )
     """Accepted `X-API-Key` values. Comma-separated so that a new key can be rolled out before
-    the old one is withdrawn. Required: the server refuses to start without one."""
+    the old one is withdrawn. Required: the server refuses to start without one, or with one
+    shorter than MIN_API_KEY_LENGTH characters."""
+    metrics_require_key: bool = False
+    """Put /metrics and the OpenAPI pages (/schema…) behind the API key too. Off: they are open
+    (they list no conversation, but say what the server runs and how busy it is)."""
 
     # --- HTTP -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -49,10 +56,22 @@ class Settings(BaseSettings):
     Unset: the base URL of the request itself."""
     cors_origins: CommaList = Field(default_factory=list)
     """Origins allowed to call the API from a browser (ImmoAssist's). Empty: CORS off."""
-    request_timeout_seconds: float = Field(default=300.0, gt=0)
-    """A turn still running after this long is stopped and answered 504."""
+    chat_timeout_seconds: float = Field(default=55.0, gt=0)
+    """Time budget of a text turn (ImmoAssist waits 60 s). A turn that cannot finish within it,
+    given the work queued ahead, is refused at once (503 + Retry-After); one still running at
+    the end is stopped and answered 504."""
+    voice_timeout_seconds: float = Field(default=85.0, gt=0)
+    """Time budget of a voice turn (ImmoAssist waits 90 s), upload decoding included."""
+    request_timeout_seconds: float | None = Field(default=None, gt=0)
+    """When set, overrides both budgets above (kept for existing configurations)."""
     max_message_chars: int = Field(default=4000, ge=1)
     """Longest accepted chat message, in characters; longer gets 400."""
+
+    # --- market -----------------------------------------------------------------------------
+    locale: Literal["fr-CA", "fr-FR"] = "fr-CA"
+    """`fr-CA`: Léa assists Québec brokers (OACIQ forms, prices in $); `fr-FR`: an agency in
+    France. Chooses the system prompt, how numbers and symbols are read aloud, and the speech
+    recogniser's default vocabulary."""
 
     # --- models ---------------------------------------------------------------------------
     models_dir: Path = Path("models")
@@ -70,15 +89,18 @@ class Settings(BaseSettings):
     -1 also means all."""
     llm_threads: int | None = Field(default=None, ge=1)
     """CPU threads for generation. Unset: the machine's physical cores."""
-    llm_max_reply_tokens: int = Field(default=384, ge=1)
+    llm_max_reply_tokens: int = Field(default=256, ge=1)
+    """Longest reply, in tokens (ImmoAssist's own LEA_MAX_TOKENS is 256)."""
     llm_temperature: float = Field(default=0.3, ge=0.0, le=2.0)
+    llm_repeat_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    """llama.cpp's repetition penalty (1.0: off). Small models loop without one."""
     llm_prompt_cache_mb: int = Field(default=1024, ge=0)
     """RAM kept for the evaluated state of recent conversations (0: only the last prompt).
     A state costs about (conversation tokens × the model's KV bytes per token)."""
     llm_queue_size: int = Field(default=16, ge=0)
     """Requests that may wait for the LLM while it answers another; beyond: 503 + Retry-After."""
     system_prompt_file: Path | None = None
-    """Léa's system prompt. Unset: the French prompt shipped in `lea_local/llm/`."""
+    """Léa's system prompt. Unset: the locale's prompt shipped in `lea_local/llm/`."""
 
     # --- speech recognition ---------------------------------------------------------------
     asr_engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
@@ -92,7 +114,8 @@ class Settings(BaseSettings):
     asr_beam_size: int = Field(default=1, ge=1, le=10)
     """1 is greedy decoding (fastest); 5 is Whisper's default beam search."""
     asr_initial_prompt: str | None = None
-    """Vocabulary hint for Whisper: commune and street names, agency jargon."""
+    """Vocabulary hint for Whisper: place and street names, agency jargon. Unset: the locale's
+    default vocabulary; an empty string: none."""
     asr_threads: int = Field(default=0, ge=0)
     """CPU threads for ASR (0: the machine's physical cores)."""
     asr_queue_size: int = Field(default=16, ge=0)
@@ -118,7 +141,9 @@ class Settings(BaseSettings):
     written it) or `after_reply`. `auto`: during generation when the LLM runs on a GPU, after
     the reply on a CPU-only machine (there both would fight over the same cores)."""
     tts_stream_timeout_seconds: float = Field(default=30.0, gt=0)
-    """A GET on audio still being synthesised fails (500) after this long without progress."""
+    """A GET on audio still being synthesised fails (500) after this long without progress
+    while synthesising (waiting for the CPU, held by another engine, does not count). A Range or
+    HEAD request on such audio waits for it to be complete, under the same rule."""
 
     engines_share_cpu: bool | None = None
     """Run the LLM, ASR and TTS one at a time, each with every core. Unset: yes when no
@@ -162,6 +187,12 @@ class Settings(BaseSettings):
                 setattr(self, name, self.models_dir / path)
         return self
 
+    def turn_timeout(self, kind: Literal["chat", "voice"]) -> float:
+        """The time budget of a text or voice turn, in seconds."""
+        if self.request_timeout_seconds is not None:
+            return self.request_timeout_seconds
+        return self.chat_timeout_seconds if kind == "chat" else self.voice_timeout_seconds
+
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'lea.sqlite3'}"
@@ -174,5 +205,10 @@ class Settings(BaseSettings):
                 "AGENT_API_KEY is not set: the server refuses to start without an API key. "
                 "Set AGENT_API_KEY to the key ImmoAssist sends in X-API-Key "
                 "(several keys may be given, comma-separated, for rotation)."
+            )
+        if any(len(key.get_secret_value()) < MIN_API_KEY_LENGTH for key in self.api_keys):
+            raise SettingsError(
+                f"AGENT_API_KEY is too short: every key needs at least {MIN_API_KEY_LENGTH} characters "
+                "(a short key is guessable). Generate one with: openssl rand -hex 32"
             )
         return keys

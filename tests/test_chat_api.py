@@ -33,6 +33,7 @@ def test_a_new_message_gets_the_contract_body(server):
         "model",
         "provider",
         "assistant_audio_url",
+        "usage",
     }
     assert body["success"] is True
     assert isinstance(body["response"], str) and body["response"].strip()
@@ -41,6 +42,9 @@ def test_a_new_message_gets_the_contract_body(server):
     assert body["model"] == "SmolLM2-135M-Instruct.Q4_1"
     assert body["provider"] == "llama-cpp"
     assert body["assistant_audio_url"] is None
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
 def test_a_turn_is_stored_with_timestamps_model_and_token_counts(server):

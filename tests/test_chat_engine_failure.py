@@ -16,7 +16,7 @@ from tests.server import API_KEY, CHAT_PATH
 
 
 class BrokenEngine:
-    """Survives the one-token warm-up, then fails as a GPU out of memory would."""
+    """Survives the warm-up's short generations, then fails as a GPU out of memory would."""
 
     provider = "llama-cpp"
     model_name = "broken"
@@ -26,7 +26,7 @@ class BrokenEngine:
         return sum(len(m.content) for m in messages) // 4 + 1
 
     def generate(self, messages, *, max_tokens, **kwargs):
-        if max_tokens > 1:
+        if max_tokens > 16:
             raise RuntimeError("CUDA error: out of memory")
         return ChatReply("ok", 1, 1, "stop")
 
@@ -39,7 +39,7 @@ def test_engine_failure_is_500_and_stores_nothing(tmp_path):
         engine = BrokenEngine()
         queue = InferenceQueue("language model", max_waiting=4)
         turns = ChatTurns(
-            engine=engine, store=store, llm_queue=queue, system_prompt="s", max_reply_tokens=16, temperature=0
+            engine=engine, store=store, llm_queue=queue, system_prompt="s", max_reply_tokens=64, temperature=0
         )
         return Services(settings=settings, store=store, chat_engine=engine, llm_queue=queue, turns=turns)
 
@@ -49,6 +49,7 @@ def test_engine_failure_is_500_and_stores_nothing(tmp_path):
             pass
         r = client.post(CHAT_PATH, json={"message": "Bonjour"}, headers={"X-API-Key": API_KEY})
     assert r.status_code == 500
-    assert r.json() == {"success": False, "error": "The language model failed to process the request"}
+    message = "The language model failed to process the request"
+    assert r.json() == {"success": False, "error": message, "detail": message}
     assert "CUDA" not in r.text
     assert store.counts() == (0, 0)

@@ -1,5 +1,5 @@
 """Every error of the text endpoint: its status, and a body in the contract's shape
-`{"success": false, "error": "<clear message>"}`. None of them stores anything."""
+`{"success": false, "error": "<clear message>", "detail": "<same>"}`. None of them stores anything."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def assert_error(r, status: int, *words: str) -> None:
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert body["success"] is False
-    assert set(body) == {"success", "error"}
-    assert isinstance(body["error"], str) and body["error"]
+    assert set(body) == {"success", "error", "detail"}
+    assert isinstance(body["error"], str) and body["error"] and body["detail"] == body["error"]
     for word in words:
         assert word.lower() in body["error"].lower(), body["error"]
 

@@ -18,6 +18,8 @@ from tests.server import API_KEY, CHAT_PATH, VOICE_PATH, LeaServer
 
 HEADERS = {"X-API-Key": API_KEY}
 LONG = "Écris une très longue histoire sur une maison à vendre à Lyon."
+# Makes even the tiny model write long, varied text (no loop for the repetition stop to cut).
+COUNTING = "Écris en toutes lettres tous les nombres de un à mille, séparés par des virgules."
 
 
 def test_full_queue_answers_503_with_retry_after(make_server):
@@ -47,30 +49,35 @@ def test_slow_turn_is_stopped_with_504_and_nothing_stored(make_server):
         {"LEA_REQUEST_TIMEOUT_SECONDS": "1", "LEA_LLM_MAX_REPLY_TOKENS": "400", "LEA_LLM_TEMPERATURE": "0"}
     )
     with lea.client() as client:
-        started = time.monotonic()
-        r = client.post(CHAT_PATH, json={"message": LONG}, headers=HEADERS)
-        elapsed = time.monotonic() - started
-        assert r.status_code == 504 and r.json() == {"success": False, "error": "the request took longer than 1 s"}
-        assert elapsed < 2.5  # stopped between tokens, not after the full 400
+        r = client.post(CHAT_PATH, json={"message": COUNTING}, headers=HEADERS)
+        message = "the request took longer than 1 s"
+        assert r.status_code == 504 and r.json() == {"success": False, "error": message, "detail": message}
         assert db_rows(lea.data_dir)["messages"] == []
-        assert client.post(CHAT_PATH, json={"message": "Bonjour"}, headers=HEADERS).status_code in (200, 504)
+        assert client.post(CHAT_PATH, json={"message": "Bonjour"}, headers=HEADERS).status_code in (200, 503, 504)
+    # Stopped between tokens when the budget ran out, not after the 400 it was allowed: what
+    # the engine generated is counted (a busy machine generates fewer, never more).
+    stopped = [e for e in lea.log_events() if e.get("event") == "llm.cancelled"]
+    assert stopped and stopped[0]["completion_tokens"] is not None, stopped
+    assert stopped[0]["completion_tokens"] < 400
 
 
 def test_client_that_hangs_up_stops_its_generation(make_server):
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "400", "LEA_LLM_TEMPERATURE": "0"})
     with lea.client(timeout=0.8) as client:
         try:
-            client.post(CHAT_PATH, json={"message": LONG}, headers=HEADERS)
+            client.post(CHAT_PATH, json={"message": COUNTING}, headers=HEADERS)
         except httpx.ReadTimeout:
             pass  # the client gave up and closed the connection
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if any(e.get("event") == "request" and e.get("status") == 499 for e in lea.log_events()):
             break
         time.sleep(0.1)
     request_lines = [e for e in lea.log_events() if e.get("event") == "request" and e.get("route") == CHAT_PATH]
     assert request_lines and request_lines[-1]["status"] == 499
-    assert request_lines[-1]["seconds"] < 3  # the 400 tokens (~6 s here) were not all generated
+    # The 400 tokens it was allowed were not all generated: it stopped when the client left.
+    stopped = [e for e in lea.log_events() if e.get("event") == "llm.cancelled"]
+    assert stopped and stopped[0]["completion_tokens"] is not None and stopped[0]["completion_tokens"] < 400
     assert db_rows(lea.data_dir)["messages"] == []
 
 
@@ -197,11 +204,12 @@ def test_erase_a_session_or_a_user(server):
         other = server.chat(client, "Je reste").json()
         r = client.post("/api/external/agent/erase", json={"user_id": "agent-erase-me"}, headers=HEADERS)
         assert r.status_code == 200
-        assert r.json() == {"success": True, "erased": {"conversations": 1, "messages": 4, "audio_files": 1}}
+        # The user's own turn goes (both messages, its audio); the anonymous text turn before it stays.
+        assert r.json() == {"success": True, "erased": {"conversations": 0, "messages": 2, "audio_files": 1}}
         assert not (server.data_dir / "tts" / audio_name).exists()
         assert client.get(voice["assistant_audio_url"]).status_code == 404
         rows = db_rows(server.data_dir)
-        assert session not in [c[1] for c in rows["conversations"]]
+        assert [c[1:] for c in rows["conversations"] if c[1] == session] == [(session, None, None)]
         assert other["session_id"] in [c[1] for c in rows["conversations"]]
         again = client.post("/api/external/agent/erase", json={"session_id": other["session_id"]}, headers=HEADERS)
         assert again.json()["erased"]["conversations"] == 1

@@ -17,20 +17,23 @@ from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.server import API_KEY, CHAT_PATH, REPO, VOICE_PATH, LeaServer
 
 
-def test_load_200_mixed_turns_at_concurrency_8(tmp_path, models_dir):
+def test_load_at_concurrency_24_for_two_minutes_answers_in_budget_or_refuses_at_once(tmp_path, models_dir):
+    """24 clients with ImmoAssist's timeouts for ~2 minutes: every turn is a 200 within its
+    budget or a 503 given at once; each answered turn stored exactly once, in order."""
     summary_path = tmp_path / "load.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "load_test.py"), "--turns", "200", "--concurrency", "8",
-         "--sessions", "20", "--models-dir", str(models_dir), "--json", str(summary_path), "--time-limit", "1500"],
-        capture_output=True, text=True, timeout=1800,
+        [sys.executable, str(REPO / "scripts" / "load_test.py"), "--concurrency", "24", "--duration", "120",
+         "--sessions", "48", "--models-dir", str(models_dir), "--json", str(summary_path)],
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     summary = json.loads(summary_path.read_text())
-    print("\n" + json.dumps({k: summary[k] for k in ("statuses", "elapsed_s", "throughput_turns_per_s", "latency_s")}))
+    print("\n" + json.dumps({k: summary[k] for k in ("statuses", "throughput_turns_per_s", "latency_s", "refused_503")}))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert summary["turns"] == 200 and summary["server_errors"] == 0
-    assert set(summary["statuses"]) <= {"200", "503"}
-    assert summary["latency_s"]["text"]["n"] > 50 and summary["latency_s"]["voice"]["n"] > 50
+    assert set(summary["statuses"]) <= {"200", "503"} and summary["answers_after_client_timeout"] == 0
+    assert summary["latency_s"]["text"]["n"] >= 5 and summary["latency_s"]["voice"]["n"] >= 5
     assert summary["problems"] == []  # each answered turn stored exactly once, in order
+    # Refused at admission, not after waiting: a generous bound (the figure is printed).
+    assert summary["refused_503"]["n"] == 0 or summary["refused_503"]["p99_ms"] < 1000
 
 
 def test_sigkill_mid_turns_leaves_a_clean_database(tmp_path, models_dir):

@@ -35,7 +35,17 @@ def test_browser_recordings_are_transcribed_and_answered(server, container, fiel
     r = post_voice(server, encode(CLIP, args), field=field, mime=mime, name=name)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"success", "transcription", "response", "session_id", "conversation_id", "assistant_audio_url"}
+    assert set(body) == {
+        "success",
+        "transcription",
+        "response",
+        "session_id",
+        "conversation_id",
+        "assistant_audio_url",
+        "model",
+        "provider",
+        "usage",
+    }
     assert body["success"] is True
     assert_heard_the_clip(body)
     assert body["response"].strip()

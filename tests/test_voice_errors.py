@@ -40,7 +40,8 @@ def assert_error(r, status: int, *words: str) -> None:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
-    assert set(body) == {"success", "error"} and body["success"] is False and body["error"]
+    assert set(body) == {"success", "error", "detail"} and body["success"] is False and body["error"]
+    assert body["detail"] == body["error"]  # ImmoAssist shows `detail` to the user
     for word in words:
         assert word.lower() in body["error"].lower(), body["error"]
 
@@ -79,6 +80,12 @@ def test_corrupt_webm_body_is_400(server, nothing_changes, webm):
 
 def test_silence_is_400_no_speech(server, nothing_changes):
     assert_error(send(server, files={"audio": ("rec.webm", silence(5), "audio/webm")}), 400, "no speech")
+
+
+def test_pure_tone_is_400_no_speech(server, nothing_changes):
+    """A tone recorded by a browser is refused, not turned into invented words for the LLM."""
+    tone = encode("sine=frequency=440:duration=5", BROWSER_FORMATS["webm-opus"][0], input_args=["-f", "lavfi"])
+    assert_error(send(server, files={"audio": ("rec.webm", tone, "audio/webm")}), 400, "no speech")
 
 
 def test_ten_minutes_of_silence_is_413_too_long(server, nothing_changes):

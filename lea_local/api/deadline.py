@@ -1,51 +1,56 @@
-"""A request's lifetime bound: a timeout (504) and the client hanging up both stop the work
-where the engine allows it (the LLM between tokens; ASR before it starts)."""
+"""A request's lifetime bound: its time budget (504) and the client hanging up both end the
+work: queued jobs leave their queue at once, a running LLM stops between tokens, ASR between
+segments. Before any work, the turn is admitted against its budget (503 at once if it could
+not finish in time behind the work already admitted)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from litestar import Request
 
 from lea_local.api.errors import ApiError
+from lea_local.inference_queue import Admission, Deadline, InferenceQueue, current_deadline
 from lea_local.llm.base import GenerationCancelled
 
 
 @asynccontextmanager
-async def request_deadline(request: Request, timeout: float) -> AsyncIterator[threading.Event]:
-    """Yields the event the engines watch. Raises 504 when `timeout` passed; when the client
-    went away, the work stops and nothing is stored (there is no one to answer).
+async def request_deadline(
+    request: Request, timeout: float, stages: Sequence[tuple[InferenceQueue, float]] = ()
+) -> AsyncIterator[Deadline]:
+    """Yields the request's deadline (engines watch `deadline.cancel`). Raises QueueFull (503)
+    when the turn cannot be admitted, 504 when `timeout` passed; when the client went away, the
+    work stops and nothing is stored (there is no one to answer).
 
     No task group here on purpose: errors raised by the body must reach the app's exception
     handlers as themselves, not wrapped in an ExceptionGroup."""
-    cancel = threading.Event()
-    reason: list[str] = []
-
-    def on_timeout() -> None:
-        reason.append("timeout")
-        cancel.set()
+    deadline = Deadline(time.monotonic() + timeout)
 
     async def watch_disconnect() -> None:
         # The body has been read: the next ASGI message can only be the client leaving.
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        reason.append("disconnect")
-        cancel.set()
+        deadline.end("disconnect")
 
-    timer = asyncio.get_running_loop().call_later(timeout, on_timeout)
-    watcher = asyncio.create_task(watch_disconnect())
-    try:
-        yield cancel
-    except GenerationCancelled as exc:
-        if reason and reason[0] == "timeout":
+    with Admission.admit(deadline, stages):
+        timer = asyncio.get_running_loop().call_at(
+            asyncio.get_running_loop().time() + timeout, deadline.end, "timeout"
+        )
+        watcher = asyncio.create_task(watch_disconnect())
+        token = current_deadline.set(deadline)
+        try:
+            yield deadline
+        except GenerationCancelled as exc:
+            if deadline.reason == "disconnect":
+                raise ApiError(status_code=499, detail="the client closed the connection") from exc
             raise ApiError(status_code=504, detail=f"the request took longer than {timeout:g} s") from exc
-        raise ApiError(status_code=499, detail="the client closed the connection") from exc
-    finally:
-        timer.cancel()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher
+        finally:
+            current_deadline.reset(token)
+            timer.cancel()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher

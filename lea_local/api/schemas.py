@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
+
+if TYPE_CHECKING:
+    from lea_local.turns import TurnResult
 
 SessionId = Annotated[str, msgspec.Meta(max_length=128, description="Session id (reused, or created when absent)")]
 
@@ -15,6 +18,14 @@ class ChatRequest(msgspec.Struct):
     conversation_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
+class Usage(msgspec.Struct):
+    """The turn's token counts (ImmoAssist shows them in its "Logs IA" panel)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class ChatResponse(msgspec.Struct):
     success: bool
     response: str
@@ -23,6 +34,7 @@ class ChatResponse(msgspec.Struct):
     model: str
     provider: str
     assistant_audio_url: str | None
+    usage: Usage
 
 
 class VoiceChatResponse(msgspec.Struct):
@@ -32,17 +44,41 @@ class VoiceChatResponse(msgspec.Struct):
     session_id: str
     conversation_id: int
     assistant_audio_url: str | None
+    model: str
+    provider: str
+    usage: Usage
 
 
 class ErrorResponse(msgspec.Struct):
     success: bool
     error: str
+    detail: str
+    """The same message: ImmoAssist's web app shows `detail` to the user."""
 
 
 class HealthResponse(msgspec.Struct):
     status: str
 
 
+class AgentHealthResponse(msgspec.Struct):
+    """ImmoAssist's capability check (`GET /api/external/health`, with the key)."""
+
+    success: bool
+    status: str
+    """`ok` once every model is loaded and warmed up, else `loading`."""
+    ready: bool
+    models: dict[str, str]
+    locale: str
+
+
 class ReadyResponse(msgspec.Struct):
     status: str
     models: dict[str, str]
+
+
+def usage_of(turn: TurnResult) -> Usage:
+    return Usage(
+        prompt_tokens=turn.prompt_tokens,
+        completion_tokens=turn.completion_tokens,
+        total_tokens=turn.prompt_tokens + turn.completion_tokens,
+    )

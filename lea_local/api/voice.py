@@ -15,7 +15,7 @@ from lea_local.api.deadline import request_deadline
 from lea_local.api.errors import ApiError
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
-from lea_local.api.schemas import VoiceChatResponse
+from lea_local.api.schemas import VoiceChatResponse, usage_of
 from lea_local.api.validation import clean_identifier, parse_conversation_id
 from lea_local.services import Services
 
@@ -56,7 +56,8 @@ async def chat_voice(
     conversation_id = parse_conversation_id(data.conversation_id)
     user_id = clean_identifier(data.user_id, "user_id", 256)
     user_email = clean_identifier(data.user_email, "user_email", 320)
-    async with request_deadline(request, settings.request_timeout_seconds) as cancel:
+    async with request_deadline(request, settings.turn_timeout("voice"), services.turn_stages("voice")) as deadline:
+        cancel = deadline.cancel
         result, audio_name = await services.speech.speak(
             lambda on_text, audio_name: voice.take_voice_turn(
                 audio,
@@ -77,4 +78,7 @@ async def chat_voice(
         session_id=result.turn.session_id,
         conversation_id=result.turn.conversation_id,
         assistant_audio_url=audio_url(request, settings, audio_name),
+        model=result.turn.model,
+        provider=result.turn.provider,
+        usage=usage_of(result.turn),
     )

@@ -26,7 +26,12 @@ class ChatReply:
 
 
 class GenerationCancelled(Exception):
-    """The caller gave up (client gone, timeout): generation stopped early."""
+    """The caller gave up (client gone, timeout): generation stopped early, after
+    `completion_tokens` tokens (None when no generation had started)."""
+
+    def __init__(self, message: str, *, completion_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.completion_tokens = completion_tokens
 
 
 class ChatEngine(Protocol):
