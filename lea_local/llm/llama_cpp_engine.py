@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lea_local.llm.base import ChatMessage, ChatReply, GenerationCancelled
+from lea_local.llm.prompt_cache import PromptCache
+from lea_local.llm.repetition import RepetitionDetector
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class LlamaCppChatEngine:
         gpu_layers: int | None = None,
         threads: int | None = None,
         prompt_cache_bytes: int = 0,
+        repeat_penalty: float = 1.1,
     ) -> None:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -45,6 +48,7 @@ class LlamaCppChatEngine:
         import llama_cpp
 
         self.gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
+        self.repeat_penalty = repeat_penalty
         self.on_gpu = self.gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         self._llama = Llama(
             model_path=str(model_path),
@@ -53,12 +57,12 @@ class LlamaCppChatEngine:
             n_threads=threads,
             verbose=False,
         )
+        self._prompt_cache: PromptCache | None = None
         if prompt_cache_bytes > 0:
             # Keeps the evaluated state of recent conversations: a conversation's next turn
             # evaluates only its new tokens even when other conversations ran in between.
-            from llama_cpp import LlamaRAMCache
-
-            self._llama.set_cache(LlamaRAMCache(capacity_bytes=prompt_cache_bytes))
+            self._prompt_cache = PromptCache(prompt_cache_bytes)
+            self._prompt_cache.attach(self._llama)
         trained = self._llama._model.n_ctx_train()
         if trained and context_size > trained:
             log.warning(
@@ -94,8 +98,12 @@ class LlamaCppChatEngine:
         """Forget every evaluated prompt (benchmarks of cold prompt evaluation)."""
         with self._lock:
             self._llama.reset()
-            if self._llama.cache is not None:
-                self._llama.cache.cache_state.clear()
+            if self._prompt_cache is not None:
+                self._prompt_cache.clear()
+
+    def prompt_cache_stats(self) -> dict[str, int] | None:
+        """The prompt cache's counters (`PromptCache.stats`), None when it is off."""
+        return self._prompt_cache.stats() if self._prompt_cache is not None else None
 
     def count_text_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
@@ -111,33 +119,39 @@ class LlamaCppChatEngine:
     ) -> ChatReply:
         prompt = self._prompt_tokens(messages)
         max_tokens = max(1, min(max_tokens, self.context_size - len(prompt)))
-        pieces: list[str] = []
+        repetition = RepetitionDetector()
         finish_reason = "stop"
         with self._lock:
             stream = self._llama.create_completion(
                 prompt=prompt,
                 max_tokens=max_tokens,
                 temperature=temperature,
+                repeat_penalty=self.repeat_penalty,
                 stop=self._stop,
                 stream=True,
             )
             try:
                 for chunk in stream:
                     if cancel is not None and cancel.is_set():
-                        raise GenerationCancelled("generation cancelled")
+                        raise GenerationCancelled(
+                            "generation cancelled", completion_tokens=self.count_text_tokens(repetition.text)
+                        )
                     choice = chunk["choices"][0]
                     if choice["text"]:
-                        pieces.append(choice["text"])
+                        if repetition.feed(choice["text"]):
+                            # A loop: the rest would only repeat it, so it is never generated.
+                            log.info("llm.loop_stopped", extra={"event": "llm.loop_stopped"})
+                            break
                         if on_text is not None:
                             on_text(choice["text"])
                     if choice.get("finish_reason"):
                         finish_reason = choice["finish_reason"]
             finally:
                 stream.close()  # stops llama.cpp at once when we leave early
-        text = "".join(pieces)
+        generated = repetition.text
         return ChatReply(
-            text=text,
+            text=repetition.kept_text(),
             prompt_tokens=len(prompt),
-            completion_tokens=self.count_text_tokens(text),
-            finish_reason="length" if finish_reason == "length" else "stop",
+            completion_tokens=self.count_text_tokens(generated),
+            finish_reason="length" if finish_reason == "length" and not repetition.fired else "stop",
         )
