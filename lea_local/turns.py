@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
 
 from lea_local.inference_queue import InferenceQueue
 from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply, GenerationCancelled
-from lea_local.llm.context import PromptTooLong, fit_to_context
+from lea_local.llm.context import HISTORY_CHARS_PER_TOKEN, CountingTokens, PromptTooLong, fit_growing_history
+from lea_local.llm.reply_cleaner import clean_reply
 from lea_local.observability import count
-from lea_local.store.conversations import ConversationContext, ConversationStore, TurnRecord, utcnow
+from lea_local.store.conversations import ConversationContext, ConversationStore, StoredMessage, TurnRecord, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +45,41 @@ class TurnResult:
 
 
 class KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+    """One asyncio lock per key, dropped when nobody holds or waits for it. A holder or waiter
+    may carry a tag (the user whose turn it is), so that the keys a user is busy with can be
+    found (`keys_tagged`)."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._locks: dict[str, _KeyedLock] = {}
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (anyio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
+    async def hold(self, key: str, tag: str | None = None) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(key, _KeyedLock())
+        entry.users += 1
+        if tag is not None:
+            entry.tags[tag] += 1
         try:
-            async with lock:
+            async with entry.lock:
                 yield
         finally:
-            lock, users = self._locks[key]
-            if users == 1:
+            entry.users -= 1
+            if tag is not None:
+                entry.tags[tag] -= 1
+                if not entry.tags[tag]:
+                    del entry.tags[tag]
+            if not entry.users:
                 del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+
+    def keys_tagged(self, tag: str) -> set[str]:
+        """Keys whose lock is held or awaited under this tag."""
+        return {key for key, entry in self._locks.items() if tag in entry.tags}
+
+
+@dataclass
+class _KeyedLock:
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    users: int = 0
+    tags: Counter[str] = field(default_factory=Counter)
 
 
 class ChatTurns:
@@ -106,15 +125,19 @@ class ChatTurns:
                 session_id = str(uuid.uuid4())
             else:  # a conversation named without its session continues in its own session
                 session_id = await anyio.to_thread.run_sync(self.store.session_of, conversation_id)
-        async with self._session_locks.hold(session_id):
-            context = await anyio.to_thread.run_sync(self.store.context_for, session_id, conversation_id)
+        async with self._session_locks.hold(session_id, user_id):
+            context = await anyio.to_thread.run_sync(
+                self.store.context_for, session_id, conversation_id, self.history_chars
+            )
             user_at = utcnow()
             reply = await self.llm_queue.run(self._generate, context, message, on_text, cancel)
             count("tokens_generated", reply.completion_tokens)
             count("prompt_tokens", reply.prompt_tokens)
-            text = reply.text.strip() or EMPTY_REPLY_FALLBACK
-            if not reply.text.strip():
-                log.warning("the model returned an empty reply; answering with the fallback sentence")
+            # What is stored and spoken: no leaked role label, Markdown or repeated sentence.
+            text = clean_reply(reply.text)
+            if not text:
+                log.warning("the model returned no usable reply; answering with the fallback sentence")
+                text = EMPTY_REPLY_FALLBACK
             record = TurnRecord(
                 session_id=session_id,
                 conversation_id=context.conversation_id,
@@ -141,15 +164,60 @@ class ChatTurns:
             completion_tokens=reply.completion_tokens,
         )
 
+    @property
+    def history_chars(self) -> int:
+        """Characters of newest history a turn reads at first (see HISTORY_CHARS_PER_TOKEN)."""
+        return HISTORY_CHARS_PER_TOKEN * max(self.engine.context_size - self.max_reply_tokens, 1)
+
     def build_prompt(self, context: ConversationContext, message: str) -> list[ChatMessage]:
-        history = [ChatMessage(m.role, m.content) for m in context.history if m.role in ("user", "assistant")]  # type: ignore[arg-type]
-        return fit_to_context(
+        """The prompt for this turn: only the newest history is read and tokenised, older
+        messages only while all that was read still fits (`fit_growing_history`)."""
+        loaded = list(context.history)
+
+        def load_older() -> tuple[Sequence[ChatMessage], bool]:
+            assert context.conversation_id is not None
+            older, complete = self.store.older_messages(context.conversation_id, loaded[0].id, self.history_chars)
+            loaded[:0] = older
+            return _chat_messages(older), complete
+
+        tokens = CountingTokens(self.engine.count_prompt_tokens)
+        prompt = fit_growing_history(
             self.system_prompt,
-            history,
+            _chat_messages(loaded),
             ChatMessage("user", message),
-            count_tokens=self.engine.count_prompt_tokens,
+            count_tokens=tokens,
             budget=self.engine.context_size - self.max_reply_tokens,
+            complete=context.history_complete or not loaded or context.conversation_id is None,
+            load_older=load_older,
         )
+        log.info(
+            "llm.fit",
+            extra={
+                "event": "llm.fit",
+                "conversation_id": context.conversation_id,
+                "messages_read": len(loaded),
+                "messages_kept": len(prompt) - 2,
+                "token_counts": tokens.calls,
+                "chars_tokenised": tokens.chars,
+            },
+        )
+        return prompt
+
+    @asynccontextmanager
+    async def turns_settled(
+        self, *, session_ids: Iterable[str] = (), user_id: str | None = None, wait_seconds: float
+    ) -> AsyncIterator[None]:
+        """For an erasure: wait until no turn of these sessions, nor of any session where
+        `user_id` has a turn running or waiting, is under way, then keep their next turns
+        waiting until the block ends. What runs inside sees every turn stored whole, and no
+        turn of those sessions stores anything during it. Turns end within their request's
+        time budget, so `wait_seconds` bounds the wait: TimeoutError past it (nothing held)."""
+        keys = set(session_ids) | (self._session_locks.keys_tagged(user_id) if user_id is not None else set())
+        async with AsyncExitStack() as held:
+            with anyio.fail_after(wait_seconds):
+                for key in sorted(keys):  # one order for every erasure: two never deadlock
+                    await held.enter_async_context(self._session_locks.hold(key))
+            yield
 
     def _generate(
         self,
@@ -178,8 +246,18 @@ class ChatTurns:
                 on_text=on_text,
                 cancel=cancel,
             )
-        except (GenerationCancelled, PromptTooLong):
+        except GenerationCancelled as exc:
+            log.info(
+                "llm.cancelled",
+                extra={"event": "llm.cancelled", "completion_tokens": exc.completion_tokens, "reason": str(exc)},
+            )
+            raise
+        except PromptTooLong:
             raise
         except Exception as exc:
             log.exception("the language model failed")
             raise EngineFailure("language model") from exc
+
+
+def _chat_messages(stored: Iterable[StoredMessage]) -> list[ChatMessage]:
+    return [ChatMessage(m.role, m.content) for m in stored if m.role in ("user", "assistant")]  # type: ignore[arg-type]

@@ -21,14 +21,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from lea_local import __version__
-from lea_local.api.auth import require_api_key
+from lea_local.api.auth import require_api_key, require_api_key_if_configured
 from lea_local.api.chat import chat
-from lea_local.api.erase import erase
+from lea_local.api.erase import erase, purge_expired
 from lea_local.api.errors import exception_handlers, still_starting
-from lea_local.api.health import health, ready
+from lea_local.api.health import agent_health, health, ready
 from lea_local.api.media import tts_audio
 from lea_local.api.metrics import metrics
 from lea_local.api.voice import chat_voice
+from lea_local.asr.decode import keep_temp_dir_clean
 from lea_local.observability import Metrics, RequestLogMiddleware
 from lea_local.services import Services, build_services
 from lea_local.settings import Settings
@@ -80,6 +81,9 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             return
         for queue in services.queues():
             app_metrics.track_queue(queue.name, lambda q=queue: q.depth)
+        prompt_cache_stats = getattr(services.chat_engine, "prompt_cache_stats", None)
+        if prompt_cache_stats is not None:
+            app_metrics.track_prompt_cache(prompt_cache_stats)
         runtime.ready = True
         log.info("ready", extra={"event": "ready", "models": services.model_names(), **timings})
 
@@ -102,10 +106,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             if services is not None and runtime.ready:
                 cutoff = utcnow() - timedelta(days=settings.retention_days)
                 try:
-                    erased = await anyio.to_thread.run_sync(
-                        lambda store=services.store, cutoff=cutoff: store.erase(older_than=cutoff)
-                    )
-                    files = services.speech.erase(erased.audio_files) if services.speech else 0
+                    erased, files = await purge_expired(services, cutoff)
                     if erased.conversations:
                         log.info(
                             "retention purge",
@@ -125,6 +126,8 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
+            # Uploads a killed server left behind are deleted before serving; stale ones, periodically.
+            await tasks.start(keep_temp_dir_clean, settings.data_dir / "tmp", settings.decode_timeout_seconds)
             tasks.start_soon(load)
             tasks.start_soon(sweep_expired_audio)
             tasks.start_soon(purge_expired_conversations)
@@ -148,22 +151,29 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
     )
 
     return Litestar(
-        route_handlers=[agent_api, voice_api, tts_audio, health, ready, metrics],
+        route_handlers=[agent_api, voice_api, agent_health, tts_audio, health, ready, metrics],
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         state=State({"api_keys": api_keys, "settings": settings, "runtime": runtime, "metrics": app_metrics}),
         cors_config=CORSConfig(
             allow_origins=settings.cors_origins,
-            allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
-            allow_methods=["GET", "POST", "OPTIONS"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "Range"],
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            expose_headers=["X-Request-ID", "Retry-After", "Content-Range", "Accept-Ranges", "Content-Length"],
             max_age=600,
         )
         if settings.cors_origins
         else None,
         request_max_body_size=JSON_BODY_LIMIT,
-        openapi_config=OpenAPIConfig(title="lea-local agent API", version=__version__),
+        openapi_config=OpenAPIConfig(
+            title="lea-local agent API",
+            version=__version__,
+            # Litestar's own /schema router, with the key check of LEA_METRICS_REQUIRE_KEY.
+            openapi_router=Router(
+                "/schema", route_handlers=[], include_in_schema=False, guards=[require_api_key_if_configured]
+            ),
+        ),
         logging_config=None,  # lea_local.logs configures logging (JSON lines)
         debug=False,
     )

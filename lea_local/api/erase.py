@@ -1,7 +1,16 @@
 """POST /api/external/agent/erase: forget everything stored for a session or a user (a GDPR
-erasure request from ImmoAssist): conversations, messages and generated audio."""
+erasure request from ImmoAssist): conversations, messages and generated audio.
+
+Turns under way are part of what is erased: the erasure waits for the session's running turn
+(or every running turn of the user) to be stored, then erases it with the rest. That turn still
+answers its caller normally (its reply was produced before the erasure took effect), and an
+erasure that answers success has left nothing behind, also in the database's files (SQLite
+overwrites deleted rows and its write-ahead log is emptied).
+"""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import anyio.to_thread
 import msgspec
@@ -13,6 +22,7 @@ from lea_local.api.errors import ApiError
 from lea_local.api.openapi import error_responses
 from lea_local.api.validation import clean_identifier, strictly
 from lea_local.services import Services
+from lea_local.store.conversations import Erased
 
 
 class EraseRequest(msgspec.Struct):
@@ -22,8 +32,11 @@ class EraseRequest(msgspec.Struct):
 
 class ErasedCounts(msgspec.Struct):
     conversations: int
+    """Conversations deleted (for a user: those left without any turn)."""
     messages: int
+    """Messages deleted (both messages of each turn)."""
     audio_files: int
+    """Generated audio files deleted."""
 
 
 class EraseResponse(msgspec.Struct):
@@ -31,16 +44,56 @@ class EraseResponse(msgspec.Struct):
     erased: ErasedCounts
 
 
-@post("/erase", status_code=200, summary="Erase a session's or a user's data", responses=error_responses(400, 401))
+@post("/erase", status_code=200, summary="Erase a session's or a user's data", responses=error_responses(400, 401, 409))
 async def erase(data: JSONBody[EraseRequest], request: Request, services: NamedDependency[Services]) -> EraseResponse:
     data = await strictly(request, EraseRequest)
     session_id = clean_identifier(data.session_id, "session_id")
     user_id = clean_identifier(data.user_id, "user_id", 256)
     if (session_id is None) == (user_id is None):
         raise ApiError(status_code=400, detail="give exactly one of session_id or user_id")
-    erased = await anyio.to_thread.run_sync(lambda: services.store.erase(session_id=session_id, user_id=user_id))
+    settings = services.settings
+    # A turn ends within its time budget (504 past it), so waiting that long sees it stored.
+    wait = max(settings.turn_timeout("chat"), settings.turn_timeout("voice")) + 5
+    # A user's erasure may empty a conversation that another turn is continuing: their sessions
+    # are settled too, not only those where the user has a turn under way.
+    sessions = [session_id] if session_id is not None else []
+    if user_id is not None:
+        sessions = await anyio.to_thread.run_sync(services.store.sessions_of_user, user_id)
+    try:
+        async with services.turns.turns_settled(session_ids=sessions, user_id=user_id, wait_seconds=wait):
+            erased = await anyio.to_thread.run_sync(
+                lambda: services.store.erase(session_id=session_id, user_id=user_id)
+            )
+    except TimeoutError:
+        raise ApiError(
+            status_code=409,
+            detail="a conversation turn of this session or user is still running: nothing was erased, try again",
+        ) from None
     files = services.speech.erase(erased.audio_files) if services.speech is not None else 0
     return EraseResponse(
         success=True,
         erased=ErasedCounts(conversations=erased.conversations, messages=erased.messages, audio_files=files),
     )
+
+
+# A session's running turn is about to update its conversation: the purge does not wait long
+# for it, and comes back to that session's old conversations an hour later.
+PURGE_WAIT_SECONDS = 5.0
+
+
+async def purge_expired(services: Services, older_than: datetime) -> tuple[Erased, int]:
+    """The retention purge: every conversation last updated before `older_than`, session by
+    session, each erased while no turn of its session is under way (so a turn never finds its
+    conversation gone halfway). Returns what was erased and how many audio files were deleted."""
+    store = services.store
+    total = Erased(0, 0, [])
+    for session_id in await anyio.to_thread.run_sync(store.expired_sessions, older_than):
+        try:
+            async with services.turns.turns_settled(session_ids=[session_id], wait_seconds=PURGE_WAIT_SECONDS):
+                total += await anyio.to_thread.run_sync(
+                    lambda session_id=session_id: store.erase(session_id=session_id, older_than=older_than)
+                )
+        except TimeoutError:
+            continue
+    files = services.speech.erase(total.audio_files) if services.speech is not None else 0
+    return total, files

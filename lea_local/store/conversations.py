@@ -1,31 +1,43 @@
 """Durable conversation memory, in any database SQLAlchemy reaches (SQLite file by default).
 
 A turn (the user's message and Léa's reply) is written in one transaction: after a crash the
-database holds whole turns or nothing of them.
+database holds whole turns or nothing of them. Who spoke is recorded per turn, on the user's
+message, so that erasing a user removes exactly their turns. The schema is created and upgraded
+by Alembic migrations (`lea_local/store/migrations/`) when the store opens.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import (
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    and_,
     create_engine,
     delete,
     event,
     func,
     or_,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+
+# Messages read per query when the newest history is loaded backwards.
+HISTORY_PAGE = 32
 
 
 class Base(DeclarativeBase):
@@ -38,6 +50,8 @@ class ConversationRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(String(128), index=True)
     user_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    """Who spoke first with a user id (both fields from that one turn); per-turn speakers are on
+    the messages."""
     user_email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -55,10 +69,13 @@ class MessageRow(Base):
     model: Mapped[str | None] = mapped_column(String(256))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    audio_seconds: Mapped[float | None] = mapped_column()
+    audio_seconds: Mapped[float | None] = mapped_column(Float)
     """For a spoken user message: the recording's duration."""
     audio_file: Mapped[str | None] = mapped_column(String(64))
     """For a spoken reply: its file name in the TTS audio store (erased with the conversation)."""
+    user_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    """On a user message: who spoke this turn (None for an anonymous turn)."""
+    user_email: Mapped[str | None] = mapped_column(String(320))
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,13 @@ class Erased:
     conversations: int
     messages: int
     audio_files: list[str]
+
+    def __add__(self, other: Erased) -> Erased:
+        return Erased(
+            self.conversations + other.conversations,
+            self.messages + other.messages,
+            self.audio_files + other.audio_files,
+        )
 
 
 class ConversationNotFound(Exception):
@@ -77,15 +101,21 @@ class StoredMessage:
     role: str
     content: str
     created_at: datetime
+    id: int = 0
 
 
 @dataclass(frozen=True)
 class ConversationContext:
-    """Where a turn goes: an existing conversation (with its history) or a new one."""
+    """Where a turn goes: an existing conversation (with its newest history) or a new one."""
 
     session_id: str
     conversation_id: int | None
     history: tuple[StoredMessage, ...]
+    """The newest messages, oldest first: all of them, or (see `history_complete`) enough of
+    the newest to fill the character bound `context_for` was given."""
+    history_complete: bool = True
+    """Whether `history` starts at the conversation's first message (else `older_messages`
+    reads further back)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +146,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # Deleted rows are overwritten with zeros, not just unlinked: erased text leaves the file.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
@@ -130,12 +162,18 @@ def create_database_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _stored(rows) -> list[StoredMessage]:
+    return [StoredMessage(role, content, created_at, id) for id, role, content, created_at in rows]
+
+
 class ConversationStore:
     """Blocking API: call it from a worker thread, not the event loop."""
 
     def __init__(self, engine: Engine) -> None:
+        from lea_local.store.schema import upgrade_schema
+
         self.engine = engine
-        Base.metadata.create_all(engine)
+        upgrade_schema(engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
@@ -153,12 +191,18 @@ class ConversationStore:
                 raise ConversationNotFound(f"conversation {conversation_id} not found")
             return row.session_id
 
-    def context_for(self, session_id: str, conversation_id: int | None) -> ConversationContext:
+    def context_for(
+        self, session_id: str, conversation_id: int | None, history_chars: int | None = None
+    ) -> ConversationContext:
         """The conversation a turn continues, with its history oldest first.
 
         - `conversation_id` given: it must exist and belong to `session_id`, else
           ConversationNotFound (another session's conversation looks exactly like a missing one);
         - otherwise the session's most recent conversation, or a new one (id None until stored).
+
+        `history_chars`: read only the newest messages, until their texts hold at least this
+        many characters (None: the whole history). The cost of a turn then no longer grows with
+        the length of its conversation.
         """
         with self._sessions() as db:
             if conversation_id is not None:
@@ -174,11 +218,47 @@ class ConversationStore:
                 ).first()
                 if row is None:
                     return ConversationContext(session_id, None, ())
-            messages = db.scalars(
-                select(MessageRow).where(MessageRow.conversation_id == row.id).order_by(MessageRow.id)
-            ).all()
-            history = tuple(StoredMessage(m.role, m.content, m.created_at) for m in messages)
-            return ConversationContext(session_id, row.id, history)
+            if history_chars is None:
+                rows = db.execute(
+                    select(MessageRow.id, MessageRow.role, MessageRow.content, MessageRow.created_at)
+                    .where(MessageRow.conversation_id == row.id)
+                    .order_by(MessageRow.id)
+                ).all()
+                return ConversationContext(session_id, row.id, tuple(_stored(rows)))
+            history, complete = self._newest(db, row.id, None, history_chars)
+            return ConversationContext(session_id, row.id, history, complete)
+
+    def older_messages(
+        self, conversation_id: int, before_id: int, min_chars: int
+    ) -> tuple[tuple[StoredMessage, ...], bool]:
+        """Messages older than `before_id`, newest first read, until their texts hold at least
+        `min_chars` characters; returned oldest first, with whether the conversation's first
+        message is among them."""
+        with self._sessions() as db:
+            return self._newest(db, conversation_id, before_id, min_chars)
+
+    @staticmethod
+    def _newest(
+        db: Session, conversation_id: int, before_id: int | None, min_chars: int
+    ) -> tuple[tuple[StoredMessage, ...], bool]:
+        found: list[StoredMessage] = []
+        chars = 0
+        while True:
+            query = select(MessageRow.id, MessageRow.role, MessageRow.content, MessageRow.created_at).where(
+                MessageRow.conversation_id == conversation_id
+            )
+            if before_id is not None:
+                query = query.where(MessageRow.id < before_id)
+            page = _stored(db.execute(query.order_by(MessageRow.id.desc()).limit(HISTORY_PAGE)).all())
+            for message in page:
+                found.append(message)
+                chars += len(message.content)
+                if chars >= min_chars:
+                    first = len(page) < HISTORY_PAGE and message is page[-1]
+                    return tuple(reversed(found)), first
+            if len(page) < HISTORY_PAGE:
+                return tuple(reversed(found)), True
+            before_id = page[-1].id
 
     def record_turn(self, turn: TurnRecord) -> int:
         """Store both messages of a turn in one transaction; returns the conversation id
@@ -188,7 +268,7 @@ class ConversationStore:
                 conversation = ConversationRow(
                     session_id=turn.session_id,
                     user_id=turn.user_id,
-                    user_email=turn.user_email,
+                    user_email=turn.user_email if turn.user_id else None,
                     created_at=turn.user_at,
                     updated_at=turn.reply_at,
                 )
@@ -201,29 +281,32 @@ class ConversationStore:
                     raise ConversationNotFound(f"conversation {turn.conversation_id} not found for this session")
                 conversation.updated_at = turn.reply_at
                 if turn.user_id and not conversation.user_id:
-                    conversation.user_id = turn.user_id
-                if turn.user_email and not conversation.user_email:
-                    conversation.user_email = turn.user_email
-            db.add_all(
-                [
-                    MessageRow(
-                        conversation_id=conversation.id,
-                        role="user",
-                        content=turn.user_message,
-                        created_at=turn.user_at,
-                        audio_seconds=turn.audio_seconds,
-                    ),
-                    MessageRow(
-                        conversation_id=conversation.id,
-                        role="assistant",
-                        content=turn.reply,
-                        created_at=turn.reply_at,
-                        model=turn.model,
-                        prompt_tokens=turn.prompt_tokens,
-                        completion_tokens=turn.completion_tokens,
-                        audio_file=turn.audio_file,
-                    ),
-                ]
+                    # Both from the same turn: never one user's id with another's e-mail.
+                    conversation.user_id, conversation.user_email = turn.user_id, turn.user_email
+            # The user message first: a turn's reply is the next message of its conversation.
+            db.add(
+                MessageRow(
+                    conversation_id=conversation.id,
+                    role="user",
+                    content=turn.user_message,
+                    created_at=turn.user_at,
+                    audio_seconds=turn.audio_seconds,
+                    user_id=turn.user_id,
+                    user_email=turn.user_email if turn.user_id else None,
+                )
+            )
+            db.flush()
+            db.add(
+                MessageRow(
+                    conversation_id=conversation.id,
+                    role="assistant",
+                    content=turn.reply,
+                    created_at=turn.reply_at,
+                    model=turn.model,
+                    prompt_tokens=turn.prompt_tokens,
+                    completion_tokens=turn.completion_tokens,
+                    audio_file=turn.audio_file,
+                )
             )
             return conversation.id
 
@@ -235,34 +318,153 @@ class ConversationStore:
                 db.scalar(select(func.count()).select_from(MessageRow)) or 0,
             )
 
+    def expired_sessions(self, older_than: datetime) -> list[str]:
+        """Sessions that have a conversation last updated before `older_than`."""
+        with self._sessions() as db:
+            return list(
+                db.scalars(select(ConversationRow.session_id).where(ConversationRow.updated_at < older_than).distinct())
+            )
+
+    def sessions_of_user(self, user_id: str) -> list[str]:
+        """Sessions with a conversation where this user spoke (or that names them)."""
+        with self._sessions() as db:
+            spoke = select(MessageRow.conversation_id).where(MessageRow.role == "user", MessageRow.user_id == user_id)
+            return list(
+                db.scalars(
+                    select(ConversationRow.session_id)
+                    .where(or_(ConversationRow.id.in_(spoke), ConversationRow.user_id == user_id))
+                    .distinct()
+                )
+            )
+
     def erase(
         self, *, session_id: str | None = None, user_id: str | None = None, older_than: datetime | None = None
     ) -> Erased:
-        """Delete every conversation of a session, of a user, or last updated before a date,
-        with its messages, in one transaction. Returns what was erased, audio names included
-        (the caller deletes those files)."""
-        conditions = []
-        if session_id is not None:
-            conditions.append(ConversationRow.session_id == session_id)
+        """Erase, in one transaction, then flush the erased text out of the database files:
+
+        - `session_id`: every conversation of that session (only those last updated before
+          `older_than` when it is given too);
+        - `older_than` alone: every conversation last updated before that date;
+        - `user_id` (alone): every turn that user spoke (their message and Léa's reply to it),
+          then the conversations left empty.
+
+        Returns what was erased, audio names included (the caller deletes those files). Turns
+        still running are the caller's business (`ChatTurns.turns_settled`)."""
         if user_id is not None:
-            conditions.append(ConversationRow.user_id == user_id)
-        if older_than is not None:
-            conditions.append(ConversationRow.updated_at < older_than)
-        if not conditions:
-            raise ValueError("erase needs a session_id, a user_id or a date")
-        with self._sessions.begin() as db:
-            ids = list(db.scalars(select(ConversationRow.id).where(or_(*conditions))))
-            if not ids:
-                return Erased(0, 0, [])
-            audio = [
+            if session_id is not None or older_than is not None:
+                raise ValueError("erase a user_id alone")
+            with self._sessions.begin() as db:
+                erased = self._erase_user(db, user_id)
+        else:
+            conditions = []
+            if session_id is not None:
+                conditions.append(ConversationRow.session_id == session_id)
+            if older_than is not None:
+                conditions.append(ConversationRow.updated_at < older_than)
+            if not conditions:
+                raise ValueError("erase needs a session_id, a user_id or a date")
+            with self._sessions.begin() as db:
+                ids = list(db.scalars(select(ConversationRow.id).where(and_(*conditions))))
+                erased = self._erase_conversations(db, ids)
+        if erased.messages or erased.conversations:
+            self.checkpoint()
+        return erased
+
+    @staticmethod
+    def _erase_conversations(db: Session, ids: list[int]) -> Erased:
+        if not ids:
+            return Erased(0, 0, [])
+        audio = [
+            name
+            for name in db.scalars(
+                select(MessageRow.audio_file).where(
+                    MessageRow.conversation_id.in_(ids), MessageRow.audio_file.is_not(None)
+                )
+            )
+            if name
+        ]
+        messages = db.execute(delete(MessageRow).where(MessageRow.conversation_id.in_(ids))).rowcount or 0
+        conversations = db.execute(delete(ConversationRow).where(ConversationRow.id.in_(ids))).rowcount or 0
+        return Erased(conversations, messages, audio)
+
+    @staticmethod
+    def _erase_user(db: Session, user_id: str) -> Erased:
+        spoken = list(
+            db.execute(
+                select(MessageRow.id, MessageRow.conversation_id, MessageRow.user_email).where(
+                    MessageRow.role == "user", MessageRow.user_id == user_id
+                )
+            ).all()
+        )
+        emails = {email for _, _, email in spoken if email}
+        touched = {conversation for _, conversation, _ in spoken}
+        # Conversations that name this user (or one of their e-mails) as theirs are rewritten
+        # below even if no turn of theirs remains in them.
+        touched |= set(
+            db.scalars(
+                select(ConversationRow.id).where(
+                    or_(ConversationRow.user_id == user_id, ConversationRow.user_email.in_(emails))
+                )
+            )
+        )
+        later = aliased(MessageRow)
+        reply_of = (
+            select(func.min(later.id))
+            .where(later.conversation_id == MessageRow.conversation_id, later.id > MessageRow.id)
+            .scalar_subquery()
+        )
+        audio: list[str] = []
+        messages = 0
+        spoken_ids = [message_id for message_id, _, _ in spoken]
+        for chunk in (spoken_ids[i : i + 500] for i in range(0, len(spoken_ids), 500)):
+            # A turn's reply is the next message of its conversation (record_turn writes it so).
+            replies = [r for r in db.scalars(select(reply_of).where(MessageRow.id.in_(chunk))) if r is not None]
+            turn_ids = chunk + list(
+                db.scalars(select(MessageRow.id).where(MessageRow.id.in_(replies), MessageRow.role == "assistant"))
+            )
+            audio += [
                 name
                 for name in db.scalars(
-                    select(MessageRow.audio_file).where(
-                        MessageRow.conversation_id.in_(ids), MessageRow.audio_file.is_not(None)
-                    )
+                    select(MessageRow.audio_file).where(MessageRow.id.in_(turn_ids), MessageRow.audio_file.is_not(None))
                 )
                 if name
             ]
-            messages = db.execute(delete(MessageRow).where(MessageRow.conversation_id.in_(ids))).rowcount or 0
-            conversations = db.execute(delete(ConversationRow).where(ConversationRow.id.in_(ids))).rowcount or 0
-            return Erased(conversations, messages, audio)
+            messages += db.execute(delete(MessageRow).where(MessageRow.id.in_(turn_ids))).rowcount or 0
+        conversations = 0
+        for conversation_id in touched:
+            remaining = db.execute(
+                select(MessageRow.user_id, MessageRow.user_email)
+                .where(MessageRow.conversation_id == conversation_id)
+                .order_by(MessageRow.user_id.is_(None), MessageRow.id)
+                .limit(1)
+            ).first()
+            if remaining is None:
+                conversations += (
+                    db.execute(delete(ConversationRow).where(ConversationRow.id == conversation_id)).rowcount or 0
+                )
+            else:
+                # The conversation's "first speaker" becomes the first one left (or nobody).
+                db.execute(
+                    update(ConversationRow)
+                    .where(ConversationRow.id == conversation_id)
+                    .values(user_id=remaining.user_id, user_email=remaining.user_email if remaining.user_id else None)
+                )
+        return Erased(conversations, messages, audio)
+
+    def checkpoint(self, attempts: int = 20) -> bool:
+        """SQLite: copy the write-ahead log into the database and truncate it to zero bytes, so
+        that erased text does not live on in the `-wal` file. True when it was truncated (a
+        reader in the middle of a query can delay it: retried for a moment)."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        for attempt in range(attempts):
+            connection = self.engine.raw_connection()
+            try:
+                busy = connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                connection.close()
+            if not busy:
+                return True
+            time.sleep(0.05 * (attempt + 1))
+        log.warning("the database's write-ahead log could not be truncated after an erasure (readers busy)")
+        return False

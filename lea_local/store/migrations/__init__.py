@@ -1,0 +1,1 @@
+"""Alembic migrations of the conversation database (run by `lea_local.store.schema`)."""
