@@ -17,17 +17,12 @@ def system_prompt_path(locale: Locale) -> Path:
 
 
 # Whisper's initial prompt biases it towards these spellings (place names, form codes and trade
-# words it otherwise hears as common words). Short: a long prompt costs decoding time.
+# words it otherwise hears as common words). A short natural sentence: measured on 15 human
+# French clips, a list of words or a longer prompt cost more accuracy on ordinary speech
+# (WER 0.280 without a prompt; 0.286 with the fr-CA sentence, 0.291–0.352 with others tried).
 ASR_VOCABULARY: dict[Locale, str] = {
-    "fr-CA": (
-        "Courtier immobilier au Québec : OACIQ, Centris, promesse d'achat, contre-proposition, "
-        "déclarations du vendeur, inspection préachat, taxe de bienvenue, TPS, TVQ. "
-        "Montréal, Laval, Longueuil, Gatineau, Québec, Sherbrooke, Lévis, Trois-Rivières."
-    ),
-    "fr-FR": (
-        "Agent immobilier : mandat de vente, compromis, acte authentique, diagnostics, "
-        "notaire, syndic, copropriété, honoraires."
-    ),
+    "fr-CA": "Une promesse d'achat sur Centris à Longueuil, à Gatineau ou à Lévis, selon les formulaires de l'OACIQ.",
+    "fr-FR": "L'agent immobilier prépare le mandat de vente, le compromis et les diagnostics avec le notaire.",
 }
 
 

@@ -120,40 +120,76 @@ class ChatTurns:
     ) -> TurnResult:
         """Raises ConversationNotFound, PromptTooLong, QueueFull, GenerationCancelled; stores
         nothing unless the whole turn succeeded."""
+        async with self.session(session_id, conversation_id, user_id) as session_id:
+            return await self.take_turn_in_session(
+                message,
+                session_id=session_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+                user_email=user_email,
+                audio_seconds=audio_seconds,
+                on_text=on_text,
+                audio_name=audio_name,
+                cancel=cancel,
+            )
+
+    @asynccontextmanager
+    async def session(
+        self, session_id: str | None, conversation_id: int | None, user_id: str | None
+    ) -> AsyncIterator[str]:
+        """The turn's session (a new one when none is given), held for the turn: turns of one
+        session run one after the other, and an erasure of the session or of the user waits
+        for the turn to be stored (a voice turn holds it from decoding on)."""
         if session_id is None:
             if conversation_id is None:
                 session_id = str(uuid.uuid4())
             else:  # a conversation named without its session continues in its own session
                 session_id = await anyio.to_thread.run_sync(self.store.session_of, conversation_id)
         async with self._session_locks.hold(session_id, user_id):
-            context = await anyio.to_thread.run_sync(
-                self.store.context_for, session_id, conversation_id, self.history_chars
-            )
-            user_at = utcnow()
-            reply = await self.llm_queue.run(self._generate, context, message, on_text, cancel)
-            count("tokens_generated", reply.completion_tokens)
-            count("prompt_tokens", reply.prompt_tokens)
-            # What is stored and spoken: no leaked role label, Markdown or repeated sentence.
-            text = clean_reply(reply.text)
-            if not text:
-                log.warning("the model returned no usable reply; answering with the fallback sentence")
-                text = EMPTY_REPLY_FALLBACK
-            record = TurnRecord(
-                session_id=session_id,
-                conversation_id=context.conversation_id,
-                user_message=message,
-                user_at=user_at,
-                reply=text,
-                reply_at=utcnow(),
-                model=self.engine.model_name,
-                prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-                user_id=user_id,
-                user_email=user_email,
-                audio_seconds=audio_seconds,
-                audio_file=audio_name,
-            )
-            stored_id = await anyio.to_thread.run_sync(self.store.record_turn, record)
+            yield session_id
+
+    async def take_turn_in_session(
+        self,
+        message: str,
+        *,
+        session_id: str,
+        conversation_id: int | None = None,
+        user_id: str | None = None,
+        user_email: str | None = None,
+        audio_seconds: float | None = None,
+        on_text: Callable[[str], None] | None = None,
+        audio_name: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> TurnResult:
+        """`take_turn` inside a session already held (`session`)."""
+        context = await anyio.to_thread.run_sync(
+            self.store.context_for, session_id, conversation_id, self.history_chars
+        )
+        user_at = utcnow()
+        reply = await self.llm_queue.run(self._generate, context, message, on_text, cancel)
+        count("tokens_generated", reply.completion_tokens)
+        count("prompt_tokens", reply.prompt_tokens)
+        # What is stored and spoken: no leaked role label, Markdown or repeated sentence.
+        text = clean_reply(reply.text)
+        if not text:
+            log.warning("the model returned no usable reply; answering with the fallback sentence")
+            text = EMPTY_REPLY_FALLBACK
+        record = TurnRecord(
+            session_id=session_id,
+            conversation_id=context.conversation_id,
+            user_message=message,
+            user_at=user_at,
+            reply=text,
+            reply_at=utcnow(),
+            model=self.engine.model_name,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            user_id=user_id,
+            user_email=user_email,
+            audio_seconds=audio_seconds,
+            audio_file=audio_name,
+        )
+        stored_id = await anyio.to_thread.run_sync(self.store.record_turn, record)
         return TurnResult(
             session_id=session_id,
             conversation_id=stored_id,

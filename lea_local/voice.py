@@ -60,8 +60,8 @@ class VoiceTurns:
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("cancelled before transcription")
         try:
-            return self.recognizer.transcribe(decoded.samples)
-        except NoSpeech:
+            return self.recognizer.transcribe(decoded.samples, cancel=cancel)
+        except (NoSpeech, GenerationCancelled):
             raise
         except Exception as exc:
             log.exception("speech recognition failed")
@@ -86,29 +86,32 @@ class VoiceTurns:
             owner = await anyio.to_thread.run_sync(self.chat.store.session_of, conversation_id)
             if session_id is not None and owner != session_id:
                 raise ConversationNotFound(f"conversation {conversation_id} not found for this session")
-        # The queues record each stage's engine time and wait in the request's log line.
-        decoded = await self.decode_queue.run(self._decode, audio)
-        transcript = await self.asr_queue.run(self._transcribe, decoded, cancel)
-        count("audio_transcribed", decoded.seconds)
-        log.info(
-            "transcribed",
-            extra={
-                "event": "asr",
-                "container": decoded.container,
-                "audio_seconds": round(decoded.seconds, 3),
-                "language": transcript.language,
-                **({"transcription": transcript.text} if self.log_content else {}),
-            },
-        )
-        turn = await self.chat.take_turn(
-            transcript.text,
-            session_id=session_id,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            user_email=user_email,
-            audio_seconds=decoded.seconds,
-            on_text=on_text,
-            audio_name=audio_name,
-            cancel=cancel,
-        )
+        # The session is held from decoding on: an erasure of it, or of this user, that arrives
+        # while the recording is decoded or transcribed waits for the turn and erases it too.
+        async with self.chat.session(session_id, conversation_id, user_id) as session_id:
+            # The queues record each stage's engine time and wait in the request's log line.
+            decoded = await self.decode_queue.run(self._decode, audio)
+            transcript = await self.asr_queue.run(self._transcribe, decoded, cancel)
+            count("audio_transcribed", decoded.seconds)
+            log.info(
+                "transcribed",
+                extra={
+                    "event": "asr",
+                    "container": decoded.container,
+                    "audio_seconds": round(decoded.seconds, 3),
+                    "language": transcript.language,
+                    **({"transcription": transcript.text} if self.log_content else {}),
+                },
+            )
+            turn = await self.chat.take_turn_in_session(
+                transcript.text,
+                session_id=session_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+                user_email=user_email,
+                audio_seconds=decoded.seconds,
+                on_text=on_text,
+                audio_name=audio_name,
+                cancel=cancel,
+            )
         return VoiceTurnResult(transcript.text, turn)

@@ -1,13 +1,17 @@
-"""Test recordings: the human French clips, re-encoded by real ffmpeg into what browsers send."""
+"""Test recordings: the human French clips, re-encoded by real ffmpeg into what browsers send,
+and synthetic sounds that are not speech (tones, noise, music)."""
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio" / "fr"
 
@@ -74,10 +78,10 @@ class Clip:
     seconds: float
 
 
-def manifest() -> list[Clip]:
-    with (FIXTURES / "manifest.tsv").open(encoding="utf-8") as fh:
+def manifest(directory: Path = FIXTURES) -> list[Clip]:
+    with (directory / "manifest.tsv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    return [Clip(FIXTURES / r["filename"], r["reference_transcript"], float(r["duration_s"])) for r in rows]
+    return [Clip(directory / r["filename"], r["reference_transcript"], float(r["duration_s"])) for r in rows]
 
 
 def normalise_words(text: str) -> str:
@@ -86,3 +90,54 @@ def normalise_words(text: str) -> str:
     text = re.sub(r"[^\w'\s-]", " ", text)
     text = re.sub(r"[-'_]", " ", text)
     return " ".join(text.split())
+
+
+# --- synthetic sounds that are not speech (16 kHz mono float32) ---------------------------------
+
+RATE = 16_000
+
+
+def tone(seconds: float, frequency: float = 440.0, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def noise(seconds: float, color: str = "white", amplitude: float = 0.3, seed: int = 0) -> np.ndarray:
+    """White noise, or pink (power falling as 1/f, like rain or a fan)."""
+    n = int(RATE * seconds)
+    white = np.random.default_rng(seed).standard_normal(n)
+    if color == "pink":
+        spectrum = np.fft.rfft(white)
+        spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum)), 1))
+        white = np.fft.irfft(spectrum, n)
+    return (amplitude * white / np.abs(white).max()).astype(np.float32)
+
+
+def chords(seconds: float) -> np.ndarray:
+    """Piano-like music: a chord a second (four harmonics, decaying) under a melody."""
+    t = np.arange(RATE) / RATE
+    progression = [(261.6, 329.6, 392.0), (220.0, 261.6, 329.6), (174.6, 220.0, 261.6), (196.0, 246.9, 293.7)]
+    melody = [523.3, 587.3, 659.3, 784.0, 659.3, 587.3]
+    bars = []
+    for i in range(math.ceil(seconds)):
+        bar = 0.8 * np.sin(2 * np.pi * melody[i % len(melody)] * t)
+        for f in progression[i % len(progression)]:
+            for harmonic, weight in ((1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)):
+                bar += weight * np.sin(2 * np.pi * f * harmonic * t)
+        bars.append(bar * np.exp(-2.5 * t))
+    music = np.concatenate(bars)[: int(RATE * seconds)]
+    return (0.25 * music / np.abs(music).max()).astype(np.float32)
+
+
+def hum(seconds: float) -> np.ndarray:
+    """A hummed vowel: a glottal pulse train with a gliding pitch through an "a" formant band,
+    three swells a second. Voice-like enough that Silero VAD takes part of it for speech."""
+    n = int(RATE * seconds)
+    t = np.arange(n) / RATE
+    pitch = 120 + 20 * np.sin(2 * np.pi * 0.5 * t)
+    pulses = (np.diff(np.floor(np.cumsum(pitch) / RATE), prepend=0) > 0).astype(np.float64)
+    spectrum = np.fft.rfft(pulses)
+    frequencies = np.fft.rfftfreq(n, 1 / RATE)
+    spectrum[(frequencies < 600) | (frequencies > 1300)] = 0
+    vowel = np.fft.irfft(spectrum, n)
+    return (0.5 * vowel / np.abs(vowel).max() * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)

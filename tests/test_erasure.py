@@ -308,3 +308,45 @@ def test_migrations_build_exactly_the_schema_the_code_uses(tmp_path):
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert differences == []
+
+
+def asr_queue_depth(client: httpx.Client) -> int:
+    found = re.search(r'^lea_queue_depth\{queue="speech recognition"\} (\S+)$', client.get("/metrics").text, re.M)
+    assert found, "no speech recognition queue depth in /metrics"
+    return int(float(found.group(1)))
+
+
+def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_server):
+    """A user's first voice turn (no session yet) waits for speech recognition behind another
+    user's long generation (the engines share the CPU) when the user is erased: the erasure
+    waits for that turn and removes it; the turn itself answers 200."""
+    lea = make_server(
+        {
+            "LEA_LLM_MAX_REPLY_TOKENS": "200",
+            "LEA_LLM_TEMPERATURE": "0",
+            "LEA_ENGINES_SHARE_CPU": "true",
+            "LEA_REQUEST_TIMEOUT_SECONDS": "3600",
+        }
+    )
+    user = f"agent-{uuid.uuid4().hex[:8]}"
+    turns: dict[str, httpx.Response] = {}
+    erasures: dict[str, httpx.Response] = {}
+    with lea.client() as client:
+        threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, LONG))]
+        wait_for(lambda: llm_queue_depth(client) >= 1, "the long generation started")
+        threads.append(
+            in_background(
+                turns, "voice", lea, lambda c: voice_turn(lea, c, SHORT_CLIP, user_id=user, user_email="d@x.fr")
+            )
+        )
+        wait_for(lambda: asr_queue_depth(client) >= 1, "the voice turn waiting for speech recognition")
+        assert "blocker" not in turns, "the long generation ended too soon for this test"
+        threads.append(in_background(erasures, "user", lea, lambda c: erase(c, user_id=user)))
+        for thread in threads:
+            thread.join()
+        assert turns["voice"].status_code == 200, turns["voice"].text
+        assert erasures["user"].json()["erased"]["conversations"] == 1
+        assert erasures["user"].json()["erased"]["messages"] == 2
+    speakers = [row for row in message_speakers(lea.data_dir) if row[2] == user]
+    assert speakers == []
+    assert "d@x.fr" not in b"".join(database_bytes(lea.data_dir).values()).decode("latin-1")

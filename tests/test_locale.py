@@ -54,5 +54,5 @@ def test_recognizer_gets_the_locale_vocabulary_unless_overridden(models_dir, loc
     assert asr_vocabulary(locale, "Rue Ontario, Hochelaga") == "Rue Ontario, Hochelaga"
     assert asr_vocabulary(locale, "") is None  # an empty setting turns the hint off
     if locale == "fr-CA":
-        for word in ("OACIQ", "Centris", "Longueuil", "Gatineau", "Lévis"):
+        for word in ("OACIQ", "Centris", "promesse d'achat", "Longueuil", "Gatineau", "Lévis"):
             assert word in recognizer.initial_prompt

@@ -1,15 +1,31 @@
 """Whisper through faster-whisper (CTranslate2): the default engine, with Silero VAD so that
-silence does not turn into invented words."""
+silence, tones and noise do not turn into invented words, and decoding bounded by the audio's
+length (see `lea_local.asr.base`)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from lea_local.asr.base import NoSpeech, Transcript
+from lea_local.asr.base import (
+    BEST_OF,
+    SAMPLE_RATE,
+    TEMPERATURES,
+    NoSpeech,
+    Transcript,
+    max_tokens_per_window,
+    raise_if_cancelled,
+)
 from lea_local.hardware import cuda_device_count
+
+# Whisper's context holds 448 tokens: the prompt (at most 223 tokens of initial prompt, plus the
+# start-of-transcript sequence) and the output share it.
+CONTEXT_TOKENS = 448
+PROMPT_TOKENS_MAX = CONTEXT_TOKENS // 2 - 1
+SOT_TOKENS = 4
 
 
 class FasterWhisperRecognizer:
@@ -40,18 +56,51 @@ class FasterWhisperRecognizer:
         self.initial_prompt = initial_prompt
         self._lock = threading.Lock()
 
-    def transcribe(self, samples: np.ndarray) -> Transcript:
+    def _prompt_tokens(self, prompt: str | None) -> int:
+        if not prompt:
+            return SOT_TOKENS
+        tokens = len(self._model.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids)
+        return min(tokens, PROMPT_TOKENS_MAX) + 1 + SOT_TOKENS
+
+    def decoding_options(self, audio_seconds: float, prompt: str | None) -> dict[str, Any]:
+        """The arguments of faster-whisper's `transcribe`, bounded for audio of this length."""
+        max_new_tokens = min(
+            max_tokens_per_window(audio_seconds), CONTEXT_TOKENS - self._prompt_tokens(prompt)
+        )
+        return dict(
+            language=self.language,
+            beam_size=self.beam_size,
+            best_of=BEST_OF,
+            temperature=TEMPERATURES,
+            max_new_tokens=max_new_tokens,
+            vad_filter=True,
+            initial_prompt=prompt or None,
+            condition_on_previous_text=False,
+        )
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        *,
+        cancel: threading.Event | None = None,
+        initial_prompt: str | None = None,
+    ) -> Transcript:
+        prompt = self.initial_prompt if initial_prompt is None else initial_prompt
+        options = self.decoding_options(len(samples) / SAMPLE_RATE, prompt)
+        texts = []
         with self._lock:
-            segments, info = self._model.transcribe(
-                samples,
-                language=self.language,
-                beam_size=self.beam_size,
-                vad_filter=True,
-                initial_prompt=self.initial_prompt,
-                condition_on_previous_text=False,
-            )
-            # The generator is lazy: the work happens here, inside the lock and the thread.
-            text = " ".join(segment.text.strip() for segment in segments).strip()
+            raise_if_cancelled(cancel)
+            segments, info = self._model.transcribe(samples, **options)
+            # The generator is lazy: each window is decoded when its first segment is asked for,
+            # here, inside the lock and the worker thread; a cancelled request stops between them.
+            pending = iter(segments)
+            while True:
+                raise_if_cancelled(cancel)
+                segment = next(pending, None)
+                if segment is None:
+                    break
+                texts.append(segment.text.strip())
+        text = " ".join(texts).strip()
         if not text:
             raise NoSpeech()
         return Transcript(text=text, language=info.language)

@@ -1,21 +1,52 @@
 """Whisper through openai-whisper (PyTorch), loading an official `.pt` checkpoint. It has no
 voice-activity filter of its own: Silero VAD (shipped with faster-whisper) screens the audio
-first, and whisper's own no-speech test drops what remains of silence."""
+first, and whisper's own no-speech test drops what remains of silence. Decoding is bounded as
+in the default engine (see `lea_local.asr.base`)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from lea_local.asr.base import NoSpeech, Transcript
+from lea_local.asr.base import (
+    BEST_OF,
+    SAMPLE_RATE,
+    TEMPERATURES,
+    NoSpeech,
+    Transcript,
+    max_tokens_per_window,
+    raise_if_cancelled,
+)
+
+# openai-whisper samples at most half its 448-token context per window.
+SAMPLE_LEN_MAX = 224
 
 
 def has_speech(samples: np.ndarray) -> bool:
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     return bool(get_speech_timestamps(samples, VadOptions()))
+
+
+class _CancellableModel:
+    """The model as openai-whisper's `transcribe()` sees it, checking `cancel` before each
+    window is decoded (transcribe() itself has no way to stop)."""
+
+    def __init__(self, model: Any, cancel: threading.Event | None) -> None:
+        self._model = model
+        self._cancel = cancel
+        self.windows_decoded = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def decode(self, mel: Any, options: Any) -> Any:
+        raise_if_cancelled(self._cancel)
+        self.windows_decoded += 1
+        return self._model.decode(mel, options)
 
 
 class OpenAIWhisperRecognizer:
@@ -47,21 +78,38 @@ class OpenAIWhisperRecognizer:
         # Concurrent transcribe() calls on one model interfere (shared KV-cache hooks).
         self._lock = threading.Lock()
 
-    def transcribe(self, samples: np.ndarray) -> Transcript:
+    def decoding_options(self, audio_seconds: float, prompt: str | None) -> dict[str, Any]:
+        """The arguments of openai-whisper's `transcribe`, bounded for audio of this length."""
+        return dict(
+            language=self.language,
+            fp16=self.device == "cuda",  # float16 on a GPU, float32 on a CPU
+            temperature=TEMPERATURES,
+            best_of=BEST_OF,
+            beam_size=self.beam_size if self.beam_size > 1 else None,
+            sample_len=min(max_tokens_per_window(audio_seconds), SAMPLE_LEN_MAX),
+            condition_on_previous_text=False,
+            initial_prompt=prompt or None,
+            verbose=None,
+        )
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        *,
+        cancel: threading.Event | None = None,
+        initial_prompt: str | None = None,
+    ) -> Transcript:
+        from whisper.transcribe import transcribe as whisper_transcribe
+
         if not has_speech(samples):
             raise NoSpeech()
+        prompt = self.initial_prompt if initial_prompt is None else initial_prompt
+        options = self.decoding_options(len(samples) / SAMPLE_RATE, prompt)
         with self._lock:
-            result = self._model.transcribe(
-                samples,
-                language=self.language,
-                fp16=self.device == "cuda",  # float16 on a GPU, float32 on a CPU
-                temperature=0.0,
-                beam_size=self.beam_size if self.beam_size > 1 else None,
-                condition_on_previous_text=False,
-                initial_prompt=self.initial_prompt,
-                verbose=None,
-            )
-        text = str(result["text"]).strip()
+            raise_if_cancelled(cancel)
+            model = _CancellableModel(self._model, cancel)
+            result = whisper_transcribe(model, samples, **options)  # type: ignore[arg-type]
+        text = " ".join(str(segment["text"]).strip() for segment in result["segments"]).strip()
         if not text:
             raise NoSpeech()
         return Transcript(text=text, language=result.get("language"))
