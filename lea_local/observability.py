@@ -105,10 +105,15 @@ class PromptCacheCollector:
         return self._families(self.stats() or {})
 
     def _families(self, values: dict[str, int]):
-        return [
+        counters = [
             CounterMetricFamily(f"lea_llm_prompt_cache_{k}", doc, value=values.get(k, 0))
             for k, doc in self.COUNTERS.items()
-        ] + [GaugeMetricFamily(f"lea_llm_prompt_cache_{k}", doc, value=values.get(k, 0)) for k, doc in self.GAUGES.items()]
+        ]
+        gauges = [
+            GaugeMetricFamily(f"lea_llm_prompt_cache_{k}", doc, value=values.get(k, 0))
+            for k, doc in self.GAUGES.items()
+        ]
+        return counters + gauges
 
 
 _metrics: contextvars.ContextVar[Metrics | None] = contextvars.ContextVar("metrics", default=None)

@@ -18,8 +18,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import ffmpeg
-from anyio.abc import TaskStatus
 import numpy as np
+from anyio.abc import TaskStatus
 
 log = logging.getLogger(__name__)
 
