@@ -201,7 +201,6 @@ def test_erased_audio_is_never_written_back(make_server, tmp_path):
     tts_dir = lea.data_dir / "tts"
     with lea.client() as client:
         body = lea.chat(client, "Bonjour").json()
-        name = body["assistant_audio_url"].rsplit("/", 1)[1]
         deadline = time.monotonic() + 60
         while not any(marks.iterdir()) and time.monotonic() < deadline:
             time.sleep(0.05)
