@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--voice-every", type=int, default=3, help="every n-th turn is a voice turn (0: none)")
     parser.add_argument("--every", type=int, default=25, help="print resident memory every n turns")
     parser.add_argument("--overhead-mb", type=int, default=300, help="allowed above warm-up + cache")
-    parser.add_argument("--time-limit", type=float, default=3600, help="seconds before the run stops")
+    parser.add_argument("--time-limit", type=float, default=7200, help="seconds before the run stops")
     parser.add_argument(
         "--timeout",
         type=float,
