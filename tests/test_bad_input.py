@@ -128,10 +128,10 @@ CASES = [
         401,
     ),
     (
-        "api key in another header",
+        "api key in another header",  # X-API-Key and Authorization: Bearer only
         "POST",
         CHAT_PATH,
-        {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        {"X-Api-Token": API_KEY, "Authorization": f"Basic {API_KEY}", "Content-Type": "application/json"},
         b'{"message": "x"}',
         401,
     ),
