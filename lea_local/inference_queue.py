@@ -5,7 +5,7 @@ three on the same few CPU cores) share one `Slot`; an engine with its own device
 its own. A slot serves the waiting job whose request ends first (earliest deadline first), so a
 voice turn admitted before a burst of text turns is not pushed past its budget by them.
 
-Every turn is admitted against its time budget before any work starts (`Admission`): from the
+Every turn is admitted against its time budget before any work starts (`admit`): from the
 service times measured recently (with a margin), it must be able to finish in time behind the
 work already admitted, without making an admitted turn late. Otherwise it is refused at once (503 +
 Retry-After) instead of timing out after a long wait. A job whose request ended while it waited
@@ -258,34 +258,31 @@ def _retry_after(slot: Slot) -> int:
     return max(1, min(60, math.ceil(slot.backlog()) or 5))
 
 
-class Admission:
-    """Admits a turn against its deadline given the engines it will use (see module doc)."""
-
-    @staticmethod
-    @contextmanager
-    def admit(deadline: Deadline, stages: Sequence[tuple[InferenceQueue, float]]) -> Iterator[Plan]:
-        """`stages`: each queue the turn goes through, with how many typical jobs of it
-        (fractions allowed). Raises QueueFull when the turn cannot finish in time; the plan is
-        withdrawn when the turn ends, however it ends."""
-        plan = Plan(deadline.at)
-        for queue, jobs in stages:
-            plan.work[queue.slot] = plan.work.get(queue.slot, 0.0) + jobs * queue.service.estimate() * PLANNING_MARGIN
-        now = time.monotonic()
-        for slot, work in plan.work.items():
-            if work > 0 and not slot.feasible_with(plan, now):
-                busiest = max(stages, key=lambda s: s[0].slot is slot)[0]
-                count_rejection(busiest.name)
-                raise QueueFull(
-                    "Léa is busy: this request could not be answered in time; try again in a few seconds",
-                    _retry_after(slot),
-                    busiest.name,
-                )
+@contextmanager
+def admit(deadline: Deadline, stages: Sequence[tuple[InferenceQueue, float]]) -> Iterator[Plan]:
+    """Admits a turn against its deadline given the engines it will use (see module doc).
+    `stages`: each queue the turn goes through, with how many typical jobs of it (fractions
+    allowed). Raises QueueFull when the turn cannot finish in time; the plan is withdrawn when
+    the turn ends, however it ends."""
+    plan = Plan(deadline.at)
+    for queue, jobs in stages:
+        plan.work[queue.slot] = plan.work.get(queue.slot, 0.0) + jobs * queue.service.estimate() * PLANNING_MARGIN
+    now = time.monotonic()
+    for slot, work in plan.work.items():
+        if work > 0 and not slot.feasible_with(plan, now):
+            refusing = next(queue for queue, _ in stages if queue.slot is slot)
+            count_rejection(refusing.name)
+            raise QueueFull(
+                "Léa is busy: this request could not be answered in time; try again in a few seconds",
+                _retry_after(slot),
+                refusing.name,
+            )
+    for slot in plan.work:
+        slot.plans.add(plan)
+    deadline.plan = plan
+    try:
+        yield plan
+    finally:
+        deadline.plan = None
         for slot in plan.work:
-            slot.plans.add(plan)
-        deadline.plan = plan
-        try:
-            yield plan
-        finally:
-            deadline.plan = None
-            for slot in plan.work:
-                slot.plans.discard(plan)
+            slot.plans.discard(plan)

@@ -10,7 +10,7 @@ import time
 import anyio
 import pytest
 
-from lea_local.inference_queue import Admission, Deadline, InferenceQueue, QueueFull, Slot, current_deadline
+from lea_local.inference_queue import Deadline, InferenceQueue, QueueFull, Slot, admit, current_deadline
 from lea_local.llm.base import GenerationCancelled
 
 
@@ -107,22 +107,22 @@ def test_admission_refuses_a_turn_that_cannot_finish_in_time_and_keeps_admitted_
         llm.service.add(8.0)  # turns have been measured at 8 s: planned as ~10 s with the margin
     now = time.monotonic()
     first, second = Deadline(now + 25), Deadline(now + 25)
-    with Admission.admit(first, [(llm, 1)]), Admission.admit(second, [(llm, 1)]):
+    with admit(first, [(llm, 1)]), admit(second, [(llm, 1)]):
         # Two admitted turns fill the next ~20 s: a third one due in 25 s cannot make it.
         with pytest.raises(QueueFull) as refused:
-            with Admission.admit(Deadline(now + 25), [(llm, 1)]):
+            with admit(Deadline(now + 25), [(llm, 1)]):
                 pass
         assert 1 <= refused.value.retry_after <= 60
         # One due much later can: it is served after the two.
-        with Admission.admit(Deadline(now + 120), [(llm, 1)]):
+        with admit(Deadline(now + 120), [(llm, 1)]):
             pass
         # An earlier deadline would be served first, which would make an admitted turn late.
         with pytest.raises(QueueFull):
-            with Admission.admit(Deadline(now + 11), [(llm, 1)]):
+            with admit(Deadline(now + 11), [(llm, 1)]):
                 pass
     assert slot.plans == set()  # withdrawn when the turns end
     # Alone, a turn is always tried, even one its estimate says is too long.
-    with Admission.admit(Deadline(now + 1), [(llm, 1)]):
+    with admit(Deadline(now + 1), [(llm, 1)]):
         pass
 
 

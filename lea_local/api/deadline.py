@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from litestar import Request
 
 from lea_local.api.errors import ApiError
-from lea_local.inference_queue import Admission, Deadline, InferenceQueue, current_deadline
+from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
 from lea_local.llm.base import GenerationCancelled
 
 
@@ -36,10 +36,8 @@ async def request_deadline(
             pass
         deadline.end("disconnect")
 
-    with Admission.admit(deadline, stages):
-        timer = asyncio.get_running_loop().call_at(
-            asyncio.get_running_loop().time() + timeout, deadline.end, "timeout"
-        )
+    with admit(deadline, stages):
+        timer = asyncio.get_running_loop().call_later(timeout, deadline.end, "timeout")
         watcher = asyncio.create_task(watch_disconnect())
         token = current_deadline.set(deadline)
         try:
