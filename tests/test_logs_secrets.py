@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,8 +51,13 @@ def test_the_log_holds_no_key_no_audio_name_and_no_masking(make_server):
         for headers in ({"X-API-Key": wrong_key}, {"Authorization": f"Bearer {wrong_key}"}, {}):
             assert client.post(CHAT_PATH, json={"message": "Bonjour"}, headers=headers).status_code == 401
         assert client.get("/metrics", headers={"X-API-Key": API_KEY}).status_code == 200
+    # A request's log line is written once its answer has left: wait for the last one's.
+    for _ in range(600):
+        requests = [e for e in lea.log_events() if e.get("event") == "request"]
+        if any(e["route"] == "/metrics" for e in requests):
+            break
+        time.sleep(0.05)
     log = lea.log_text()
-    requests = [e for e in lea.log_events() if e.get("event") == "request"]
     assert {e["route"] for e in requests} >= {CHAT_PATH, "/media/tts/{name}", "/metrics"}
     for secret in (API_KEY, wrong_key, audio_name, audio_name.rsplit(".", 1)[0], missing_name):
         assert secret not in log, secret
