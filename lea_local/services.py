@@ -22,6 +22,7 @@ from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.speech import SpeechService
+from lea_local.tts.voices import VoiceRegistry, installed_piper_voices
 from lea_local.turns import ChatTurns
 from lea_local.voice import VoiceTurns
 
@@ -50,6 +51,8 @@ class Services:
     recognizer: SpeechRecognizer | None = None
     voice: VoiceTurns | None = None
     speech: SpeechService | None = None
+    voices: VoiceRegistry | None = None
+    """The voices /v1/audio/speech speaks with (the speech service's, and other installed ones)."""
 
     def queues(self) -> list[InferenceQueue]:
         found = [self.llm_queue]
@@ -254,6 +257,12 @@ def build_services(settings: Settings) -> Services:
         max_jobs=speech_jobs,
         locale=settings.locale,
     )
+    voices = VoiceRegistry(
+        synthesizer,
+        installed_piper_voices(load_catalog(), settings.models_dir),
+        lambda path: PiperSynthesizer(path, use_cuda=settings.tts_use_cuda),
+        settings.tts_voice_aliases,
+    )
     voice = VoiceTurns(
         chat=turns,
         recognizer=recognizer,
@@ -275,4 +284,5 @@ def build_services(settings: Settings) -> Services:
         recognizer=recognizer,
         voice=voice,
         speech=speech,
+        voices=voices,
     )

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     """How long generated audio stays downloadable; a sweeper deletes it afterwards."""
     tts_for_text_chat: bool = False
     """Also synthesise speech for text chat (off: `assistant_audio_url` is null there)."""
+    tts_voice_aliases: dict[str, str] = {}
+    """/v1/audio/speech: voice names (OpenAI's or any) → an installed Piper voice, as JSON, e.g.
+    `{"onyx": "fr_FR-tom-medium"}`. OpenAI's voice names not listed speak with `tts_voice`."""
     tts_use_cuda: bool = False
     """Run Piper on the GPU (short sentences are often slower there than on the CPU)."""
     tts_queue_size: int = Field(default=16, ge=0)

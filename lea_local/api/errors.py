@@ -1,10 +1,13 @@
 """Every error leaves as `{"success": false, "error": "<clear message>", "detail": "<same>"}`:
 never HTML, never a stack trace. `error` is the contract's field; ImmoAssist's web app shows
-`detail` to the user. Registered once, on the app, so router-level 404/405 are shaped too."""
+`detail` to the user. Under /v1 (the OpenAI-compatible API) the same errors take OpenAI's shape
+(`lea_local.api.openai.errors`). Registered once, on the app, so router-level 404/405 are
+shaped too."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import (
@@ -34,9 +37,23 @@ def still_starting() -> ApiError:
     return ApiError(status_code=503, detail="Léa is starting: models are loading", headers={"Retry-After": "5"})
 
 
-def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status_code: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
+    exc: Exception | None = None,
+) -> Response:
+    """The error in the shape of the API the request went to."""
+    from lea_local.api.openai.errors import is_openai_path, openai_error_body
+
+    if request is not None and is_openai_path(request.url.path):
+        param = _validation_param(exc) if isinstance(exc, ValidationException) else getattr(exc, "param", None)
+        content = openai_error_body(status_code, message, param=param, code=getattr(exc, "code", None))
+    else:
+        content = {"success": False, "error": message, "detail": message}
     return Response(
-        content={"success": False, "error": message, "detail": message},
+        content=content,
         status_code=status_code,
         media_type=MediaType.JSON,
         headers=headers,
@@ -55,6 +72,19 @@ def _validation_message(exc: ValidationException) -> str:
     return "Invalid request body"
 
 
+def _validation_param(exc: ValidationException) -> str | None:
+    """The body field a validation error is about (OpenAI's `param`): Litestar names it, or
+    names the whole body (`data`) when a required field is missing."""
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("key"), str):
+            # A missing field is named after the object that lacks it ("messages[0]" → "messages[0].role").
+            missing = re.search(r"missing required field `([^`]+)`", str(item.get("message", "")))
+            if item["key"] != "data":
+                return f"{item['key']}.{missing.group(1)}" if missing else item["key"]
+            return missing.group(1) if missing else None
+    return None
+
+
 def _http_exception(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         message = _validation_message(exc)
@@ -69,38 +99,38 @@ def _http_exception(request: Request, exc: HTTPException) -> Response:
     else:
         message = exc.detail or "Request failed"
     headers = dict(exc.headers or {})
-    return error_response(exc.status_code, message, headers or None)
+    return error_response(exc.status_code, message, headers or None, request, exc)
 
 
-def _queue_full(_: Request, exc: QueueFull) -> Response:
-    return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
+def _queue_full(request: Request, exc: QueueFull) -> Response:
+    return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)}, request)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     # The route template, not the path: an audio name in /media/tts/<name> is a credential.
     log.error("unhandled error on %s %s", method_label(request.method), route_label(request.scope), exc_info=exc)
-    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error", request=request)
 
 
 def _status(code: int):
-    def handler(_: Request, exc: Exception) -> Response:
-        return error_response(code, str(exc))
+    def handler(request: Request, exc: Exception) -> Response:
+        return error_response(code, str(exc), request=request)
 
     return handler
 
 
-def _audio_rejected(_: Request, exc: AudioRejected) -> Response:
-    return error_response(exc.status, str(exc))
+def _audio_rejected(request: Request, exc: AudioRejected) -> Response:
+    return error_response(exc.status, str(exc), request=request)
 
 
-def _undecodable_text(_: Request, exc: UnicodeDecodeError) -> Response:
+def _undecodable_text(request: Request, exc: UnicodeDecodeError) -> Response:
     # Raised while parsing a client's body (e.g. Litestar's multipart parser on a text field
     # holding binary data): the client's fault, not ours.
-    return error_response(400, "the request contains text that is not valid UTF-8")
+    return error_response(400, "the request contains text that is not valid UTF-8", request=request)
 
 
-def _too_deep(_: Request, exc: RecursionError) -> Response:
-    return error_response(400, "the request body is nested too deeply")
+def _too_deep(request: Request, exc: RecursionError) -> Response:
+    return error_response(400, "the request body is nested too deeply", request=request)
 
 
 exception_handlers = {

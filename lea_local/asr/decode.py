@@ -172,9 +172,7 @@ async def keep_temp_dir_clean(
     directory.mkdir(parents=True, exist_ok=True)
     removed = remove_temp_files(directory)
     if removed:
-        log.warning(
-            "deleted uploads left by an earlier run", extra={"event": "tmp.cleared", "deleted": removed}
-        )
+        log.warning("deleted uploads left by an earlier run", extra={"event": "tmp.cleared", "deleted": removed})
     task_status.started()
     max_age = decode_timeout * STALE_AFTER_TIMEOUTS
     while True:

@@ -13,11 +13,12 @@ import numpy as np
 from lea_local.asr.base import (
     BEST_OF,
     SAMPLE_RATE,
-    TEMPERATURES,
-    NoSpeech,
     Transcript,
+    TranscriptSegment,
+    decoding_temperatures,
     max_tokens_per_window,
     raise_if_cancelled,
+    transcript_of,
 )
 from lea_local.hardware import cuda_device_count
 
@@ -62,16 +63,21 @@ class FasterWhisperRecognizer:
         tokens = len(self._model.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids)
         return min(tokens, PROMPT_TOKENS_MAX) + 1 + SOT_TOKENS
 
-    def decoding_options(self, audio_seconds: float, prompt: str | None) -> dict[str, Any]:
+    def decoding_options(
+        self,
+        audio_seconds: float,
+        prompt: str | None,
+        *,
+        language: str | None = None,
+        temperature: float | None = None,
+    ) -> dict[str, Any]:
         """The arguments of faster-whisper's `transcribe`, bounded for audio of this length."""
-        max_new_tokens = min(
-            max_tokens_per_window(audio_seconds), CONTEXT_TOKENS - self._prompt_tokens(prompt)
-        )
+        max_new_tokens = min(max_tokens_per_window(audio_seconds), CONTEXT_TOKENS - self._prompt_tokens(prompt))
         return dict(
-            language=self.language,
+            language=language or self.language,
             beam_size=self.beam_size,
             best_of=BEST_OF,
-            temperature=TEMPERATURES,
+            temperature=decoding_temperatures(temperature),
             max_new_tokens=max_new_tokens,
             vad_filter=True,
             initial_prompt=prompt or None,
@@ -84,10 +90,13 @@ class FasterWhisperRecognizer:
         *,
         cancel: threading.Event | None = None,
         initial_prompt: str | None = None,
+        language: str | None = None,
+        temperature: float | None = None,
     ) -> Transcript:
         prompt = self.initial_prompt if initial_prompt is None else initial_prompt
-        options = self.decoding_options(len(samples) / SAMPLE_RATE, prompt)
-        texts = []
+        audio_seconds = len(samples) / SAMPLE_RATE
+        options = self.decoding_options(audio_seconds, prompt, language=language, temperature=temperature)
+        found: list[TranscriptSegment] = []
         with self._lock:
             raise_if_cancelled(cancel)
             segments, info = self._model.transcribe(samples, **options)
@@ -99,8 +108,18 @@ class FasterWhisperRecognizer:
                 segment = next(pending, None)
                 if segment is None:
                     break
-                texts.append(segment.text.strip())
-        text = " ".join(texts).strip()
-        if not text:
-            raise NoSpeech()
-        return Transcript(text=text, language=info.language)
+                found.append(
+                    TranscriptSegment(
+                        id=segment.id,
+                        seek=segment.seek,
+                        start=segment.start,
+                        end=segment.end,
+                        text=segment.text,
+                        tokens=tuple(segment.tokens),
+                        temperature=options["temperature"][0] if segment.temperature is None else segment.temperature,
+                        avg_logprob=segment.avg_logprob,
+                        compression_ratio=segment.compression_ratio,
+                        no_speech_prob=segment.no_speech_prob,
+                    )
+                )
+        return transcript_of(found, info.language, audio_seconds)

@@ -14,11 +14,13 @@ import numpy as np
 from lea_local.asr.base import (
     BEST_OF,
     SAMPLE_RATE,
-    TEMPERATURES,
     NoSpeech,
     Transcript,
+    TranscriptSegment,
+    decoding_temperatures,
     max_tokens_per_window,
     raise_if_cancelled,
+    transcript_of,
 )
 
 # openai-whisper samples at most half its 448-token context per window.
@@ -78,12 +80,19 @@ class OpenAIWhisperRecognizer:
         # Concurrent transcribe() calls on one model interfere (shared KV-cache hooks).
         self._lock = threading.Lock()
 
-    def decoding_options(self, audio_seconds: float, prompt: str | None) -> dict[str, Any]:
+    def decoding_options(
+        self,
+        audio_seconds: float,
+        prompt: str | None,
+        *,
+        language: str | None = None,
+        temperature: float | None = None,
+    ) -> dict[str, Any]:
         """The arguments of openai-whisper's `transcribe`, bounded for audio of this length."""
         return dict(
-            language=self.language,
+            language=language or self.language,
             fp16=self.device == "cuda",  # float16 on a GPU, float32 on a CPU
-            temperature=TEMPERATURES,
+            temperature=decoding_temperatures(temperature),
             best_of=BEST_OF,
             beam_size=self.beam_size if self.beam_size > 1 else None,
             sample_len=min(max_tokens_per_window(audio_seconds), SAMPLE_LEN_MAX),
@@ -98,18 +107,33 @@ class OpenAIWhisperRecognizer:
         *,
         cancel: threading.Event | None = None,
         initial_prompt: str | None = None,
+        language: str | None = None,
+        temperature: float | None = None,
     ) -> Transcript:
         from whisper.transcribe import transcribe as whisper_transcribe
 
         if not has_speech(samples):
             raise NoSpeech()
         prompt = self.initial_prompt if initial_prompt is None else initial_prompt
-        options = self.decoding_options(len(samples) / SAMPLE_RATE, prompt)
+        audio_seconds = len(samples) / SAMPLE_RATE
+        options = self.decoding_options(audio_seconds, prompt, language=language, temperature=temperature)
         with self._lock:
             raise_if_cancelled(cancel)
             model = _CancellableModel(self._model, cancel)
             result = whisper_transcribe(model, samples, **options)  # type: ignore[arg-type]
-        text = " ".join(str(segment["text"]).strip() for segment in result["segments"]).strip()
-        if not text:
-            raise NoSpeech()
-        return Transcript(text=text, language=result.get("language"))
+        segments = [
+            TranscriptSegment(
+                id=int(segment["id"]),
+                seek=int(segment["seek"]),
+                start=float(segment["start"]),
+                end=float(segment["end"]),
+                text=str(segment["text"]),
+                tokens=tuple(int(token) for token in segment["tokens"]),
+                temperature=float(segment["temperature"]),
+                avg_logprob=float(segment["avg_logprob"]),
+                compression_ratio=float(segment["compression_ratio"]),
+                no_speech_prob=float(segment["no_speech_prob"]),
+            )
+            for segment in result["segments"]
+        ]
+        return transcript_of(segments, result.get("language"), audio_seconds)

@@ -34,6 +34,11 @@ class GenerationCancelled(Exception):
         self.completion_tokens = completion_tokens
 
 
+class PromptRejected(ValueError):
+    """The model's chat template refuses these messages (some templates require roles to
+    alternate user/assistant, or allow only one system message): the caller's input, not a failure."""
+
+
 class ChatEngine(Protocol):
     provider: str
     """Name reported to clients as `provider` (e.g. "llama-cpp")."""
@@ -53,8 +58,19 @@ class ChatEngine(Protocol):
         temperature: float,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
     ) -> ChatReply:
         """Blocking generation; calls `on_text` with each new piece of text as it comes.
-        Raises GenerationCancelled when `cancel` is set before the reply is complete.
-        Implementations serialise calls themselves when their model is not thread-safe."""
+
+        `max_tokens` is capped at what the context window leaves after the prompt. `top_p`:
+        nucleus sampling (None: the engine's default). `stop`: extra strings that end the reply,
+        left out of its text (finish_reason "stop"). `seed`: equal requests with the same seed
+        give the same reply.
+
+        Raises PromptTooLong when the prompt leaves no room for a reply, PromptRejected when the
+        chat template refuses the messages, GenerationCancelled when `cancel` is set before the
+        reply is complete. Implementations serialise calls themselves when their model is not
+        thread-safe."""
         ...

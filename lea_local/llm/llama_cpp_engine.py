@@ -7,13 +7,18 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lea_local.llm.base import ChatMessage, ChatReply, GenerationCancelled
+from lea_local.llm.base import ChatMessage, ChatReply, GenerationCancelled, PromptRejected
+from lea_local.llm.context import PromptTooLong
 from lea_local.llm.prompt_cache import PromptCache
 from lea_local.llm.repetition import RepetitionDetector
 
 log = logging.getLogger(__name__)
 
 # Used only when a GGUF carries no chat template (rare for instruct models).
+# llama.cpp reads this seed (LLAMA_DEFAULT_SEED) as "pick one at random": a caller's seed is
+# mapped below it, so that every seed is reproducible.
+_RANDOM_SEED = 0xFFFFFFFF
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -88,7 +93,12 @@ class LlamaCppChatEngine:
         self._lock = threading.Lock()
 
     def _prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
-        formatted = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        import jinja2
+
+        try:
+            formatted = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        except (ValueError, jinja2.TemplateError) as exc:  # the template's raise_exception gives ValueError
+            raise PromptRejected(f"the model's chat template refuses these messages: {exc}") from exc
         return self._llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
@@ -116,9 +126,15 @@ class LlamaCppChatEngine:
         temperature: float,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
     ) -> ChatReply:
         prompt = self._prompt_tokens(messages)
+        if len(prompt) >= self.context_size:  # not even one token of reply would fit
+            raise PromptTooLong(len(prompt), self.context_size - 1)
         max_tokens = max(1, min(max_tokens, self.context_size - len(prompt)))
+        sampling = {} if top_p is None else {"top_p": top_p}  # else llama.cpp's default
         repetition = RepetitionDetector()
         finish_reason = "stop"
         with self._lock:
@@ -127,8 +143,10 @@ class LlamaCppChatEngine:
                 max_tokens=max_tokens,
                 temperature=temperature,
                 repeat_penalty=self.repeat_penalty,
-                stop=self._stop,
+                stop=[*self._stop, *stop],
+                seed=None if seed is None else seed % _RANDOM_SEED,
                 stream=True,
+                **sampling,
             )
             try:
                 for chunk in stream:

@@ -13,7 +13,8 @@ class SpeechSynthesizer(Protocol):
     voice_name: str
     sample_rate: int
 
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, *, speed: float = 1.0) -> Iterator[np.ndarray]:
         """Speech for already-normalised text: mono int16 chunks, one per sentence, as soon as
-        each is ready. Blocking; implementations serialise calls where their engine needs it."""
+        each is ready. `speed`: 2.0 speaks twice as fast as the voice's own pace (OpenAI's
+        0.25–4.0). Blocking; implementations serialise calls where their engine needs it."""
         ...

@@ -2,7 +2,8 @@
 
 One encoder process per reply takes raw PCM on stdin as sentences come and writes one
 continuous MP3 / Ogg-Opus / WAV stream on stdout: a player can start on the first bytes, and the
-stream has none of the gaps or stale duration headers of concatenated files."""
+stream has none of the gaps or stale duration headers of concatenated files. /v1/audio/speech adds
+OpenAI's other formats (AAC in ADTS, FLAC, raw PCM) to the same encoder."""
 
 from __future__ import annotations
 
@@ -12,14 +13,35 @@ from typing import Literal
 
 import numpy as np
 
-AudioFormat = Literal["mp3", "ogg", "wav"]
+AudioFormat = Literal["mp3", "ogg", "wav", "opus", "aac", "flac", "pcm"]
+"""`mp3`, `ogg` (Opus) and `wav` for Léa's replies; also OpenAI's `opus` (Ogg Opus, as `ogg`),
+`aac` (ADTS), `flac` and `pcm` for /v1/audio/speech."""
 
-MEDIA_TYPES: dict[str, str] = {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav"}
+PCM_SAMPLE_RATE = 24_000
+"""OpenAI's `pcm`: raw 24 kHz, 16-bit signed little-endian, mono, whatever the voice's rate."""
 
+MEDIA_TYPES: dict[str, str] = {
+    "mp3": "audio/mpeg",
+    "ogg": "audio/ogg",
+    "wav": "audio/wav",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "pcm": "audio/pcm",
+}
+
+_OGG_OPUS = ["-ar", "24000", "-c:a", "libopus", "-b:a", "32k", "-application", "voip", "-f", "ogg"]
 _OUTPUT_ARGS: dict[str, list[str]] = {
     "mp3": ["-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3"],
-    "ogg": ["-ar", "24000", "-c:a", "libopus", "-b:a", "32k", "-application", "voip", "-f", "ogg"],
+    "ogg": _OGG_OPUS,
+    "opus": _OGG_OPUS,
+    # Written to a pipe, a WAV header holds 0xFFFFFFFF sizes (unknown length): players and
+    # ffmpeg read it to the end of the stream; `finalize` fixes them for a stored file.
     "wav": ["-c:a", "pcm_s16le", "-f", "wav"],
+    # ADTS: a header per frame, so that a player starts anywhere (MP4 would need its index).
+    "aac": ["-c:a", "aac", "-b:a", "64k", "-f", "adts"],
+    "flac": ["-c:a", "flac", "-f", "flac"],
+    "pcm": ["-ar", str(PCM_SAMPLE_RATE), "-c:a", "pcm_s16le", "-f", "s16le"],
 }
 
 

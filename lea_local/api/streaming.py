@@ -1,0 +1,136 @@
+"""Work whose answer is streamed (server-sent events, audio bytes).
+
+The work is admitted against its time budget and started before the response begins, and the
+response begins only with the work's first item: a refusal (503), a bad recording (400), an
+unknown conversation (404) or a budget spent before anything was produced (504) is still an
+ordinary HTTP error with its status. From the first item on, items flow to the client as they
+come; a failure after that is for the route to turn into an in-stream error event.
+
+When the client hangs up, before or during the stream, the request's deadline ends as a
+disconnect: the engines stop (the LLM between tokens) and the work stores nothing, exactly as
+for a non-streamed turn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import ExitStack
+from typing import Generic, TypeVar
+
+from litestar import Request
+
+from lea_local.api.errors import ApiError
+from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
+from lea_local.llm.base import GenerationCancelled
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_END = object()
+# Work whose client left keeps running until its engine notices (between tokens); held here so
+# that it is not garbage-collected meanwhile.
+_orphans: set[asyncio.Task] = set()
+
+
+class StreamedWork(Generic[T]):
+    """Items produced by `work(emit)` under a deadline, read once by the response body."""
+
+    def __init__(self, deadline: Deadline, timeout: float) -> None:
+        self.deadline = deadline
+        self.timeout = timeout
+        self._items: asyncio.Queue[object] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task | None = None
+        self.error: BaseException | None = None
+        self.started_at = time.perf_counter()
+
+    def emit(self, item: T) -> None:
+        """Hand an item to the client; safe from any thread, in order."""
+        self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+
+    def ended_error(self, exc: BaseException) -> ApiError | None:
+        """The HTTP error a cancelled work stands for (504 timeout, 499 client gone)."""
+        if isinstance(exc, GenerationCancelled):
+            if self.deadline.reason == "disconnect":
+                return ApiError(status_code=499, detail="the client closed the connection")
+            return ApiError(status_code=504, detail=f"the request took longer than {self.timeout:g} s")
+        return None
+
+    async def _run(self, work: Callable[[Callable[[T], None]], Awaitable[None]], admission: ExitStack) -> None:
+        token = current_deadline.set(self.deadline)
+        timer = self._loop.call_later(self.timeout, self.deadline.end, "timeout")
+        try:
+            with admission:
+                await work(self.emit)
+        except BaseException as exc:  # handed to the reader, who answers or reports it
+            self.error = exc
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            timer.cancel()
+            current_deadline.reset(token)
+            self._loop.call_soon_threadsafe(self._items.put_nowait, _END)
+
+    async def _next(self) -> object:
+        return await self._items.get()
+
+    async def items(self, first: object) -> AsyncIterator[T]:
+        """Every item from `first` on; raises the work's error after the last one. Leaving
+        early (the client hung up: Litestar cancels the body) ends the work as a disconnect."""
+        finished = False
+        try:
+            item = first
+            while item is not _END:
+                yield item  # type: ignore[misc]
+                item = await self._next()
+            finished = True
+            if self.error is not None:
+                raise self.ended_error(self.error) or self.error
+        finally:
+            if not finished:
+                self.deadline.end("disconnect")
+                if self._task is not None and not self._task.done():
+                    _orphans.add(self._task)
+                    self._task.add_done_callback(_orphans.discard)
+
+
+async def open_stream(
+    request: Request,
+    timeout: float,
+    stages: Sequence[tuple[InferenceQueue, float]],
+    work: Callable[[Callable[[T], None]], Awaitable[None]],
+) -> AsyncIterator[T]:
+    """Admit and start `work` (which calls `emit(item)` for each item, from any thread), wait
+    for its first item, and return the items as an async iterator for a streamed response.
+
+    Raises QueueFull when the work cannot be admitted, and the work's own error, or 504/499,
+    when it ends before producing anything."""
+    deadline = Deadline(time.monotonic() + timeout)
+    streamed: StreamedWork[T] = StreamedWork(deadline, timeout)
+    with ExitStack() as admission:
+        admission.enter_context(admit(deadline, stages))
+        streamed._task = asyncio.create_task(streamed._run(work, admission.pop_all()))
+
+    async def watch_disconnect() -> None:
+        # The body has been read: the next ASGI message can only be the client leaving.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        deadline.end("disconnect")
+
+    watcher = asyncio.create_task(watch_disconnect())
+    try:
+        first = await streamed._next()
+    except BaseException:
+        deadline.end("disconnect")
+        raise
+    finally:
+        # Litestar's streamed response listens for the disconnect from here on.
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+    if first is _END and streamed.error is not None:
+        raise streamed.ended_error(streamed.error) or streamed.error
+    return streamed.items(first)

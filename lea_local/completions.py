@@ -1,0 +1,134 @@
+"""The stateless completion behind the OpenAI-compatible API: the caller's messages → prompt
+check → the LLM queue → the model's reply. The sibling of `turns.py` without its memory: no
+history is read, nothing is stored, the system prompt is the caller's, and the reply is the
+model's raw text (no clean-up), as OpenAI-compatible servers answer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lea_local.inference_queue import InferenceQueue
+from lea_local.llm.base import ChatEngine, ChatMessage, GenerationCancelled, PromptRejected
+from lea_local.llm.context import PromptTooLong
+from lea_local.observability import count
+from lea_local.turns import EngineFailure
+
+log = logging.getLogger(__name__)
+
+# No tokeniser packs more characters than this into one token on real text: messages longer
+# than this many characters per token of context cannot fit, and are refused without being
+# tokenised (a 10 MB body would hold the engine's thread for seconds).
+MAX_CHARS_PER_TOKEN = 32
+
+
+class ContextLengthExceeded(Exception):
+    """The messages leave no room for a reply in the model's context window."""
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    messages: Sequence[ChatMessage]
+    max_tokens: int
+    temperature: float
+    top_p: float | None = None
+    stop: Sequence[str] = field(default_factory=tuple)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    """Exactly the text handed to `on_text`, piece by piece: a streamed reply joined is the
+    same as the non-streamed one."""
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletions:
+    def __init__(self, *, engine: ChatEngine, llm_queue: InferenceQueue, log_content: bool = False) -> None:
+        self.engine = engine
+        self.llm_queue = llm_queue
+        self.log_content = log_content
+
+    async def complete(
+        self,
+        request: CompletionRequest,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Completion:
+        """Raises ContextLengthExceeded, PromptRejected, QueueFull, GenerationCancelled, EngineFailure."""
+        chars = sum(len(m.content) for m in request.messages)
+        # Every message costs at least one token of chat template: too many cannot fit either.
+        if chars > self.engine.context_size * MAX_CHARS_PER_TOKEN or len(request.messages) > self.engine.context_size:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.engine.context_size} tokens; "
+                f"the messages ({len(request.messages)} messages, {chars} characters) are far longer. "
+                "Please reduce the length of the messages."
+            )
+        completion = await self.llm_queue.run(self._generate, request, on_text, cancel)
+        count("tokens_generated", completion.completion_tokens)
+        count("prompt_tokens", completion.prompt_tokens)
+        return completion
+
+    def _generate(
+        self, request: CompletionRequest, on_text: Callable[[str], None] | None, cancel: threading.Event | None
+    ) -> Completion:
+        log.info(
+            "llm.prompt",
+            extra={
+                "event": "llm.prompt",
+                "api": "openai",
+                "messages": len(request.messages),
+                **(
+                    {"prompt": [{"role": m.role, "content": m.content} for m in request.messages]}
+                    if self.log_content
+                    else {}
+                ),
+            },
+        )
+        pieces: list[str] = []
+
+        def collect(piece: str) -> None:
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
+
+        try:
+            reply = self.engine.generate(
+                request.messages,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                stop=request.stop,
+                seed=request.seed,
+                on_text=collect,
+                cancel=cancel,
+            )
+        except GenerationCancelled as exc:
+            log.info(
+                "llm.cancelled",
+                extra={"event": "llm.cancelled", "completion_tokens": exc.completion_tokens, "reason": str(exc)},
+            )
+            raise
+        except PromptTooLong as exc:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.engine.context_size} tokens. However, your "
+                f"messages resulted in {exc.tokens} tokens. Please reduce the length of the messages."
+            ) from exc
+        except PromptRejected:
+            raise
+        except Exception as exc:
+            log.exception("the language model failed")
+            raise EngineFailure("language model") from exc
+        return Completion(
+            text="".join(pieces),
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            finish_reason="length" if reply.finish_reason == "length" else "stop",
+        )
