@@ -4,7 +4,11 @@ Direct: decode (ffmpeg), ASR (with its real-time factor), LLM (prompt and genera
 second), TTS (real-time factor), audio encoding, and the text and voice turns as the sum of
 their engine calls. HTTP: the same text and voice turns against a real server started on
 127.0.0.1 with the same settings, the time to the first byte of the reply's audio, and the
-ratio HTTP/direct. Both ASR engines are compared on the same weights when both are available.
+ratio HTTP/direct. Streamed and OpenAI-compatible routes: the time to the first streamed delta
+(agent stream and /v1/chat/completions) against the engine's first token direct, a whole
+/v1/chat/completions against the same generation direct, and the first audio byte of
+/v1/audio/speech against the first phrase's synthesis direct. Both ASR engines are compared on
+the same weights when both are available.
 Every figure is the median of --runs runs after one warm-up run. The machine and the settings
 are printed with the numbers; `--json` writes them all.
 """
@@ -34,6 +38,10 @@ from lea_local.settings import Settings
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP = REPO / "tests" / "fixtures" / "audio" / "fr" / "picovoice_cheetah_test_fr_v2.2.wav"
 TEXT_MESSAGE = "Quels documents faut-il réunir pour mettre en vente un appartement ?"
+SPEECH_TEXT = (
+    "Bonjour, je suis Léa, votre assistante immobilière. La promesse d'achat est signée pour 550 000 $. "
+    "Il reste à remettre la déclaration du vendeur au courtier de l'acheteur avant vendredi."
+)
 BENCH_KEY = "bench-key-not-secret"
 
 
@@ -153,8 +161,9 @@ class DirectBench:
         t_decode, decoded = timed(lambda: self.voice._decode(recording))
         t_asr, transcript = timed(lambda: self.voice._transcribe(decoded))
         _, t_llm, reply = self.generate(transcript.text)
-        t_text, _ = timed(lambda: self.generate(TEXT_MESSAGE))
+        text_first_token, t_text, _ = self.generate(TEXT_MESSAGE)
         return {
+            "text_first_token": text_first_token,
             "decode": t_decode,
             "asr": t_asr,
             "asr_rtf": t_asr / decoded.seconds,
@@ -165,6 +174,17 @@ class DirectBench:
             "_reply": reply,
             "_audio_seconds": decoded.seconds,
         }
+
+    def first_phrase_synthesis(self, text: str) -> float:
+        """Seconds to synthesise the first phrase of `text`, as /v1/audio/speech cuts it."""
+        from lea_local.tts.normalize import normalize_for_speech
+        from lea_local.tts.sentences import split_first_phrase, split_sentences
+
+        first = split_first_phrase(split_sentences(text)[0])[0]
+        started = time.perf_counter()
+        for _ in self.synthesizer.synthesize(normalize_for_speech(first, self.settings.locale)):
+            pass
+        return time.perf_counter() - started
 
     def speech_round(self, text: str) -> dict[str, float]:
         """TTS and encoding of a reply, and the LLM's cold prompt and generation speeds."""
@@ -258,6 +278,53 @@ def http_round(client: httpx.Client, recording: bytes) -> dict[str, float]:
     }
 
 
+def first_sse_delta(client: httpx.Client, path: str, body: dict, is_delta: Callable[[dict], bool]) -> float:
+    """Seconds from sending the request to the first event that `is_delta` accepts; the rest
+    of the stream is read to its end (the next request must not queue behind it)."""
+    started = time.perf_counter()
+    first = float("nan")
+    with client.stream("POST", path, json=body, headers={"Authorization": f"Bearer {BENCH_KEY}"}) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if first == first or not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            if is_delta(json.loads(line[6:])):
+                first = time.perf_counter() - started
+    return first
+
+
+def http_stream_round(client: httpx.Client, messages: list[dict[str, str]], speech_text: str) -> dict[str, float]:
+    """Streamed turns and the OpenAI-compatible routes: first delta, whole completion, first
+    audio byte of /v1/audio/speech."""
+    bearer = {"Authorization": f"Bearer {BENCH_KEY}"}
+    completion = {"model": "gpt-4o-mini", "messages": messages, "temperature": 0, "seed": 1}
+    t_completion, answer = timed(lambda: client.post("/v1/chat/completions", json=completion, headers=bearer))
+    answer.raise_for_status()  # type: ignore[attr-defined]
+    agent_first = first_sse_delta(
+        client, "/api/external/agent/chat/stream", {"message": TEXT_MESSAGE}, lambda event: bool(event.get("delta"))
+    )
+    openai_first = first_sse_delta(
+        client,
+        "/v1/chat/completions",
+        {**completion, "stream": True},
+        lambda event: bool(event.get("choices") and event["choices"][0]["delta"].get("content")),
+    )
+    started = time.perf_counter()
+    speech_first = float("nan")
+    body = {"model": "tts-1-hd", "voice": "shimmer", "input": speech_text, "response_format": "mp3"}
+    with client.stream("POST", "/v1/audio/speech", json=body, headers=bearer) as audio:
+        audio.raise_for_status()
+        for _ in audio.iter_raw():
+            if speech_first != speech_first:
+                speech_first = time.perf_counter() - started
+    return {
+        "http_chat_completion": t_completion,
+        "http_agent_stream_first_delta": agent_first,
+        "http_openai_stream_first_delta": openai_first,
+        "http_speech_first_byte": speech_first,
+    }
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -318,9 +385,24 @@ def main(argv: list[str] | None = None) -> int:
         "http_audio_complete": "after the JSON arrived",
         "text_turn_http_over_direct": "paired per round",
         "voice_json_over_decode_asr_llm": "paired per round",
+        "text_first_token": "system prompt + message, first text",
+        "speech_first_phrase": "Piper, first phrase of the /v1/audio/speech text",
+        "http_chat_completion": "/v1/chat/completions, same prompt",
+        "http_agent_stream_first_delta": "/api/external/agent/chat/stream",
+        "http_openai_stream_first_delta": "/v1/chat/completions stream",
+        "http_speech_first_byte": "/v1/audio/speech, mp3",
+        "chat_completion_http_over_direct": "target ≤ 1.03",
+        "agent_first_delta_minus_first_token": "target ≤ 0.030 s",
+        "openai_first_delta_minus_first_token": "target ≤ 0.030 s",
+        "speech_first_byte_over_first_phrase": "target ≤ 1.2",
     }
     units = {"llm_prompt_tps": "tok/s", "llm_generation_tps": "tok/s", "asr_rtf": "×", "tts_rtf": "×"}
-    units.update(text_turn_http_over_direct="×", voice_json_over_decode_asr_llm="×")
+    units.update(
+        text_turn_http_over_direct="×",
+        voice_json_over_decode_asr_llm="×",
+        chat_completion_http_over_direct="×",
+        speech_first_byte_over_first_phrase="×",
+    )
     direct: dict[str, Measure] = {}
     http: dict[str, Measure] = {}
     ratios: dict[str, Measure] = {}
@@ -338,7 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs + 1):  # round 0 warms up
             turn = direct_bench.turn_round(recording)
             speech = direct_bench.speech_round(turn["_reply"].text)  # type: ignore[attr-defined]
+            speech["speech_first_phrase"] = direct_bench.first_phrase_synthesis(SPEECH_TEXT)
             over_http = http_round(client, recording) if client else {}
+            if client:
+                system_prompt = direct_bench.services.turns.system_prompt.content
+                messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": TEXT_MESSAGE}]
+                over_http.update(http_stream_round(client, messages, SPEECH_TEXT))
             if run == 0:
                 continue
             record(direct, {**turn, **speech})
@@ -349,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "text_turn_http_over_direct": over_http["http_text_turn"] / turn["text_turn"],
                         "voice_json_over_decode_asr_llm": over_http["http_voice_json"] / turn["voice_turn_to_text"],
+                        "chat_completion_http_over_direct": over_http["http_chat_completion"] / turn["text_turn"],
+                        "agent_first_delta_minus_first_token": over_http["http_agent_stream_first_delta"]
+                        - turn["text_first_token"],
+                        "openai_first_delta_minus_first_token": over_http["http_openai_stream_first_delta"]
+                        - turn["text_first_token"],
+                        "speech_first_byte_over_first_phrase": over_http["http_speech_first_byte"]
+                        / speech["speech_first_phrase"],
                     },
                 )
         if client:

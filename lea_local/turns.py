@@ -189,6 +189,11 @@ class ChatTurns:
             audio_seconds=audio_seconds,
             audio_file=audio_name,
         )
+        if cancel is not None and cancel.is_set():
+            # The client left (or the budget ran out) after the reply was written: nobody will
+            # see it, so it is not stored (a streamed turn's client may leave at any point).
+            log.info("llm.cancelled", extra={"event": "llm.cancelled", "reason": "request ended before storing"})
+            raise GenerationCancelled("request ended before the turn was stored")
         stored_id = await anyio.to_thread.run_sync(self.store.record_turn, record)
         return TurnResult(
             session_id=session_id,

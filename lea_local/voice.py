@@ -78,9 +78,11 @@ class VoiceTurns:
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
         cancel: threading.Event | None = None,
+        on_transcript: Callable[[str], None] | None = None,
     ) -> VoiceTurnResult:
         """Raises AudioRejected, NoSpeech, ConversationNotFound, QueueFull, EngineFailure;
-        stores nothing unless the whole turn succeeded."""
+        stores nothing unless the whole turn succeeded. `on_transcript` receives the
+        transcription before the reply is generated (a streamed turn shows it at once)."""
         if conversation_id is not None:
             # Fail on a wrong conversation before spending decoding and transcription on it.
             owner = await anyio.to_thread.run_sync(self.chat.store.session_of, conversation_id)
@@ -103,6 +105,8 @@ class VoiceTurns:
                     **({"transcription": transcript.text} if self.log_content else {}),
                 },
             )
+            if on_transcript is not None:
+                on_transcript(transcript.text)
             turn = await self.chat.take_turn_in_session(
                 transcript.text,
                 session_id=session_id,

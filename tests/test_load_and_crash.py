@@ -27,7 +27,9 @@ def test_load_at_concurrency_24_for_two_minutes_answers_in_budget_or_refuses_at_
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     summary = json.loads(summary_path.read_text())
-    print("\n" + json.dumps({k: summary[k] for k in ("statuses", "throughput_turns_per_s", "latency_s", "refused_503")}))
+    print(
+        "\n" + json.dumps({k: summary[k] for k in ("statuses", "throughput_turns_per_s", "latency_s", "refused_503")})
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert set(summary["statuses"]) <= {"200", "503"} and summary["answers_after_client_timeout"] == 0
     assert summary["latency_s"]["text"]["n"] >= 5 and summary["latency_s"]["voice"]["n"] >= 5

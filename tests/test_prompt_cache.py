@@ -16,9 +16,7 @@ from lea_local.llm.prompt_cache import PromptCache
 from tests.server import API_KEY
 
 MIB = 1024 * 1024
-SYSTEM = ChatMessage(
-    "system", "Tu es Léa, l'assistante d'une agence immobilière. Réponds en français, brièvement."
-)
+SYSTEM = ChatMessage("system", "Tu es Léa, l'assistante d'une agence immobilière. Réponds en français, brièvement.")
 QUESTIONS = [
     "Quels diagnostics pour vendre une maison ?",
     "Comment estimer un appartement à Lyon ?",

@@ -22,13 +22,14 @@ from litestar.openapi import OpenAPIConfig
 
 from lea_local import __version__
 from lea_local.api.auth import require_api_key, require_api_key_if_configured
-from lea_local.api.chat import chat
+from lea_local.api.chat import chat, chat_stream
 from lea_local.api.erase import erase, purge_expired
 from lea_local.api.errors import exception_handlers, still_starting
 from lea_local.api.health import agent_health, health, ready
 from lea_local.api.media import tts_audio
 from lea_local.api.metrics import metrics
-from lea_local.api.voice import chat_voice
+from lea_local.api.openai import openai_router
+from lea_local.api.voice import chat_voice, chat_voice_stream
 from lea_local.asr.decode import keep_temp_dir_clean
 from lea_local.observability import Metrics, RequestLogMiddleware
 from lea_local.services import Services, build_services
@@ -141,17 +142,18 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             runtime.services.close()
 
     # The guard runs before any body is read: a caller without the key costs nothing.
-    agent_api = Router(path="/api/external/agent", route_handlers=[chat, erase], guards=[require_api_key])
+    agent_api = Router(path="/api/external/agent", route_handlers=[chat, chat_stream, erase], guards=[require_api_key])
     # Multipart overhead on top of the recording itself; the file's own limit is checked too.
     voice_api = Router(
         path="/api/external/agent",
-        route_handlers=[chat_voice],
+        route_handlers=[chat_voice, chat_voice_stream],
         guards=[require_api_key],
         request_max_body_size=settings.max_upload_bytes + 64 * 1024,
     )
+    openai_api = openai_router(settings.max_upload_bytes)
 
     return Litestar(
-        route_handlers=[agent_api, voice_api, agent_health, tts_audio, health, ready, metrics],
+        route_handlers=[agent_api, voice_api, openai_api, agent_health, tts_audio, health, ready, metrics],
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]

@@ -1,17 +1,46 @@
-"""POST /api/external/agent/chat: a text turn."""
+"""POST /api/external/agent/chat: a text turn; /chat/stream: the same turn, streamed.
+
+The stream is server-sent events, the shape ImmoAssist's web app already reads from its own
+route: `data: {"delta": "…"}` per piece of the reply, then `data: {"done": true, …}` with what the
+JSON answer carries (and `response`, the stored text), or `data: {"error", "detail", "status"}`.
+The deltas joined are the stored reply: the raw text goes through `ReplyStream`, the stored text's
+cleaning as it is generated. Failures before the first event (busy, unknown conversation, bad
+input) are ordinary HTTP errors in the contract's shape."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import JSONBody
+from litestar.response import Stream
 
 from lea_local.api.deadline import request_deadline
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ChatRequest, ChatResponse, usage_of
+from lea_local.api.streaming import open_stream
 from lea_local.api.validation import clean_identifier, clean_message, strictly
+from lea_local.asr.base import NoSpeech
+from lea_local.asr.decode import AudioRejected
+from lea_local.inference_queue import QueueFull, current_deadline
+from lea_local.llm.context import PromptTooLong
+from lea_local.llm.reply_cleaner import ReplyStream
 from lea_local.services import Services
+from lea_local.store.conversations import ConversationNotFound
+from lea_local.turns import EngineFailure, TurnResult
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Emit = Callable[[Event], None]
 
 
 @post(
@@ -57,3 +86,156 @@ async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDep
         assistant_audio_url=audio_url(request, settings, audio_name),
         usage=usage_of(result),
     )
+
+
+# --- streamed turns ------------------------------------------------------------------------------
+
+_SSE_HEADERS = {
+    # As a header: Litestar would give a returned Stream the route's JSON media type.
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # proxies (nginx) must pass each event on at once
+}
+
+
+@dataclass
+class AgentStreamOperation(Operation):
+    """The 200 answer is a stream of server-sent events."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                "text/event-stream": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.STRING,
+                        description='`data: {"delta": "…"}` events, then `data: {"done": true, "session_id", '
+                        '"conversation_id", "model", "provider", "usage", "assistant_audio_url", "response"}`; '
+                        'a failure after the first event: `data: {"error", "detail", "status"}`',
+                    )
+                )
+            }
+
+
+def sse_response(events: AsyncIterator[Event]) -> Stream:
+    return Stream(_frames(events), headers=_SSE_HEADERS)
+
+
+async def _frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield b"data: " + msgspec.json.encode(event) + b"\n\n"
+    except Exception as exc:  # the stream has begun: the error goes in it
+        yield b"data: " + msgspec.json.encode(error_event(exc)) + b"\n\n"
+
+
+def error_event(exc: Exception) -> Event:
+    """The failure as an event, with the status the non-streamed route would have answered."""
+    status, message = 500, "Internal server error"
+    if isinstance(exc, HTTPException):
+        status, message = exc.status_code, exc.detail
+    elif isinstance(exc, AudioRejected):
+        status, message = exc.status, str(exc)
+    elif isinstance(exc, (NoSpeech, PromptTooLong)):
+        status, message = 400, str(exc)
+    elif isinstance(exc, ConversationNotFound):
+        status, message = 404, str(exc)
+    elif isinstance(exc, QueueFull):
+        status, message = 503, str(exc)
+    elif isinstance(exc, EngineFailure):
+        message = str(exc)
+    else:
+        log.error("a streamed turn failed", exc_info=exc)
+    return {"error": message, "detail": message, "status": status}
+
+
+class StreamedReply:
+    """The reply's deltas for a streamed turn: raw LLM pieces in (from the LLM's thread), the
+    stored text out, piece by piece."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._cleaner = ReplyStream()
+
+    def feeding(self, speech: Callable[[str], None] | None) -> Callable[[str], None]:
+        """The LLM's `on_text`: deltas to the client, and the raw text to `speech` when speech
+        is fed as the reply is written (overlap mode)."""
+
+        def on_text(piece: str) -> None:
+            if speech is not None:
+                speech(piece)
+            if delta := self._cleaner.feed(piece):
+                self._emit({"delta": delta})
+
+        return on_text
+
+    def finish(self, stored: str) -> None:
+        if rest := self._cleaner.finish(stored):
+            self._emit({"delta": rest})
+        if self._cleaner.retracted:
+            log.warning(
+                "the streamed reply differs from the stored one; the done event's response is the stored text",
+                extra={"event": "stream.retracted", "sent_chars": len(self._cleaner.sent), "stored_chars": len(stored)},
+            )
+
+
+def done_event(request: Request, services: Services, result: TurnResult, audio_name: str | None) -> Event:
+    return {
+        "done": True,
+        "session_id": result.session_id,
+        "conversation_id": result.conversation_id,
+        "model": result.model,
+        "provider": result.provider,
+        "usage": msgspec.to_builtins(usage_of(result)),
+        "assistant_audio_url": audio_url(request, services.settings, audio_name),
+        "response": result.reply,
+    }
+
+
+@post(
+    "/chat/stream",
+    status_code=200,
+    summary="Text chat with Léa, streamed (server-sent events)",
+    responses=error_responses(400, 401, 404, 413, 500, 503, 504),
+    operation_class=AgentStreamOperation,
+    description="The same turn as /chat, stored the same way; the reply comes as `delta` events as it is "
+    "written, then a `done` event. Errors before the first event are ordinary HTTP errors; a client that "
+    "hangs up stops the generation and nothing is stored.",
+)
+async def chat_stream(data: JSONBody[ChatRequest], request: Request, services: NamedDependency[Services]) -> Stream:
+    data = await strictly(request, ChatRequest)  # `data` above gives the OpenAPI schema
+    message = clean_message(data.message, services.settings.max_message_chars)
+    session_id = clean_identifier(data.session_id, "session_id")
+    turns, speech = services.turns, services.speech
+    settings = services.settings
+
+    async def work(emit: Emit) -> None:
+        deadline = current_deadline.get()
+        cancel = deadline.cancel if deadline is not None else None
+        reply = StreamedReply(emit)
+        if settings.tts_for_text_chat and speech is not None:
+            result, audio_name = await speech.speak(
+                lambda on_text, audio_name: turns.take_turn(
+                    message,
+                    session_id=session_id,
+                    conversation_id=data.conversation_id,
+                    on_text=reply.feeding(on_text),
+                    audio_name=audio_name,
+                    cancel=cancel,
+                ),
+                lambda result: result.reply,
+            )
+        else:
+            result = await turns.take_turn(
+                message,
+                session_id=session_id,
+                conversation_id=data.conversation_id,
+                on_text=reply.feeding(None),
+                cancel=cancel,
+            )
+            audio_name = None
+        reply.finish(result.reply)
+        emit(done_event(request, services, result, audio_name))
+
+    events = await open_stream(request, settings.turn_timeout("chat"), services.turn_stages("chat"), work)
+    return sse_response(events)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# token_urlsafe(24) gives 32 characters of [A-Za-z0-9_-]: 192 random bits.
-_NAME = re.compile(r"[A-Za-z0-9_-]{32}\.(?:mp3|ogg|wav)")
+# token_urlsafe(24) gives 32 characters of [A-Za-z0-9_-]: 192 random bits. A reply's audio may
+# have one file per sentence too (a streamed turn's), named after it: "<reply's>-<index>.mp3".
+_NAME = re.compile(r"[A-Za-z0-9_-]{32}(?:-\d{1,4})?\.(?:mp3|ogg|wav)")
+_REPLY_NAME = re.compile(r"([A-Za-z0-9_-]{32})\.(mp3|ogg|wav)")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class TtsAudioStore:
 
     def new_name(self, extension: str) -> str:
         return f"{secrets.token_urlsafe(24)}.{extension}"
+
+    @staticmethod
+    def sentence_name(name: str, index: int) -> str:
+        """The name of one sentence's audio within the reply's audio `name`: erasing the reply's
+        audio (`delete`) erases it too."""
+        stem, extension = name.rsplit(".", 1)
+        return f"{stem}-{index}.{extension}"
 
     def stage(self, name: str, data: bytes) -> Path:
         """Write the file under a hidden temporary name; `commit` makes it public."""
@@ -82,11 +91,17 @@ class TtsAudioStore:
         return StoredAudio(data=data, modified=info.st_mtime, etag=f'"{tag}"')
 
     def delete(self, names: list[str]) -> int:
+        """Delete these files, and each reply's sentence files with it; returns files deleted."""
         deleted = 0
         for name in names:
-            if _NAME.fullmatch(name):
+            if not _NAME.fullmatch(name):
+                continue
+            paths = [self.directory / name]
+            if reply := _REPLY_NAME.fullmatch(name):  # the name's characters are not glob patterns
+                paths += self.directory.glob(f"{reply.group(1)}-*.{reply.group(2)}")
+            for path in paths:
                 try:
-                    (self.directory / name).unlink()
+                    path.unlink()
                     deleted += 1
                 except FileNotFoundError:
                     pass

@@ -31,7 +31,7 @@ from lea_local.locales import Locale
 from lea_local.observability import count, count_rejection
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
-from lea_local.tts.encode import MEDIA_TYPES, AudioFormat, encoder_command, finalize
+from lea_local.tts.encode import MEDIA_TYPES, AudioFormat, encode_audio, encoder_command, finalize
 from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
 
@@ -47,7 +47,9 @@ class SpeechJob:
     """One reply's speech: text in (from any thread), encoded audio out (to any number of
     readers, from the first byte)."""
 
-    def __init__(self, name: str, audio_format: AudioFormat, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, name: str, audio_format: AudioFormat, loop: asyncio.AbstractEventLoop, *, sentence_files: bool = False
+    ) -> None:
         self.name = name
         self.audio_format = audio_format
         self.media_type = MEDIA_TYPES[audio_format]
@@ -67,6 +69,9 @@ class SpeechJob:
         # Waiting for the reply's text or for the CPU (another engine's turn): not a stall.
         self._idle = True
         self._changed = asyncio.Event()
+        # A streamed turn's: each spoken piece also stored as its own file, announced here as
+        # (name, index) when written; None once there will be no more.
+        self.sentence_audio: asyncio.Queue[tuple[str, int] | None] | None = asyncio.Queue() if sentence_files else None
 
     # --- text in ----------------------------------------------------------------------------
 
@@ -186,9 +191,10 @@ class SpeechService:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> SpeechJob | None:
+    def start(self, *, sentence_files: bool = False) -> SpeechJob | None:
         """A new job, already reachable by name; None when the audio directory is unusable (the
-        turn then answers without audio, as the contract allows).
+        turn then answers without audio, as the contract allows). `sentence_files`: also store
+        each spoken piece on its own (`SpeechJob.sentence_audio`), for a streamed turn.
 
         Raises QueueFull (503, before the turn does any work) when `max_jobs` are under way:
         a turn that is admitted always gets its audio. `max_jobs` is sized from the turn queues
@@ -202,7 +208,12 @@ class SpeechService:
             count_rejection(self.queue.name)
             log.warning("speech refused: %d syntheses already under way", active)
             raise QueueFull(f"the {self.queue.name} engine is busy; try again in a few seconds", 5, self.queue.name)
-        job = SpeechJob(self.store.new_name(self.audio_format), self.audio_format, asyncio.get_running_loop())
+        job = SpeechJob(
+            self.store.new_name(self.audio_format),
+            self.audio_format,
+            asyncio.get_running_loop(),
+            sentence_files=sentence_files,
+        )
         self._jobs[job.name] = job
         task = asyncio.create_task(self._run(job), name=f"speech-{job.name[:8]}")
         self._tasks.add(task)
@@ -225,11 +236,14 @@ class SpeechService:
         self,
         run_turn: Callable[[Callable[[str], None] | None, str | None], Awaitable[T]],
         reply_of: Callable[[T], str],
+        *,
+        sentence_files: bool = False,
     ) -> tuple[T, str | None]:
         """Run a turn and speak its reply; returns the turn's result and the audio name (None
         when speech was skipped). `run_turn` receives the callback for streamed reply text (None
-        when speech starts after the reply) and the audio's name, to store with the turn."""
-        job = self.start()
+        when speech starts after the reply) and the audio's name, to store with the turn.
+        `sentence_files`: see `start`."""
+        job = self.start(sentence_files=sentence_files)
         try:
             overlap = job is not None and self.overlap_generation
             result = await run_turn(job.feed if overlap else None, job.name if job is not None else None)
@@ -283,6 +297,12 @@ class SpeechService:
         started = time.perf_counter()
         synth_seconds = 0.0
         audio_samples = 0
+        pieces: asyncio.Queue[np.ndarray | None] | None = None
+        if job.sentence_audio is not None:
+            pieces = asyncio.Queue()
+            writer = asyncio.create_task(self._write_sentence_files(job, pieces), name=f"sentences-{job.name[:8]}")
+            self._tasks.add(writer)
+            writer.add_done_callback(self._tasks.discard)
         try:
             while True:
                 job._set_idle(True)  # waiting for the reply's text
@@ -300,6 +320,8 @@ class SpeechService:
                     if encoder is None:
                         encoder, reader = await encoder_starting
                     audio_samples += len(pcm)
+                    if pieces is not None and len(pcm):  # nothing to play: no file
+                        pieces.put_nowait(pcm)
                     await asyncio.to_thread(self._write_pcm, encoder, pcm)
             job._set_idle(False)
             if job.error is not None:
@@ -330,6 +352,8 @@ class SpeechService:
             log.error("speech synthesis failed: %s", exc, exc_info=not isinstance(exc, (SpeechFailed, QueueFull)))
             job._fail("speech synthesis failed")
         finally:
+            if pieces is not None:
+                pieces.put_nowait(None)
             if encoder is None and not encoder_starting.cancelled():
                 try:
                     encoder, reader = await asyncio.shield(encoder_starting)
@@ -338,6 +362,28 @@ class SpeechService:
             if encoder is not None and encoder.poll() is None:
                 encoder.kill()
                 encoder.wait()
+
+    async def _write_sentence_files(self, job: SpeechJob, pieces: asyncio.Queue[np.ndarray | None]) -> None:
+        """Each spoken piece's samples encoded on their own into a small file of its own, while
+        the next piece is synthesised; announced in order on `job.sentence_audio`."""
+        assert job.sentence_audio is not None
+        index = 0
+        try:
+            while (pcm := await pieces.get()) is not None:
+                name = self.store.sentence_name(job.name, index)
+                data = await asyncio.to_thread(encode_audio, pcm, self.synthesizer.sample_rate, self.audio_format)
+                staged = await asyncio.to_thread(self.store.stage, name, data)
+                # On the event loop, as `erase` is: an erased job never leaves a file behind.
+                if job.erased or job.error is not None:
+                    staged.unlink(missing_ok=True)
+                    return
+                self.store.commit(staged, name)
+                job.sentence_audio.put_nowait((name, index))
+                index += 1
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("a sentence's audio file could not be written: %s", exc)
+        finally:
+            job.sentence_audio.put_nowait(None)
 
     def _publish(self, job: SpeechJob, staged: Path) -> bool:
         """On the event loop, as `erase` is: nothing can erase between the check and the rename."""
