@@ -336,8 +336,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10, help="transcriptions per input (default 10)")
     parser.add_argument("--only", nargs="*", help="inputs whose name contains one of these")
     parser.add_argument("--wer", action="store_true", help="also the WER over the human French clips")
-    parser.add_argument("--audio-dir", type=Path, default=REPO / "tests" / "fixtures" / "audio" / "fr",
-                        help="human clips with a manifest.tsv, for --wer (same as /work/shared/audio/fr)")
+    parser.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=REPO / "tests" / "fixtures" / "audio" / "fr",
+        help="human clips with a manifest.tsv, for --wer (same as /work/shared/audio/fr)",
+    )
     parser.add_argument("--no-chromium", action="store_true", help="encode with ffmpeg even if chromium is there")
     parser.add_argument("--keep", type=Path, help="copy the recordings into this directory")
     args = parser.parse_args()
@@ -346,15 +350,19 @@ def main() -> int:
     asr_path = settings.asr_model or resolve_model_paths(settings).asr
     started = time.perf_counter()
     recognizer = build_recognizer(settings, asr_path)
-    print(f"recognizer {recognizer.model_name} loaded in {time.perf_counter() - started:.1f} s "
-          f"(engine {settings.asr_engine}, beam {settings.asr_beam_size}, cores {os.cpu_count()})")
+    print(
+        f"recognizer {recognizer.model_name} loaded in {time.perf_counter() - started:.1f} s "
+        f"(engine {settings.asr_engine}, beam {settings.asr_beam_size}, cores {os.cpu_count()})"
+    )
 
     chromium = None if args.no_chromium else (shutil.which("chromium") or shutil.which("chromium-browser"))
     with tempfile.TemporaryDirectory(prefix="lea-hard-audio-") as tmp:
         started = time.perf_counter()
         recordings = make_recordings(Path(tmp), chromium)
-        print(f"{len(recordings)} recordings made in {time.perf_counter() - started:.0f} s; "
-              f"espeak-ng speech recorded by {recordings[0].note}")
+        print(
+            f"{len(recordings)} recordings made in {time.perf_counter() - started:.0f} s; "
+            f"espeak-ng speech recorded by {recordings[0].note}"
+        )
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for recording in recordings:
@@ -378,14 +386,18 @@ def main() -> int:
     worst = max(results, key=lambda r: r.ratio)
     invented = [r.recording.name for r in results if r.recording.expect == "no speech" and r.produced_text]
     print(f"\nload average (1 min) at the start {load_before:.1f}, at the end {os.getloadavg()[0]:.1f}")
-    print(f"largest recognizer seconds / audio seconds: {worst.ratio:.3f} ({worst.recording.name}), "
-          f"{args.repeat} runs per input")
+    print(
+        f"largest recognizer seconds / audio seconds: {worst.ratio:.3f} ({worst.recording.name}), "
+        f"{args.repeat} runs per input"
+    )
     if invented:
         print(f"text invented from non-speech: {', '.join(invented)}")
     if args.wer:
-        print(f"WER over the human French clips in {args.audio_dir}: "
-              f"{corpus_wer(recognizer, args.audio_dir):.3f} with the server's vocabulary prompt, "
-              f"{corpus_wer(recognizer, args.audio_dir, initial_prompt=''):.3f} without a prompt")
+        print(
+            f"WER over the human French clips in {args.audio_dir}: "
+            f"{corpus_wer(recognizer, args.audio_dir):.3f} with the server's vocabulary prompt, "
+            f"{corpus_wer(recognizer, args.audio_dir, initial_prompt=''):.3f} without a prompt"
+        )
     return 1 if worst.ratio > 1.0 or invented else 0
 
 
