@@ -18,7 +18,7 @@ import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation
 from litestar.params import JSONBody
 from litestar.response import Stream
 
@@ -26,7 +26,7 @@ from lea_local.api.deadline import request_deadline
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ChatRequest, ChatResponse, usage_of
-from lea_local.api.streaming import open_stream
+from lea_local.api.streaming import open_stream, sse_event_schema
 from lea_local.api.validation import clean_identifier, clean_message, strictly
 from lea_local.asr.base import NoSpeech
 from lea_local.asr.decode import AudioRejected
@@ -107,11 +107,10 @@ class AgentStreamOperation(Operation):
         if isinstance(ok, OpenAPIResponse):
             ok.content = {
                 "text/event-stream": OpenAPIMediaType(
-                    schema=Schema(
-                        type=OpenAPIType.STRING,
-                        description='`data: {"delta": "…"}` events, then `data: {"done": true, "session_id", '
+                    schema=sse_event_schema(
+                        '`data: {"delta": "…"}` events, then `data: {"done": true, "session_id", '
                         '"conversation_id", "model", "provider", "usage", "assistant_audio_url", "response"}`; '
-                        'a failure after the first event: `data: {"error", "detail", "status"}`',
+                        'a failure after the first event: `data: {"error", "detail", "status"}`'
                     )
                 )
             }

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from typing import Generic, TypeVar
 
 from litestar import Request
+from litestar.openapi.spec import OpenAPIType, Schema
 
 from lea_local.api.errors import ApiError
 from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
@@ -134,3 +135,18 @@ async def open_stream(
     if first is _END and streamed.error is not None:
         raise streamed.ended_error(streamed.error) or streamed.error
     return streamed.items(first)
+
+
+def sse_event_schema(description: str) -> Schema:
+    """The OpenAPI schema of one server-sent event as clients (and schemathesis) parse it: its
+    `data` line(s), and the optional `event`, `id` and `retry` fields."""
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        description=description,
+        properties={
+            "data": Schema(type=OpenAPIType.STRING, description="JSON"),
+            "event": Schema(type=OpenAPIType.STRING),
+            "id": Schema(type=OpenAPIType.STRING),
+            "retry": Schema(type=OpenAPIType.INTEGER),
+        },
+    )

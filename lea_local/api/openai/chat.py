@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation
 from litestar.params import JSONBody
 from litestar.response import Stream
 
@@ -33,7 +33,7 @@ from lea_local.api.openai.schemas import (
     ResponseMessage,
     Usage,
 )
-from lea_local.api.streaming import open_stream
+from lea_local.api.streaming import open_stream, sse_event_schema
 from lea_local.completions import ChatCompletions, Completion, CompletionRequest, ContextLengthExceeded
 from lea_local.inference_queue import InferenceQueue, current_deadline
 from lea_local.llm.base import ChatMessage, PromptRejected
@@ -57,10 +57,9 @@ class _ChatCompletionsOperation(Operation):
             ok.content = {
                 **(ok.content or {}),
                 "text/event-stream": OpenAPIMediaType(
-                    schema=Schema(
-                        type=OpenAPIType.STRING,
-                        description="`data: <chat.completion.chunk>` events, then `data: [DONE]`; "
-                        'a failure after the first event is sent as `data: {"error": {…}}`',
+                    schema=sse_event_schema(
+                        "`data: <chat.completion.chunk>` events, then `data: [DONE]`; "
+                        'a failure after the first event is sent as `data: {"error": {…}}`'
                     )
                 ),
             }
