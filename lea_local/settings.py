@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     """CPU threads for generation. Unset: the machine's physical cores."""
     llm_max_reply_tokens: int = Field(default=256, ge=1)
     """Longest reply, in tokens (ImmoAssist's own LEA_MAX_TOKENS is 256)."""
+    llm_max_completion_tokens: int = Field(default=1024, ge=1)
+    """Ceiling on a /v1/chat/completions request's `max_tokens`: one client cannot hold the shared
+    LLM for minutes (the reply ends with finish_reason "length")."""
     llm_temperature: float = Field(default=0.3, ge=0.0, le=2.0)
     llm_repeat_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
     """llama.cpp's repetition penalty (1.0: off). Small models loop without one."""

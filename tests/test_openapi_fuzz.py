@@ -14,8 +14,10 @@ CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path, models_dir):
-    # /v1 takes the reply length from the request: a short budget keeps a fuzzed max_tokens short.
-    lea = LeaServer(tmp_path / "data", models_dir, {"LEA_LLM_MAX_REPLY_TOKENS": "8", "LEA_CHAT_TIMEOUT_SECONDS": "15"})
+    # /v1 takes the reply length from the request: the server's ceiling keeps a fuzzed one short.
+    lea = LeaServer(
+        tmp_path / "data", models_dir, {"LEA_LLM_MAX_REPLY_TOKENS": "8", "LEA_LLM_MAX_COMPLETION_TOKENS": "16"}
+    )
     lea.start()
     cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     try:

@@ -168,7 +168,10 @@ def completion_request(data: ChatCompletionRequest, settings: Settings) -> Compl
     stop = [data.stop] if isinstance(data.stop, str) else list(data.stop or [])
     return CompletionRequest(
         messages=[_chat_message(i, message) for i, message in enumerate(data.messages)],
-        max_tokens=data.max_completion_tokens or data.max_tokens or settings.llm_max_reply_tokens,
+        max_tokens=min(
+            data.max_completion_tokens or data.max_tokens or settings.llm_max_reply_tokens,
+            settings.llm_max_completion_tokens,
+        ),
         temperature=settings.llm_temperature if data.temperature is None else data.temperature,
         top_p=data.top_p,
         stop=stop,
