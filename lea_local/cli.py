@@ -17,13 +17,19 @@ def _serve(args: argparse.Namespace) -> int:
     from lea_local.settings import Settings, SettingsError
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.engines_only:
+        overrides["engines_only"] = True
     try:
         settings = Settings(**overrides)
         keys = [k.decode() for k in settings.require_api_keys()]
     except (SettingsError, ValidationError) as exc:
         print(f"lea-local: cannot start: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, secrets=keys)
+    # The keys lea-local sends to remote engine servers are masked in the log too.
+    remote_keys = [
+        key.get_secret_value() for key in (settings.llm_api_key, settings.asr_api_key, settings.tts_api_key) if key
+    ]
+    configure_logging(settings.log_level, secrets=keys + remote_keys)
     try:
         resolve_model_paths(settings)  # fail here, clearly, rather than inside uvicorn's startup
         app = create_asgi_app(settings)
@@ -44,6 +50,34 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lea_local.settings import Settings
+    from lea_local.store.conversations import create_database_engine
+    from lea_local.store.schema import upgrade_schema
+
+    try:
+        url = args.database_url or Settings().effective_database_url
+    except ValidationError as exc:
+        print(f"lea-local: cannot read the settings: {exc}", file=sys.stderr)
+        return 2
+    shown = make_url(url).render_as_string(hide_password=True)
+    engine = create_database_engine(url)
+    try:
+        revision = upgrade_schema(engine)
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        print(f"lea-local: cannot upgrade {shown}: {str(cause).strip()}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"{shown}: at revision {revision}")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from lea_local.catalog.cli import run
 
@@ -59,7 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="start the HTTP server")
     serve.add_argument("--host", help="interface to listen on (default: $LEA_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: $LEA_PORT or 8000)")
+    serve.add_argument(
+        "--engines-only",
+        action="store_true",
+        help="serve only the OpenAI-compatible API (/v1) and health: an engine server for other replicas "
+        "(also $LEA_ENGINES_ONLY=true)",
+    )
     serve.set_defaults(func=_serve)
+
+    db = commands.add_parser("db", help="manage the conversation database")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="create the schema or bring it to the newest revision (also done when the server starts)",
+    )
+    upgrade.add_argument("--database-url", help="SQLAlchemy URL (default: $LEA_DATABASE_URL or the SQLite file)")
+    upgrade.set_defaults(func=_db)
 
     models = commands.add_parser("models", help="list, download and verify models")
     add_arguments(models)

@@ -5,20 +5,27 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
 
-from lea_local.inference_queue import InferenceQueue
+from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply, GenerationCancelled
 from lea_local.llm.context import HISTORY_CHARS_PER_TOKEN, CountingTokens, PromptTooLong, fit_growing_history
 from lea_local.llm.reply_cleaner import clean_reply
 from lea_local.observability import count
-from lea_local.store.conversations import ConversationContext, ConversationStore, StoredMessage, TurnRecord, utcnow
+from lea_local.store.conversations import (
+    ConversationContext,
+    ConversationStore,
+    StoredMessage,
+    StoreUnavailable,
+    TurnRecord,
+    utcnow,
+)
+from lea_local.store.session_locks import SessionLocks
 
 log = logging.getLogger(__name__)
 
@@ -44,44 +51,6 @@ class TurnResult:
     completion_tokens: int
 
 
-class KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it. A holder or waiter
-    may carry a tag (the user whose turn it is), so that the keys a user is busy with can be
-    found (`keys_tagged`)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, _KeyedLock] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str, tag: str | None = None) -> AsyncIterator[None]:
-        entry = self._locks.setdefault(key, _KeyedLock())
-        entry.users += 1
-        if tag is not None:
-            entry.tags[tag] += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if tag is not None:
-                entry.tags[tag] -= 1
-                if not entry.tags[tag]:
-                    del entry.tags[tag]
-            if not entry.users:
-                del self._locks[key]
-
-    def keys_tagged(self, tag: str) -> set[str]:
-        """Keys whose lock is held or awaited under this tag."""
-        return {key for key, entry in self._locks.items() if tag in entry.tags}
-
-
-@dataclass
-class _KeyedLock:
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    users: int = 0
-    tags: Counter[str] = field(default_factory=Counter)
-
-
 class ChatTurns:
     def __init__(
         self,
@@ -102,8 +71,9 @@ class ChatTurns:
         self.temperature = temperature
         self.log_content = log_content
         # Turns of one session run one after the other: each sees the previous one's reply,
-        # and two first messages of a session cannot open two conversations.
-        self._session_locks = KeyedLocks()
+        # and two first messages of a session cannot open two conversations. In the database
+        # when it is shared by several processes (PostgreSQL), so across replicas too.
+        self.session_locks: SessionLocks = store.session_locks()
 
     async def take_turn(
         self,
@@ -145,7 +115,7 @@ class ChatTurns:
                 session_id = str(uuid.uuid4())
             else:  # a conversation named without its session continues in its own session
                 session_id = await anyio.to_thread.run_sync(self.store.session_of, conversation_id)
-        async with self._session_locks.hold(session_id, user_id):
+        async with self.session_locks.turn(session_id, user_id):
             yield session_id
 
     async def take_turn_in_session(
@@ -252,12 +222,13 @@ class ChatTurns:
         `user_id` has a turn running or waiting, is under way, then keep their next turns
         waiting until the block ends. What runs inside sees every turn stored whole, and no
         turn of those sessions stores anything during it. Turns end within their request's
-        time budget, so `wait_seconds` bounds the wait: TimeoutError past it (nothing held)."""
-        keys = set(session_ids) | (self._session_locks.keys_tagged(user_id) if user_id is not None else set())
-        async with AsyncExitStack() as held:
-            with anyio.fail_after(wait_seconds):
-                for key in sorted(keys):  # one order for every erasure: two never deadlock
-                    await held.enter_async_context(self._session_locks.hold(key))
+        time budget, so `wait_seconds` bounds the wait: TimeoutError past it (nothing held).
+        With several processes on one database, turns under way in any of them count."""
+
+        async def sessions_of_user(user: str) -> list[str]:
+            return await anyio.to_thread.run_sync(self.store.sessions_of_user, user)
+
+        async with self.session_locks.settled(session_ids, user_id, sessions_of_user, wait_seconds):
             yield
 
     def _generate(
@@ -293,7 +264,9 @@ class ChatTurns:
                 extra={"event": "llm.cancelled", "completion_tokens": exc.completion_tokens, "reason": str(exc)},
             )
             raise
-        except PromptTooLong:
+        except (PromptTooLong, StoreUnavailable):  # older history is read from the store here
+            raise
+        except QueueFull:  # a remote engine unreachable or refusing (503/429): 503, not a failure
             raise
         except Exception as exc:
             log.exception("the language model failed")

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from lea_local.catalog import load_catalog
+from tests.postgres import PostgresCluster
 from tests.server import LeaServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,14 +58,81 @@ def make_server(tmp_path: Path, models_dir: Path) -> Iterator:
         lea.stop()
 
 
-def db_rows(data_dir: Path) -> dict[str, list[tuple]]:
-    """Read the server's SQLite database directly: every conversation and message row."""
-    with sqlite3.connect(data_dir / "lea.sqlite3") as db:
-        return {
-            "conversations": db.execute(
-                "SELECT id, session_id, user_id, user_email FROM conversations ORDER BY id"
-            ).fetchall(),
-            "messages": db.execute(
-                "SELECT id, conversation_id, role, content, model, prompt_tokens, completion_tokens FROM messages ORDER BY id"
-            ).fetchall(),
-        }
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the whole run (each test takes a database of its
+    own in it). Missing PostgreSQL binaries fail the run: `scripts/install --test` installs them."""
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.destroy()
+
+
+@dataclass(frozen=True)
+class Database:
+    """The conversation database a parametrised test runs on."""
+
+    kind: str
+    url: str | None = None
+    """None: the server's default SQLite file in its data directory."""
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"LEA_DATABASE_URL": self.url} if self.url else {}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> Database:
+    """Runs the test on SQLite (the default) and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return Database("sqlite")
+    return Database("postgresql", request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture(scope="session")
+def pg_server(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, postgres: PostgresCluster
+) -> Iterator[LeaServer]:
+    """The shared server's twin, on PostgreSQL."""
+    lea = LeaServer(
+        tmp_path_factory.mktemp("shared-pg-server"),
+        models_dir,
+        {"LEA_LOG_CONTENT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "48", "LEA_DATABASE_URL": postgres.new_database()},
+    )
+    lea.start()
+    yield lea
+    lea.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_server(request: pytest.FixtureRequest) -> LeaServer:
+    """The shared server on SQLite, then its twin on PostgreSQL."""
+    return request.getfixturevalue("server" if request.param == "sqlite" else "pg_server")
+
+
+def database_url(where: Path | LeaServer) -> str:
+    """The database of a server (or of a data directory's SQLite file)."""
+    if isinstance(where, LeaServer):
+        return where.extra_env.get("LEA_DATABASE_URL") or f"sqlite:///{where.data_dir / 'lea.sqlite3'}"
+    return f"sqlite:///{where / 'lea.sqlite3'}"
+
+
+def db_query(where: Path | LeaServer, statement: str, **params: object) -> list[tuple]:
+    """Rows read straight from a server's database (SQLite or PostgreSQL), not through lea-local."""
+    engine = create_engine(database_url(where), poolclass=NullPool)
+    try:
+        with engine.begin() as db:
+            result = db.execute(text(statement), params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def db_rows(where: Path | LeaServer) -> dict[str, list[tuple]]:
+    """Read the server's database directly: every conversation and message row."""
+    return {
+        "conversations": db_query(where, "SELECT id, session_id, user_id, user_email FROM conversations ORDER BY id"),
+        "messages": db_query(
+            where,
+            "SELECT id, conversation_id, role, content, model, prompt_tokens, completion_tokens FROM messages ORDER BY id",
+        ),
+    }

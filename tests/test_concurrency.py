@@ -48,8 +48,10 @@ def test_health_answers_while_a_generation_runs(make_server):
     print(f"\nhealth during generation: {len(during)} requests, max {max(during) * 1000:.1f} ms")
 
 
-def test_concurrent_turns_of_one_session_are_stored_in_order(server):
-    """Two requests of the same session at once: each turn is stored whole, one after the other."""
+def test_concurrent_turns_of_one_session_are_stored_in_order(store_server):
+    """Two requests of the same session at once: each turn is stored whole, one after the other
+    (on SQLite and on PostgreSQL)."""
+    server = store_server
     with server.client() as client:
         first = server.chat(client, "Bonjour").json()
     session = first["session_id"]
@@ -68,5 +70,5 @@ def test_concurrent_turns_of_one_session_are_stored_in_order(server):
     assert {r.json()["conversation_id"] for r in responses} == {first["conversation_id"]}
     from tests.conftest import db_rows
 
-    rows = [m for m in db_rows(server.data_dir)["messages"] if m[1] == first["conversation_id"]]
+    rows = [m for m in db_rows(server)["messages"] if m[1] == first["conversation_id"]]
     assert [m[2] for m in rows] == ["user", "assistant"] * 4

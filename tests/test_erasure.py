@@ -1,6 +1,7 @@
 """POST /api/external/agent/erase on the real server: what an erasure removes (a session, a
-user's turns, their audio), turns under way included, what it leaves in the database files
-(nothing), and the database upgrade that per-turn speakers needed."""
+user's turns, their audio), turns under way included (on SQLite and PostgreSQL), what it leaves
+in the SQLite database's files (nothing), and the database upgrade that per-turn speakers
+needed."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from pathlib import Path
 import httpx
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, insert
+from sqlalchemy.pool import NullPool
 
-from lea_local.store.conversations import Base, ConversationStore
+from lea_local.store.conversations import Base, ConversationRow, ConversationStore, MessageRow
 from tests.audio import BROWSER_FORMATS, CLIP, FIXTURES, encode
-from tests.conftest import db_rows
+from tests.conftest import Database, database_url, db_query, db_rows
 from tests.server import API_KEY, VOICE_PATH, LeaServer
 
 HEADERS = {"X-API-Key": API_KEY}
@@ -73,9 +75,8 @@ def database_bytes(data_dir: Path) -> dict[str, bytes]:
     }
 
 
-def message_speakers(data_dir: Path) -> list[tuple]:
-    with sqlite3.connect(data_dir / "lea.sqlite3") as db:
-        return db.execute("SELECT conversation_id, role, user_id, user_email FROM messages ORDER BY id").fetchall()
+def message_speakers(lea: LeaServer) -> list[tuple]:
+    return db_query(lea, "SELECT conversation_id, role, user_id, user_email FROM messages ORDER BY id")
 
 
 def wait_for_audio(client: httpx.Client, url: str) -> str:
@@ -84,21 +85,27 @@ def wait_for_audio(client: httpx.Client, url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
-def stored_turn(data_dir: Path, session_id: str, message: str, reply: str) -> int:
+def stored_turn(lea: LeaServer, session_id: str, message: str, reply: str) -> int:
     """A conversation of one turn, written straight into the server's database."""
-    now = datetime.now(UTC).isoformat(" ")
-    with sqlite3.connect(data_dir / "lea.sqlite3") as db:
-        conversation = db.execute(
-            "INSERT INTO conversations (session_id, created_at, updated_at) VALUES (?, ?, ?)", (session_id, now, now)
-        ).lastrowid
-        db.executemany(
-            "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, ?, ?, ?)",
-            [(conversation, "user", message, now), (conversation, "assistant", reply, now)],
-        )
+    now = datetime.now(UTC)
+    engine = create_engine(database_url(lea), poolclass=NullPool)
+    try:
+        with engine.begin() as db:
+            conversation = db.execute(
+                insert(ConversationRow.__table__).values(session_id=session_id, created_at=now, updated_at=now)
+            ).inserted_primary_key[0]
+            for role, content in (("user", message), ("assistant", reply)):
+                db.execute(
+                    insert(MessageRow.__table__).values(
+                        conversation_id=conversation, role=role, content=content, created_at=now
+                    )
+                )
+    finally:
+        engine.dispose()
     return conversation
 
 
-def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server):
+def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server, database: Database):
     """Turns of the erased sessions and user hold their session while they wait for the language
     model, behind a long generation: each erasure waits for them, and erases them too. The turns
     themselves answer 200: none finds its conversation gone halfway (no 404)."""
@@ -109,6 +116,7 @@ def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server):
             "LEA_ENGINES_SHARE_CPU": "false",
             # A busy machine slows every turn: neither 504 nor an admission refusal (503) here.
             "LEA_REQUEST_TIMEOUT_SECONDS": "3600",
+            **database.env,
         }
     )
     secret = f"mon adresse est 12 rue X{uuid.uuid4().hex[:10]}"
@@ -118,7 +126,7 @@ def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server):
     erasures: dict[str, httpx.Response] = {}
     with lea.client() as client:
         existing = {"session_id": f"immo-{uuid.uuid4()}"}
-        stored_turn(lea.data_dir, existing["session_id"], "Bonjour, je cherche un T3 à Lyon.", "Avec plaisir !")
+        stored_turn(lea, existing["session_id"], "Bonjour, je cherche un T3 à Lyon.", "Avec plaisir !")
         threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, LONG))]
         wait_for(lambda: llm_queue_depth(client) >= 1, "the long generation started")
         threads += [
@@ -155,17 +163,19 @@ def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server):
         audio = turns["voice"].json()["assistant_audio_url"]
         assert client.get(audio).status_code == 404  # its speech was stopped and deleted
         assert not (lea.data_dir / "tts" / audio.rsplit("/", 1)[1]).exists()
-    rows = db_rows(lea.data_dir)
+    rows = db_rows(lea)
     gone = {new_session, existing["session_id"], turns["voice"].json()["session_id"]}
     assert [c for c in rows["conversations"] if c[1] in gone] == []
     assert [c[1] for c in rows["conversations"]] == [turns["blocker"].json()["session_id"]]
     assert len(rows["messages"]) == 2  # the blocker's turn only
-    assert all(secret.encode() not in data for data in database_bytes(lea.data_dir).values())
+    if database.kind == "sqlite":
+        assert all(secret.encode() not in data for data in database_bytes(lea.data_dir).values())
 
 
-def test_erasing_a_user_removes_their_turns_and_only_theirs(server):
+def test_erasing_a_user_removes_their_turns_and_only_theirs(store_server):
     """Two agents speak in one session: each turn records its own speaker, and erasing one agent
     removes that agent's turns (both messages, the audio), nobody else's."""
+    server = store_server
     agent_a, agent_b = f"agent-a-{uuid.uuid4().hex[:8]}", f"agent-b-{uuid.uuid4().hex[:8]}"
     email_b = f"{agent_b}@x.fr"
     with server.client() as client:
@@ -176,14 +186,14 @@ def test_erasing_a_user_removes_their_turns_and_only_theirs(server):
         audio_a = wait_for_audio(client, first["assistant_audio_url"])
         audio_b = wait_for_audio(client, second["assistant_audio_url"])
 
-        speakers = [m[1:] for m in message_speakers(server.data_dir) if m[0] == conversation]
+        speakers = [m[1:] for m in message_speakers(server) if m[0] == conversation]
         assert speakers == [
             ("user", agent_a, "a@x.fr"),
             ("assistant", None, None),
             ("user", agent_b, email_b),
             ("assistant", None, None),
         ]
-        row = next(c for c in db_rows(server.data_dir)["conversations"] if c[0] == conversation)
+        row = next(c for c in db_rows(server)["conversations"] if c[0] == conversation)
         assert row[2:] == (agent_a, "a@x.fr")  # one turn's id and e-mail, never mixed
 
         r = erase(client, user_id=agent_b)
@@ -191,18 +201,17 @@ def test_erasing_a_user_removes_their_turns_and_only_theirs(server):
         assert r.json() == {"success": True, "erased": {"conversations": 0, "messages": 2, "audio_files": 1}}
         assert not (server.data_dir / "tts" / audio_b).exists()
         assert (server.data_dir / "tts" / audio_a).exists()
-        left = [m for m in db_rows(server.data_dir)["messages"] if m[1] == conversation]
+        left = [m for m in db_rows(server)["messages"] if m[1] == conversation]
         assert [m[2] for m in left] == ["user", "assistant"]
         assert left[0][3] == first["transcription"] and left[1][3] == first["response"]
-        with sqlite3.connect(server.data_dir / "lea.sqlite3") as db:
-            everything = repr(db.execute("SELECT * FROM conversations").fetchall()) + repr(
-                db.execute("SELECT * FROM messages").fetchall()
-            )
+        everything = repr(db_query(server, "SELECT * FROM conversations")) + repr(
+            db_query(server, "SELECT * FROM messages")
+        )
         assert agent_b not in everything and email_b not in everything
 
         r = erase(client, user_id=agent_a)
         assert r.json() == {"success": True, "erased": {"conversations": 1, "messages": 2, "audio_files": 1}}
-        assert conversation not in [c[0] for c in db_rows(server.data_dir)["conversations"]]
+        assert conversation not in [c[0] for c in db_rows(server)["conversations"]]
         assert erase(client, user_id=agent_a).json()["erased"] == {"conversations": 0, "messages": 0, "audio_files": 0}
 
 
@@ -300,10 +309,11 @@ def test_a_database_of_the_previous_schema_is_upgraded_in_place(make_server, tmp
     assert len(db_rows(data_dir)["messages"]) == 4
 
 
-def test_migrations_build_exactly_the_schema_the_code_uses(tmp_path):
-    store = ConversationStore.from_url(f"sqlite:///{tmp_path / 'new.sqlite3'}")
+def test_migrations_build_exactly_the_schema_the_code_uses(tmp_path, database: Database):
+    url = database.url or f"sqlite:///{tmp_path / 'new.sqlite3'}"
+    store = ConversationStore.from_url(url)
     store.close()
-    engine = create_engine(f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    engine = create_engine(url)
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
@@ -316,7 +326,7 @@ def asr_queue_depth(client: httpx.Client) -> int:
     return int(float(found.group(1)))
 
 
-def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_server):
+def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_server, database: Database):
     """A user's first voice turn (no session yet) waits for speech recognition behind another
     user's long generation (the engines share the CPU) when the user is erased: the erasure
     waits for that turn and removes it; the turn itself answers 200."""
@@ -326,6 +336,7 @@ def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_ser
             "LEA_LLM_TEMPERATURE": "0",
             "LEA_ENGINES_SHARE_CPU": "true",
             "LEA_REQUEST_TIMEOUT_SECONDS": "3600",
+            **database.env,
         }
     )
     user = f"agent-{uuid.uuid4().hex[:8]}"
@@ -347,6 +358,9 @@ def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_ser
         assert turns["voice"].status_code == 200, turns["voice"].text
         assert erasures["user"].json()["erased"]["conversations"] == 1
         assert erasures["user"].json()["erased"]["messages"] == 2
-    speakers = [row for row in message_speakers(lea.data_dir) if row[2] == user]
+    speakers = [row for row in message_speakers(lea) if row[2] == user]
     assert speakers == []
-    assert "d@x.fr" not in b"".join(database_bytes(lea.data_dir).values()).decode("latin-1")
+    everything = repr(db_query(lea, "SELECT * FROM conversations")) + repr(db_query(lea, "SELECT * FROM messages"))
+    assert "d@x.fr" not in everything
+    if database.kind == "sqlite":
+        assert "d@x.fr" not in b"".join(database_bytes(lea.data_dir).values()).decode("latin-1")

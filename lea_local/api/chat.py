@@ -34,7 +34,7 @@ from lea_local.inference_queue import QueueFull, current_deadline
 from lea_local.llm.context import PromptTooLong
 from lea_local.llm.reply_cleaner import ReplyStream
 from lea_local.services import Services
-from lea_local.store.conversations import ConversationNotFound
+from lea_local.store.conversations import ConversationNotFound, StoreUnavailable
 from lea_local.turns import EngineFailure, TurnResult
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def error_event(exc: Exception) -> Event:
         status, message = 400, str(exc)
     elif isinstance(exc, ConversationNotFound):
         status, message = 404, str(exc)
-    elif isinstance(exc, QueueFull):
+    elif isinstance(exc, (QueueFull, StoreUnavailable)):
         status, message = 503, str(exc)
     elif isinstance(exc, EngineFailure):
         message = str(exc)

@@ -2,10 +2,13 @@
 erasure request from ImmoAssist): conversations, messages and generated audio.
 
 Turns under way are part of what is erased: the erasure waits for the session's running turn
-(or every running turn of the user) to be stored, then erases it with the rest. That turn still
-answers its caller normally (its reply was produced before the erasure took effect), and an
-erasure that answers success has left nothing behind, also in the database's files (SQLite
-overwrites deleted rows and its write-ahead log is emptied).
+(or every running turn of the user) to be stored, then erases it with the rest, also when that
+turn runs on another replica of a shared PostgreSQL store (the session locks are in the
+database). That turn still answers its caller normally (its reply was produced before the
+erasure took effect), and an erasure that answers success has left nothing behind, also in the
+database's files on SQLite (deleted rows are overwritten and the write-ahead log is emptied).
+PostgreSQL keeps deleted rows' old versions until VACUUM reuses their space, and in its
+write-ahead log and backups: that part is the database administrator's (see the README).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from lea_local.asr.decode import AudioRejected
 from lea_local.inference_queue import QueueFull
 from lea_local.llm.context import PromptTooLong
 from lea_local.observability import method_label, route_label
-from lea_local.store.conversations import ConversationNotFound
+from lea_local.store.conversations import ConversationNotFound, StoreUnavailable
 from lea_local.turns import EngineFailure
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,10 @@ def _queue_full(request: Request, exc: QueueFull) -> Response:
     return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)}, request)
 
 
+def _store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+    return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)}, request)
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
     # The route template, not the path: an audio name in /media/tts/<name> is a credential.
     log.error("unhandled error on %s %s", method_label(request.method), route_label(request.scope), exc_info=exc)
@@ -143,5 +147,6 @@ exception_handlers = {
     PromptTooLong: _status(400),
     EngineFailure: _status(500),
     QueueFull: _queue_full,
+    StoreUnavailable: _store_unavailable,
     Exception: _unexpected,
 }

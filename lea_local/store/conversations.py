@@ -4,15 +4,23 @@ A turn (the user's message and Léa's reply) is written in one transaction: afte
 database holds whole turns or nothing of them. Who spoke is recorded per turn, on the user's
 message, so that erasing a user removes exactly their turns. The schema is created and upgraded
 by Alembic migrations (`lea_local/store/migrations/`) when the store opens.
+
+On PostgreSQL (`postgresql+psycopg://…`) several lea-local processes share one store: the
+session locks (`session_locks`) then live in the database too. A database that cannot be
+reached raises StoreUnavailable (the API answers 503) as soon as the connection is refused or
+times out, and the next call reconnects by itself.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from sqlalchemy import (
     DateTime,
@@ -31,13 +39,24 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
+
+if TYPE_CHECKING:
+    from lea_local.store.session_locks import SessionLocks
 
 log = logging.getLogger(__name__)
 
 # Messages read per query when the newest history is loaded backwards.
 HISTORY_PAGE = 32
+
+# Seconds to wait for a connection to a database server (PostgreSQL) before answering 503,
+# unless the URL sets its own `connect_timeout`.
+CONNECT_TIMEOUT_SECONDS = 5
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Base(DeclarativeBase):
@@ -94,6 +113,41 @@ class Erased:
 
 class ConversationNotFound(Exception):
     """No such conversation for this session (or at all): the caller answers 404."""
+
+
+class StoreUnavailable(Exception):
+    """The conversation database cannot be reached (down, restarting, unreachable): the caller
+    answers 503 with `Retry-After`; nothing of the turn was stored."""
+
+    retry_after = 5
+
+    def __init__(self) -> None:
+        super().__init__("the conversation database is unavailable; try again in a few seconds")
+
+
+def _is_outage(exc: sa_exc.SQLAlchemyError) -> bool:
+    """A failure of the connection or the server, not of the statement."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # OperationalError: refused, reset or timed-out connections, a server shutting down, a locked
+    # SQLite file; TimeoutError: no pooled connection came free in time.
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError))
+
+
+def _outage_is_unavailable(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sa_exc.SQLAlchemyError as exc:
+            if not _is_outage(exc):
+                raise
+            # The driver's message only: SQLAlchemy's own would quote the statement's parameters.
+            cause = getattr(exc, "orig", None) or exc
+            log.warning("the conversation database is unreachable: %s", str(cause).strip().split("\n")[0])
+            raise StoreUnavailable() from exc
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -156,10 +210,13 @@ def create_database_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    # pool_pre_ping: connections left from before a database restart are replaced, not used.
+    # hide_parameters: an error never carries message texts into the logs.
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
 
 
 def _stored(rows) -> list[StoredMessage]:
@@ -183,6 +240,19 @@ class ConversationStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def session_locks(self) -> SessionLocks:
+        """The session locks that fit this database: in the database when several processes
+        may share it (PostgreSQL), in this process otherwise."""
+        from lea_local.store.session_locks import InProcessSessionLocks, PostgresSessionLocks
+
+        if self.engine.dialect.name != "postgresql":
+            return InProcessSessionLocks()
+        url = self.engine.url
+        timeout = float(url.query.get("connect_timeout", CONNECT_TIMEOUT_SECONDS))  # type: ignore[arg-type]
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return PostgresSessionLocks(conninfo, timeout)
+
+    @_outage_is_unavailable
     def session_of(self, conversation_id: int) -> str:
         """The session a conversation belongs to (ConversationNotFound if none)."""
         with self._sessions() as db:
@@ -191,6 +261,7 @@ class ConversationStore:
                 raise ConversationNotFound(f"conversation {conversation_id} not found")
             return row.session_id
 
+    @_outage_is_unavailable
     def context_for(
         self, session_id: str, conversation_id: int | None, history_chars: int | None = None
     ) -> ConversationContext:
@@ -228,6 +299,7 @@ class ConversationStore:
             history, complete = self._newest(db, row.id, None, history_chars)
             return ConversationContext(session_id, row.id, history, complete)
 
+    @_outage_is_unavailable
     def older_messages(
         self, conversation_id: int, before_id: int, min_chars: int
     ) -> tuple[tuple[StoredMessage, ...], bool]:
@@ -260,6 +332,7 @@ class ConversationStore:
                 return tuple(reversed(found)), True
             before_id = page[-1].id
 
+    @_outage_is_unavailable
     def record_turn(self, turn: TurnRecord) -> int:
         """Store both messages of a turn in one transaction; returns the conversation id
         (created here for a new conversation)."""
@@ -310,6 +383,7 @@ class ConversationStore:
             )
             return conversation.id
 
+    @_outage_is_unavailable
     def counts(self) -> tuple[int, int]:
         """(conversations, messages) stored."""
         with self._sessions() as db:
@@ -318,6 +392,7 @@ class ConversationStore:
                 db.scalar(select(func.count()).select_from(MessageRow)) or 0,
             )
 
+    @_outage_is_unavailable
     def expired_sessions(self, older_than: datetime) -> list[str]:
         """Sessions that have a conversation last updated before `older_than`."""
         with self._sessions() as db:
@@ -325,6 +400,7 @@ class ConversationStore:
                 db.scalars(select(ConversationRow.session_id).where(ConversationRow.updated_at < older_than).distinct())
             )
 
+    @_outage_is_unavailable
     def sessions_of_user(self, user_id: str) -> list[str]:
         """Sessions with a conversation where this user spoke (or that names them)."""
         with self._sessions() as db:
@@ -337,6 +413,7 @@ class ConversationStore:
                 )
             )
 
+    @_outage_is_unavailable
     def erase(
         self, *, session_id: str | None = None, user_id: str | None = None, older_than: datetime | None = None
     ) -> Erased:
