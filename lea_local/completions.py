@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lea_local.inference_queue import InferenceQueue
+from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.llm.base import ChatEngine, ChatMessage, GenerationCancelled, PromptRejected
 from lea_local.llm.context import PromptTooLong
 from lea_local.observability import count
@@ -121,7 +121,7 @@ class ChatCompletions:
                 f"This model's maximum context length is {self.engine.context_size} tokens. However, your "
                 f"messages resulted in {exc.tokens} tokens. Please reduce the length of the messages."
             ) from exc
-        except PromptRejected:
+        except (PromptRejected, QueueFull):  # QueueFull: a remote engine unreachable or refusing (503)
             raise
         except Exception as exc:
             log.exception("the language model failed")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import SecretStr
 
 from lea_local.asr.base import SpeechRecognizer
 from lea_local.catalog import Catalog, load_catalog, resolve_installed_preset
@@ -18,9 +19,11 @@ from lea_local.hardware import physical_cores
 from lea_local.inference_queue import InferenceQueue, Slot
 from lea_local.llm.base import ChatEngine
 from lea_local.locales import asr_vocabulary, system_prompt_path
+from lea_local.remote_http import loggable_url
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
 from lea_local.tts.audio_store import TtsAudioStore
+from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.speech import SpeechService
 from lea_local.tts.voices import VoiceRegistry, installed_piper_voices
 from lea_local.turns import ChatTurns
@@ -35,10 +38,12 @@ SPEECH_JOBS_PER_REPLY = 4.0
 
 @dataclass
 class ModelPaths:
+    """The local models to load; None for an engine answered by a remote server (its URL is set)."""
+
     preset: str | None
-    llm: Path
-    asr: Path
-    tts: Path
+    llm: Path | None
+    asr: Path | None
+    tts: Path | None
 
 
 @dataclass
@@ -122,6 +127,10 @@ class Services:
 
     def close(self) -> None:
         self.store.close()
+        for engine in (self.chat_engine, self.recognizer, self.speech.synthesizer if self.speech else None):
+            close = getattr(engine, "remote", False) and getattr(engine, "close", None)
+            if close:
+                close()  # a remote engine's HTTP connections
 
 
 def _resolve_in_preset(catalog: Catalog, preset: str | None, models_dir: Path, kind: str, engine: str) -> Path:
@@ -144,18 +153,25 @@ def _resolve_in_preset(catalog: Catalog, preset: str | None, models_dir: Path, k
 
 
 def resolve_model_paths(settings: Settings, catalog: Catalog | None = None) -> ModelPaths:
-    """Explicit model paths from the settings win; the rest comes from the preset."""
+    """Explicit model paths from the settings win; the rest comes from the preset. An engine with a
+    URL (`LEA_LLM_URL`…) needs no local model: a process whose three engines are remote loads none."""
     catalog = catalog or load_catalog()
+    local = {
+        "llm": (settings.llm_url is None, settings.llm_model, "llama-cpp"),
+        "asr": (settings.asr_url is None, settings.asr_model, settings.asr_engine),
+        "tts": (settings.tts_url is None, settings.tts_voice, "piper"),
+    }
     preset: str | None = None
-    if None in (settings.llm_model, settings.asr_model, settings.tts_voice):
+    if any(is_local and path is None for is_local, path, _ in local.values()):
         preset = resolve_installed_preset(catalog, settings.preset, settings.models_dir)
-    models_dir = settings.models_dir
-    return ModelPaths(
-        preset=preset,
-        llm=settings.llm_model or _resolve_in_preset(catalog, preset, models_dir, "llm", "llama-cpp"),
-        asr=settings.asr_model or _resolve_in_preset(catalog, preset, models_dir, "asr", settings.asr_engine),
-        tts=settings.tts_voice or _resolve_in_preset(catalog, preset, models_dir, "tts", "piper"),
-    )
+
+    def resolved(kind: str) -> Path | None:
+        is_local, path, engine = local[kind]
+        if not is_local:
+            return None
+        return path or _resolve_in_preset(catalog, preset, settings.models_dir, kind, engine)
+
+    return ModelPaths(preset=preset, llm=resolved("llm"), asr=resolved("asr"), tts=resolved("tts"))
 
 
 def read_system_prompt(settings: Settings) -> str:
@@ -163,8 +179,69 @@ def read_system_prompt(settings: Settings) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def build_recognizer(settings: Settings, path: Path) -> SpeechRecognizer:
+def _secret(key: SecretStr | None) -> str | None:
+    return key.get_secret_value() if key is not None else None
+
+
+def build_chat_engine(settings: Settings, path: Path | None) -> ChatEngine:
+    """The remote engine when `llm_url` is set, else the GGUF at `path` in this process."""
+    if settings.llm_url is not None:
+        from lea_local.llm.remote_engine import RemoteChatEngine
+
+        return RemoteChatEngine(
+            settings.llm_url,
+            api_key=_secret(settings.llm_api_key),
+            model=str(settings.llm_model) if settings.llm_model is not None else None,
+            # The server's own window unless LEA_LLM_CONTEXT_SIZE is set explicitly.
+            context_size=settings.llm_context_size if "llm_context_size" in settings.model_fields_set else None,
+            default_context_size=settings.llm_context_size,
+            repeat_penalty=settings.llm_repeat_penalty,
+            wait_seconds=settings.remote_wait_seconds,
+        )
+    from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
+
+    assert path is not None
+    return LlamaCppChatEngine(
+        path,
+        context_size=settings.llm_context_size,
+        gpu_layers=settings.llm_gpu_layers,
+        threads=settings.llm_threads or physical_cores(),
+        prompt_cache_bytes=settings.llm_prompt_cache_mb * 1024 * 1024,
+        repeat_penalty=settings.llm_repeat_penalty,
+    )
+
+
+def build_synthesizer(settings: Settings, path: Path | None) -> SpeechSynthesizer:
+    """The remote synthesiser when `tts_url` is set, else the Piper voice at `path`."""
+    if settings.tts_url is not None:
+        from lea_local.tts.remote_engine import RemoteSpeechSynthesizer
+
+        return RemoteSpeechSynthesizer(
+            settings.tts_url,
+            api_key=_secret(settings.tts_api_key),
+            voice=str(settings.tts_voice) if settings.tts_voice is not None else None,
+            wait_seconds=settings.remote_wait_seconds,
+        )
+    from lea_local.tts.piper_engine import PiperSynthesizer
+
+    assert path is not None
+    return PiperSynthesizer(path, use_cuda=settings.tts_use_cuda)
+
+
+def build_recognizer(settings: Settings, path: Path | None) -> SpeechRecognizer:
     language = None if settings.asr_language == "auto" else settings.asr_language
+    if settings.asr_url is not None:
+        from lea_local.asr.remote_engine import RemoteSpeechRecognizer
+
+        return RemoteSpeechRecognizer(
+            settings.asr_url,
+            api_key=_secret(settings.asr_api_key),
+            model=str(settings.asr_model) if settings.asr_model is not None else None,
+            language=language,
+            initial_prompt=asr_vocabulary(settings.locale, settings.asr_initial_prompt),
+            wait_seconds=settings.remote_wait_seconds,
+        )
+    assert path is not None
     common = dict(
         device=settings.asr_device,
         language=language,
@@ -185,40 +262,39 @@ def overlap_generation(settings: Settings, engine: ChatEngine) -> bool:
     """Whether speech starts while the LLM still writes (see `Settings.tts_overlap`)."""
     if settings.tts_overlap != "auto":
         return settings.tts_overlap == "during_generation"
-    # Measured on a 2-core CPU: overlapping slows the LLM by more than speech gains.
-    return bool(getattr(engine, "on_gpu", False)) and not settings.tts_use_cuda
+    # Measured on a 2-core CPU: overlapping slows the LLM by more than speech gains. A remote
+    # LLM computes elsewhere: nothing to fight over.
+    return bool(getattr(engine, "on_gpu", False) or getattr(engine, "remote", False)) and not settings.tts_use_cuda
 
 
 def build_services(settings: Settings) -> Services:
-    from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
     from lea_local.tts.piper_engine import PiperSynthesizer
 
     paths = resolve_model_paths(settings)
     log.info(
         "loading models",
-        extra={"preset": paths.preset, "llm": str(paths.llm), "asr": str(paths.asr), "tts": str(paths.tts)},
+        extra={
+            "preset": paths.preset,
+            # A remote engine is named by its server's URL, without any user:password in it.
+            "llm": loggable_url(settings.llm_url) if settings.llm_url else str(paths.llm),
+            "asr": loggable_url(settings.asr_url) if settings.asr_url else str(paths.asr),
+            "tts": loggable_url(settings.tts_url) if settings.tts_url else str(paths.tts),
+        },
     )
     store = ConversationStore.from_url(settings.effective_database_url)
     # The three models load in parallel: their loading is mostly file reads and native code.
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="load") as pool:
-        llm_loading = pool.submit(
-            LlamaCppChatEngine,
-            paths.llm,
-            context_size=settings.llm_context_size,
-            gpu_layers=settings.llm_gpu_layers,
-            threads=settings.llm_threads or physical_cores(),
-            prompt_cache_bytes=settings.llm_prompt_cache_mb * 1024 * 1024,
-            repeat_penalty=settings.llm_repeat_penalty,
-        )
+        llm_loading = pool.submit(build_chat_engine, settings, paths.llm)
         asr_loading = pool.submit(build_recognizer, settings, paths.asr)
-        tts_loading = pool.submit(PiperSynthesizer, paths.tts, use_cuda=settings.tts_use_cuda)
+        tts_loading = pool.submit(build_synthesizer, settings, paths.tts)
         engine, recognizer, synthesizer = llm_loading.result(), asr_loading.result(), tts_loading.result()
     log.info(
         "models loaded",
         extra={
             "llm": engine.model_name,
             "context": engine.context_size,
-            "gpu_layers": engine.gpu_layers,
+            "gpu_layers": getattr(engine, "gpu_layers", None),
+            "provider": engine.provider,
             "asr": recognizer.model_name,
             "tts": synthesizer.voice_name,
         },
@@ -229,8 +305,19 @@ def build_services(settings: Settings) -> Services:
             getattr(engine, "on_gpu", False) or getattr(recognizer, "device", "cpu") == "cuda" or settings.tts_use_cuda
         )
     cpu = Slot(1) if share else None
+
+    def local_slot(component: object) -> Slot | None:
+        """The shared CPU slot for an engine computing here; a remote one has its own."""
+        return None if getattr(component, "remote", False) else cpu
+
     overlap = overlap_generation(settings, engine)
-    llm_queue = InferenceQueue("language model", max_waiting=settings.llm_queue_size, slot=cpu, stage="llm")
+    llm_queue = InferenceQueue(
+        "language model",
+        max_waiting=settings.llm_queue_size,
+        slot=local_slot(engine),
+        concurrency=settings.llm_parallel if getattr(engine, "remote", False) else 1,
+        stage="llm",
+    )
     turns = ChatTurns(
         engine=engine,
         store=store,
@@ -249,9 +336,11 @@ def build_services(settings: Settings) -> Services:
     ) + settings.tts_queue_size
     speech = SpeechService(
         synthesizer,
-        TtsAudioStore(settings.data_dir / "tts", settings.tts_ttl_seconds),
+        TtsAudioStore(settings.effective_audio_dir, settings.tts_ttl_seconds),
         # Speech that overlaps generation cannot wait for the LLM's turn on the CPU.
-        InferenceQueue("speech synthesis", max_waiting=speech_jobs, slot=None if overlap else cpu, stage="tts"),
+        InferenceQueue(
+            "speech synthesis", max_waiting=speech_jobs, slot=None if overlap else local_slot(synthesizer), stage="tts"
+        ),
         settings.tts_format,
         overlap_generation=overlap,
         max_jobs=speech_jobs,
@@ -259,9 +348,10 @@ def build_services(settings: Settings) -> Services:
     )
     voices = VoiceRegistry(
         synthesizer,
-        installed_piper_voices(load_catalog(), settings.models_dir),
+        # A remote synthesiser speaks with the remote voice only (OpenAI's voice names are its aliases).
+        {} if settings.tts_url else installed_piper_voices(load_catalog(), settings.models_dir),
         lambda path: PiperSynthesizer(path, use_cuda=settings.tts_use_cuda),
-        settings.tts_voice_aliases,
+        {} if settings.tts_url else settings.tts_voice_aliases,
     )
     voice = VoiceTurns(
         chat=turns,
@@ -269,7 +359,9 @@ def build_services(settings: Settings) -> Services:
         decode_queue=InferenceQueue(
             "audio decoder", max_waiting=settings.asr_queue_size, concurrency=2, stage="decode"
         ),
-        asr_queue=InferenceQueue("speech recognition", max_waiting=settings.asr_queue_size, slot=cpu, stage="asr"),
+        asr_queue=InferenceQueue(
+            "speech recognition", max_waiting=settings.asr_queue_size, slot=local_slot(recognizer), stage="asr"
+        ),
         max_audio_seconds=settings.max_audio_seconds,
         decode_timeout=settings.decode_timeout_seconds,
         temp_dir=settings.data_dir / "tmp",

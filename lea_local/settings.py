@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     public_base_url: str | None = None
     """Absolute base URL used to build `assistant_audio_url` (e.g. `https://lea.agence.fr`).
-    Unset: the base URL of the request itself."""
+    Unset: the base URL of the request itself (behind a proxy on 127.0.0.1: its Host and
+    X-Forwarded-Proto, which uvicorn trusts from FORWARDED_ALLOW_IPS)."""
     cors_origins: CommaList = Field(default_factory=list)
     """Origins allowed to call the API from a browser (ImmoAssist's). Empty: CORS off."""
     chat_timeout_seconds: float = Field(default=55.0, gt=0)
@@ -81,7 +82,15 @@ class Settings(BaseSettings):
 
     # --- LLM ------------------------------------------------------------------------------
     llm_model: Path | None = None
-    """A GGUF file to load instead of the preset's (absolute, or relative to `models_dir`)."""
+    """A GGUF file to load instead of the preset's (absolute, or relative to `models_dir`); with
+    `llm_url`, the remote server's model name (unset: the first one its /v1/models lists)."""
+    llm_url: str | None = None
+    """An OpenAI-compatible server (llama-server, vLLM, llama-cpp-python's server, another lea-local…)
+    that answers in place of a local LLM, e.g. `http://gpu-box:8080/v1`. Unset: the local GGUF."""
+    llm_api_key: SecretStr | None = None
+    """Bearer key sent to `llm_url`, if its server wants one."""
+    llm_parallel: int = Field(default=1, ge=1, le=64)
+    """Requests sent to the remote LLM at once (its parallel slots, e.g. llama-server's `-np`)."""
     llm_context_size: int = Field(default=4096, ge=256)
     """Context window in tokens; the conversation history is trimmed to fit it."""
     llm_gpu_layers: int | None = None
@@ -108,7 +117,13 @@ class Settings(BaseSettings):
     # --- speech recognition ---------------------------------------------------------------
     asr_engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
     asr_model: Path | None = None
-    """A faster-whisper model directory, or an openai-whisper `.pt`, instead of the preset's."""
+    """A faster-whisper model directory, or an openai-whisper `.pt`, instead of the preset's; with
+    `asr_url`, the remote server's model name (unset: `whisper-1`)."""
+    asr_url: str | None = None
+    """An OpenAI-compatible server whose /v1/audio/transcriptions recognises speech in place of a
+    local Whisper (another lea-local, speaches…). Unset: the local model."""
+    asr_api_key: SecretStr | None = None
+    """Bearer key sent to `asr_url`, if its server wants one."""
     asr_language: str = "fr"
     """Spoken language (ISO code), or `auto` to detect it."""
     asr_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -130,7 +145,18 @@ class Settings(BaseSettings):
 
     # --- speech synthesis -----------------------------------------------------------------
     tts_voice: Path | None = None
-    """A Piper voice (.onnx, with its .onnx.json beside it) instead of the preset's."""
+    """A Piper voice (.onnx, with its .onnx.json beside it) instead of the preset's; with `tts_url`,
+    the remote server's voice name (unset: `alloy`, which a remote lea-local speaks with its own voice)."""
+    tts_url: str | None = None
+    """An OpenAI-compatible server whose /v1/audio/speech speaks in place of a local Piper voice
+    (another lea-local, speaches…). Unset: the local voice."""
+    tts_api_key: SecretStr | None = None
+    """Bearer key sent to `tts_url`, if its server wants one."""
+    remote_wait_seconds: float = Field(default=120.0, ge=0)
+    """How long startup waits for a remote engine server that is not answering yet (still loading)."""
+    engines_only: bool = False
+    """Serve only the OpenAI-compatible API (/v1) and health, ready and metrics: an engine server
+    for other lea-local replicas (`lea-local serve --engines-only`). No agent routes."""
     tts_format: Literal["mp3", "ogg", "wav"] = "mp3"
     tts_ttl_seconds: float = Field(default=24 * 3600, gt=0)
     """How long generated audio stays downloadable; a sweeper deletes it afterwards."""
@@ -158,6 +184,8 @@ class Settings(BaseSettings):
 
     # --- storage --------------------------------------------------------------------------
     data_dir: Path = Path("data")
+    audio_dir: Path | None = None
+    """Generated speech (/media/tts/). Unset: `<data_dir>/tts`. Replicas share one (a disk or NFS)."""
     database_url: str | None = None
     """SQLAlchemy URL of the conversation database. Unset: `sqlite:///<data_dir>/lea.sqlite3`."""
 
@@ -187,9 +215,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
-        for name in ("llm_model", "asr_model", "tts_voice"):
+        for name, url in (("llm_model", self.llm_url), ("asr_model", self.asr_url), ("tts_voice", self.tts_url)):
             path = getattr(self, name)
-            if path is not None and not path.is_absolute():
+            if path is not None and url is None and not path.is_absolute():
                 setattr(self, name, self.models_dir / path)
         return self
 
@@ -198,6 +226,10 @@ class Settings(BaseSettings):
         if self.request_timeout_seconds is not None:
             return self.request_timeout_seconds
         return self.chat_timeout_seconds if kind == "chat" else self.voice_timeout_seconds
+
+    @property
+    def effective_audio_dir(self) -> Path:
+        return self.audio_dir or self.data_dir / "tts"
 
     @property
     def effective_database_url(self) -> str:

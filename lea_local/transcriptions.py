@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lea_local.asr.base import NoSpeech, SpeechRecognizer, Transcript, TranscriptSegment
 from lea_local.asr.decode import DecodedAudio, decode_audio
-from lea_local.inference_queue import InferenceQueue
+from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.llm.base import GenerationCancelled
 from lea_local.observability import count
 from lea_local.turns import EngineFailure
@@ -98,7 +98,7 @@ class Transcriber:
             )
         except NoSpeech:
             return None
-        except GenerationCancelled:
+        except (GenerationCancelled, QueueFull):  # QueueFull: a remote engine unreachable (503)
             raise
         except Exception as exc:
             log.exception("speech recognition failed")

@@ -13,7 +13,7 @@ import anyio.to_thread
 
 from lea_local.asr.base import NoSpeech, SpeechRecognizer, Transcript
 from lea_local.asr.decode import DecodedAudio, decode_audio
-from lea_local.inference_queue import InferenceQueue
+from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.llm.base import GenerationCancelled
 from lea_local.observability import count
 from lea_local.store.conversations import ConversationNotFound
@@ -61,7 +61,7 @@ class VoiceTurns:
             raise GenerationCancelled("cancelled before transcription")
         try:
             return self.recognizer.transcribe(decoded.samples, cancel=cancel)
-        except (NoSpeech, GenerationCancelled):
+        except (NoSpeech, GenerationCancelled, QueueFull):  # QueueFull: a remote engine unreachable (503)
             raise
         except Exception as exc:
             log.exception("speech recognition failed")

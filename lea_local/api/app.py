@@ -100,7 +100,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
                     log.exception("sweeping expired audio failed")
 
     async def purge_expired_conversations() -> None:
-        if not settings.retention_days:
+        if not settings.retention_days or settings.engines_only:
             return
         while True:
             services = runtime.services
@@ -151,9 +151,16 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         request_max_body_size=settings.max_upload_bytes + 64 * 1024,
     )
     openai_api = openai_router(settings.max_upload_bytes)
+    # An engine server (`serve --engines-only`) answers other replicas' engine requests: the
+    # OpenAI-compatible API and health only, no conversation nor audio of its own.
+    routes = (
+        [openai_api, health, ready, metrics]
+        if settings.engines_only
+        else [agent_api, voice_api, openai_api, agent_health, tts_audio, health, ready, metrics]
+    )
 
     return Litestar(
-        route_handlers=[agent_api, voice_api, openai_api, agent_health, tts_audio, health, ready, metrics],
+        route_handlers=routes,
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
