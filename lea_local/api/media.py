@@ -3,6 +3,8 @@ key: the name itself, 192 random bits, is the credential; it lists nothing and e
 
 While the speech is still being synthesised, a plain GET streams it from the first sentence on;
 a Range or HEAD request (Safari's media element asks with ranges) waits until it is complete.
+That holds on every replica sharing the audio directory: the synthesising one reads its job's
+memory, the others follow the partial file it writes (`TtsAudioStore.follow`).
 A complete file is served with byte ranges (206), a strong ETag (304 on If-None-Match) and its
 length. Litestar's `File` does neither ranges nor conditional requests, and it stats the file
 after the handler returned (a file swept meanwhile gave a 500 naming its path): the file is
@@ -26,7 +28,7 @@ from lea_local.api.errors import ApiError
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ErrorResponse
 from lea_local.settings import Settings
-from lea_local.tts.audio_store import StoredAudio
+from lea_local.tts.audio_store import AudioIncomplete, AudioState, StoredAudio, TtsAudioStore
 from lea_local.tts.encode import MEDIA_TYPES
 from lea_local.tts.speech import SpeechFailed, SpeechJob
 
@@ -134,6 +136,45 @@ async def _stream_in_progress(job: SpeechJob, timeout: float) -> Stream:
     return Stream(rest(), media_type=job.media_type, headers=_HEADERS)
 
 
+def _incomplete(exc: AudioIncomplete) -> ApiError:
+    return _not_found() if exc.erased else ApiError(status_code=500, detail=str(exc))
+
+
+async def _follow_shared(request: Request, store: TtsAudioStore, name: str, timeout: float) -> Stream | None:
+    """Audio another replica is synthesising into the shared directory: a plain GET streams it
+    as the file grows (None: a range or a length, once it is complete, from the stored file)."""
+    chunks = store.follow(name, timeout)
+    streaming = request.method == "GET" and "range" not in request.headers
+    log.info(
+        "audio followed while another replica synthesises it",
+        extra={"event": "tts.follow", "mode": "stream" if streaming else "wait"},
+    )
+    try:
+        first = await anext(chunks)  # as for a job of ours: the status must tell a failure
+    except AudioIncomplete as exc:
+        raise _incomplete(exc) from exc
+    except StopAsyncIteration:
+        first = b""
+    if not streaming:
+        try:
+            async for _ in chunks:
+                pass
+        except AudioIncomplete as exc:
+            raise _incomplete(exc) from exc
+        return None
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except AudioIncomplete as exc:
+            log.warning("audio stream aborted: %s", exc, extra={"event": "tts.stream_aborted"})
+            raise
+
+    return Stream(rest(), media_type=MEDIA_TYPES[name.rsplit(".", 1)[1]], headers=_HEADERS)
+
+
 @route(
     f"{MEDIA_PREFIX}/{{name:str}}",
     http_method=[HttpMethod.GET, HttpMethod.HEAD],
@@ -162,6 +203,15 @@ async def tts_audio(name: FromPath[str], request: Request, state: State) -> Resp
         except SpeechFailed as exc:
             raise _failed(job, exc) from exc
     audio = await anyio.to_thread.run_sync(speech.store.read, name)
+    if audio is None and job is None:
+        # Not this replica's job (or its job forgotten): another replica's, in the shared directory?
+        state = await anyio.to_thread.run_sync(speech.store.state, name)
+        if state is AudioState.FAILED:
+            raise ApiError(status_code=500, detail="speech synthesis failed")
+        if state is AudioState.PARTIAL and (stream := await _follow_shared(request, speech.store, name, timeout)):
+            return stream
+        if state is not None:
+            audio = await anyio.to_thread.run_sync(speech.store.read, name)
     if audio is None:
         raise _not_found()
     return _stored_response(request, audio, MEDIA_TYPES[name.rsplit(".", 1)[1]])

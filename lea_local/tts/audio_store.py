@@ -1,15 +1,26 @@
-"""Generated speech on disk, under unguessable names, for a limited time."""
+"""Generated speech on disk, under unguessable names, for a limited time.
+
+The directory may be shared by several replicas (one disk, or NFS): a reply's audio is written
+there while it is encoded, as `<name>.part`, renamed to `<name>` when complete, or to
+`<name>.failed` (a marker) when synthesis fails. Any replica can thus serve it, also while
+another replica is still synthesising it (`follow`). Each of those steps is one rename, so at
+any instant at most one of the three exists."""
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import hashlib
 import logging
 import os
 import re
 import secrets
+import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +28,18 @@ log = logging.getLogger(__name__)
 # have one file per sentence too (a streamed turn's), named after it: "<reply's>-<index>.mp3".
 _NAME = re.compile(r"[A-Za-z0-9_-]{32}(?:-\d{1,4})?\.(?:mp3|ogg|wav)")
 _REPLY_NAME = re.compile(r"([A-Za-z0-9_-]{32})\.(mp3|ogg|wav)")
+
+PARTIAL_SUFFIX = ".part"
+FAILED_SUFFIX = ".failed"
+
+HEARTBEAT_SECONDS = 1.0
+"""How often a synthesising replica touches its partial file while the job is alive and not
+stalled (waiting for text or for the CPU counts as alive), so that a reader on another replica
+tells a slow synthesis from a dead one without comparing clocks."""
+FOLLOW_POLL_SECONDS = 0.1
+"""How often a reader checks a partial file for new bytes (polling works on NFS; inotify does
+not see another machine's writes)."""
+_READ_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -28,6 +51,111 @@ class StoredAudio:
     modified: float
     etag: str
     """Strong: a stored file never changes once written (name, size and mtime identify it)."""
+
+
+class AudioState(enum.Enum):
+    PARTIAL = "partial"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class AudioIncomplete(Exception):
+    """Audio followed from the shared directory did not complete: synthesis failed or stalled
+    (`erased` False), or the audio was erased or expired meanwhile (`erased` True)."""
+
+    def __init__(self, reason: str, *, erased: bool = False) -> None:
+        super().__init__(reason)
+        self.erased = erased
+
+
+class PartialAudio:
+    """The writing side of `<name>.part`: the encoder's output appended as it comes (from any
+    thread), then published under its name, marked failed, or discarded."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.name = name
+        self.path = directory / f"{name}{PARTIAL_SUFFIX}"
+        self._final = directory / name
+        self._failed = directory / f"{name}{FAILED_SUFFIX}"
+        self._file: BinaryIO | None = self.path.open("xb")
+        self._lock = threading.Lock()
+        self.size = 0
+        self.write_error: OSError | None = None
+
+    def write(self, data: bytes) -> None:
+        """Append and flush, so that readers elsewhere see the bytes at once. A write error is
+        kept (`write_error`: the audio cannot be published) rather than raised into the pump
+        that drains the encoder."""
+        with self._lock:
+            if self._file is None or self.write_error is not None:
+                return
+            try:
+                self._file.write(data)
+                self._file.flush()
+                self.size += len(data)
+            except OSError as exc:
+                self.write_error = exc
+
+    def finish_writing(self, head: bytes = b"") -> None:
+        """No more bytes: overwrite the first bytes with `head` (a WAV header whose sizes are now
+        known; the rest of the file is unchanged) and close. Raises OSError."""
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                if self.write_error is not None:
+                    raise self.write_error
+                if head:
+                    self._file.seek(0)
+                    self._file.write(head)
+                self._file.close()
+            finally:
+                self._file = None
+
+    def heartbeat(self) -> bool:
+        """Touch the file (a sign of life for readers elsewhere); False when it is gone: the audio
+        was erased, by another replica perhaps."""
+        try:
+            os.utime(self.path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def publish(self) -> bool:
+        """Make the complete file public under its name; False when it was erased meanwhile."""
+        self._close()
+        try:
+            os.replace(self.path, self._final)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def fail(self) -> None:
+        """Leave an empty marker, so that readers elsewhere stop at once with an error; the bytes
+        go. The marker comes first: a reader never finds neither (see `TtsAudioStore.state`)."""
+        self._close()
+        try:
+            if self.path.exists():  # else erased meanwhile: nothing to mark
+                self._failed.touch()
+                self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("a failed speech's partial file could not be marked: %s", exc)
+
+    def discard(self) -> None:
+        self._close()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("a discarded speech's partial file could not be deleted: %s", exc)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
+                self._file = None
 
 
 class TtsAudioStore:
@@ -48,6 +176,10 @@ class TtsAudioStore:
         audio (`delete`) erases it too."""
         stem, extension = name.rsplit(".", 1)
         return f"{stem}-{index}.{extension}"
+
+    def open_partial(self, name: str) -> PartialAudio:
+        """Start writing a reply's audio where every replica sees it. Raises OSError."""
+        return PartialAudio(self.directory, name)
 
     def stage(self, name: str, data: bytes) -> Path:
         """Write the file under a hidden temporary name; `commit` makes it public."""
@@ -90,14 +222,86 @@ class TtsAudioStore:
         tag = hashlib.blake2b(f"{name}:{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=12).hexdigest()
         return StoredAudio(data=data, modified=info.st_mtime, etag=f'"{tag}"')
 
+    def state(self, name: str) -> AudioState | None:
+        """Where a public name's audio stands in the shared directory; None: unknown, erased or
+        expired. Checked in the order the writer renames (partial, then complete or failed), so
+        that a rename between two checks cannot make existing audio look missing."""
+        if not _NAME.fullmatch(name):
+            return None
+        if self._fresh(self.directory / f"{name}{PARTIAL_SUFFIX}"):
+            return AudioState.PARTIAL
+        if self._fresh(self.directory / name):
+            return AudioState.COMPLETE
+        if self._fresh(self.directory / f"{name}{FAILED_SUFFIX}"):
+            return AudioState.FAILED
+        return None
+
+    def _fresh(self, path: Path) -> bool:
+        try:
+            return time.time() - path.stat().st_mtime <= self.ttl_seconds
+        except FileNotFoundError:
+            return False
+
+    async def follow(self, name: str, stall_timeout: float) -> AsyncIterator[bytes]:
+        """Every byte of audio another replica is writing, as its partial file grows, then the
+        rest of the complete file. Raises AudioIncomplete, before or after the first byte, when
+        the writer marks a failure, the audio is erased, or the partial file shows no sign of
+        life (growth or heartbeat) for `stall_timeout` seconds (a killed or stuck writer)."""
+        stall_timeout = max(stall_timeout, 3 * HEARTBEAT_SECONDS)
+        offset = 0
+        signature: tuple[int, int] | None = None
+        changed_at = time.monotonic()
+        while True:
+            data, state, seen = await asyncio.to_thread(self._follow_step, name, offset)
+            if data:
+                offset += len(data)
+                yield data
+            if state is AudioState.COMPLETE:
+                return
+            if state is AudioState.FAILED:
+                raise AudioIncomplete("speech synthesis failed")
+            if state is None:
+                raise AudioIncomplete("audio not found or expired", erased=True)
+            if data or seen != signature:
+                signature, changed_at = seen, time.monotonic()
+                if data:
+                    continue
+            elif time.monotonic() - changed_at > stall_timeout:
+                raise AudioIncomplete(f"speech synthesis stalled for {stall_timeout:g} s")
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+    def _follow_step(self, name: str, offset: int) -> tuple[bytes, AudioState | None, tuple[int, int] | None]:
+        """Bytes past `offset`, where the audio stands, and the partial file's (size, mtime)."""
+        partial = self.directory / f"{name}{PARTIAL_SUFFIX}"
+        try:
+            info = partial.stat()
+            with partial.open("rb") as file:
+                file.seek(offset)
+                return file.read(_READ_LIMIT), AudioState.PARTIAL, (info.st_size, info.st_mtime_ns)
+        except FileNotFoundError:
+            pass  # published, failed or erased: the same order as `state`
+        try:
+            # Opened anew (not the partial file's handle): on NFS, close-to-open consistency
+            # guarantees every byte the writer wrote before its rename.
+            with (self.directory / name).open("rb") as file:
+                file.seek(offset)
+                return file.read(), AudioState.COMPLETE, None
+        except FileNotFoundError:
+            pass
+        if (self.directory / f"{name}{FAILED_SUFFIX}").exists():
+            return b"", AudioState.FAILED, None
+        return b"", None, None
+
     def delete(self, names: list[str]) -> int:
-        """Delete these files, and each reply's sentence files with it; returns files deleted."""
+        """Delete these files, each reply's sentence files, partial file and failure marker with
+        it; returns files deleted."""
         deleted = 0
         for name in names:
             if not _NAME.fullmatch(name):
                 continue
             paths = [self.directory / name]
             if reply := _REPLY_NAME.fullmatch(name):  # the name's characters are not glob patterns
+                paths += [self.directory / f"{name}{PARTIAL_SUFFIX}", self.directory / f"{name}{FAILED_SUFFIX}"]
                 paths += self.directory.glob(f"{reply.group(1)}-*.{reply.group(2)}")
             for path in paths:
                 try:
@@ -108,7 +312,8 @@ class TtsAudioStore:
         return deleted
 
     def sweep(self) -> int:
-        """Delete files older than the TTL; returns how many."""
+        """Delete files older than the TTL; returns how many. That includes partial files a
+        killed replica left (a live one's heartbeat keeps its own fresh) and failure markers."""
         limit = time.time() - self.ttl_seconds
         deleted = 0
         for path in self.directory.iterdir():

@@ -3,8 +3,11 @@
 A `SpeechJob` is created when a turn starts speaking: its audio URL is valid at once, so the
 JSON answer never waits for speech. The job synthesises sentence by sentence (Piper) into one
 streaming encoder (ffmpeg: one continuous MP3/Ogg/WAV stream, not a concatenation of files),
-so that a GET on the URL can play the first sentence while the last is being synthesised. When
-the job ends, the whole file goes to the `TtsAudioStore`, from which later GETs are served.
+so that a GET on the URL can play the first sentence while the last is being synthesised. The
+encoded stream is also written, as it comes, to a partial file in the `TtsAudioStore`'s
+directory, renamed to the audio's name when complete: a GET on another replica sharing that
+directory streams it from there (`TtsAudioStore.follow`); this replica's GETs read the job's
+memory, then the complete file.
 
 Two ways to feed a job, chosen per device (`LEA_TTS_OVERLAP`):
 - after the reply: the whole reply text once the LLM is done (CPU-only machines, where speech
@@ -21,7 +24,6 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -29,7 +31,7 @@ import numpy as np
 from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.locales import Locale
 from lea_local.observability import count, count_rejection
-from lea_local.tts.audio_store import TtsAudioStore
+from lea_local.tts.audio_store import HEARTBEAT_SECONDS, PartialAudio, TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.encode import MEDIA_TYPES, AudioFormat, encode_audio, encoder_command, finalize
 from lea_local.tts.normalize import normalize_for_speech
@@ -48,9 +50,18 @@ class SpeechJob:
     readers, from the first byte)."""
 
     def __init__(
-        self, name: str, audio_format: AudioFormat, loop: asyncio.AbstractEventLoop, *, sentence_files: bool = False
+        self,
+        name: str,
+        audio_format: AudioFormat,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        sentence_files: bool = False,
+        partial: PartialAudio | None = None,
     ) -> None:
+        """`partial`: where the encoded stream is also written for other replicas (None: memory
+        only, as in narrow tests)."""
         self.name = name
+        self.partial = partial
         self.audio_format = audio_format
         self.media_type = MEDIA_TYPES[audio_format]
         self.loop = loop
@@ -64,11 +75,13 @@ class SpeechJob:
         self.done = False
         self.error: str | None = None
         self.erased = False
+        self.abandoned = False  # its turn failed: the name was never handed out
         self.cpu_wait_seconds = 0.0  # its sentences' time waiting for the CPU (another engine's)
         self._queued_at = 0.0
         # Waiting for the reply's text or for the CPU (another engine's turn): not a stall.
         self._idle = True
         self._changed = asyncio.Event()
+        self._progress = 0  # counts `_notify` calls: the heartbeat's sign of progress
         # A streamed turn's: each spoken piece also stored as its own file, announced here as
         # (name, index) when written; None once there will be no more.
         self.sentence_audio: asyncio.Queue[tuple[str, int] | None] | None = asyncio.Queue() if sentence_files else None
@@ -99,6 +112,7 @@ class SpeechJob:
     # --- audio out --------------------------------------------------------------------------
 
     def _notify(self) -> None:  # on the event loop: any progress restarts the stall timer
+        self._progress += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -208,11 +222,14 @@ class SpeechService:
             count_rejection(self.queue.name)
             log.warning("speech refused: %d syntheses already under way", active)
             raise QueueFull(f"the {self.queue.name} engine is busy; try again in a few seconds", 5, self.queue.name)
+        name = self.store.new_name(self.audio_format)
+        try:  # before the name is handed out: a GET on any replica finds the audio from now on
+            partial = self.store.open_partial(name)
+        except OSError as exc:
+            log.error("speech skipped: the audio directory %s is not writable: %s", self.store.directory, exc)
+            return None
         job = SpeechJob(
-            self.store.new_name(self.audio_format),
-            self.audio_format,
-            asyncio.get_running_loop(),
-            sentence_files=sentence_files,
+            name, self.audio_format, asyncio.get_running_loop(), sentence_files=sentence_files, partial=partial
         )
         self._jobs[job.name] = job
         task = asyncio.create_task(self._run(job), name=f"speech-{job.name[:8]}")
@@ -249,6 +266,7 @@ class SpeechService:
             result = await run_turn(job.feed if overlap else None, job.name if job is not None else None)
         except BaseException:
             if job is not None:
+                job.abandoned = True
                 job.cancel("the turn failed")
             raise
         if job is None:
@@ -298,6 +316,8 @@ class SpeechService:
         synth_seconds = 0.0
         audio_samples = 0
         pieces: asyncio.Queue[np.ndarray | None] | None = None
+        published = False
+        heartbeat = asyncio.create_task(self._heartbeat(job), name=f"heartbeat-{job.name[:8]}")
         if job.sentence_audio is not None:
             pieces = asyncio.Queue()
             writer = asyncio.create_task(self._write_sentence_files(job, pieces), name=f"sentences-{job.name[:8]}")
@@ -329,9 +349,12 @@ class SpeechService:
             if encoder is None:
                 raise SpeechFailed("the reply had nothing to say aloud")
             await asyncio.to_thread(self._close_encoder, encoder, reader)
-            data = finalize(job.audio_bytes(), self.audio_format)
-            staged = await asyncio.to_thread(self.store.stage, job.name, data)
-            if not self._publish(job, staged):
+            streamed = job.audio_bytes()
+            data = finalize(streamed, self.audio_format)
+            if job.partial is not None:
+                await asyncio.to_thread(self._finish_partial, job.partial, streamed, data)
+            published = self._publish(job, data)
+            if not published:
                 return
             count("audio_synthesised", audio_samples / self.synthesizer.sample_rate)
             log.info(
@@ -352,6 +375,13 @@ class SpeechService:
             log.error("speech synthesis failed: %s", exc, exc_info=not isinstance(exc, (SpeechFailed, QueueFull)))
             job._fail("speech synthesis failed")
         finally:
+            heartbeat.cancel()
+            if job.partial is not None and not published:
+                # Readers on other replicas stop at once: with an error, or a 404 once erased.
+                if job.erased or job.abandoned:
+                    job.partial.discard()
+                else:
+                    job.partial.fail()
             if pieces is not None:
                 pieces.put_nowait(None)
             if encoder is None and not encoder_starting.cancelled():
@@ -385,15 +415,48 @@ class SpeechService:
         finally:
             job.sentence_audio.put_nowait(None)
 
-    def _publish(self, job: SpeechJob, staged: Path) -> bool:
-        """On the event loop, as `erase` is: nothing can erase between the check and the rename."""
+    def _publish(self, job: SpeechJob, data: bytes) -> bool:
+        """On the event loop, as `erase` is: nothing can erase between the check and the rename.
+        Another replica may have erased the partial file meanwhile: then nothing is published."""
         if job.erased or job.error is not None:
-            staged.unlink(missing_ok=True)
             log.info("speech discarded: %s", job.error or "erased", extra={"event": "tts.discarded"})
             return False
-        self.store.commit(staged, job.name)
+        if job.partial is None:
+            self.store.write(job.name, data)
+        elif not job.partial.publish():
+            self._erased_elsewhere(job)
+            return False
         job._finish()
         return True
+
+    def _erased_elsewhere(self, job: SpeechJob) -> None:  # on the event loop
+        log.info("speech discarded: erased", extra={"event": "tts.discarded"})
+        job.erased = True
+        job.cancel("erased")
+
+    @staticmethod
+    def _finish_partial(partial: PartialAudio, streamed: bytes, final: bytes) -> None:  # in a worker thread
+        if partial.size != len(streamed):
+            raise SpeechFailed(f"the audio file holds {partial.size} of {len(streamed)} bytes")
+        # `finalize` changes only a WAV header's sizes; the rest of the file is already right.
+        head = bytes(final[:4096]) if final != streamed else b""
+        partial.finish_writing(head)
+
+    async def _heartbeat(self, job: SpeechJob) -> None:
+        """Touch the partial file while the job lives and is not stalled (by the rule of
+        `SpeechJob._next_change`), for readers on other replicas; stop the job when another
+        replica erased it."""
+        if job.partial is None:
+            return
+        progress = job._progress
+        while not job.done and job.error is None:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if job._idle or job._progress != progress:
+                progress = job._progress
+                alive = await asyncio.to_thread(job.partial.heartbeat)
+                if not alive and not job.done and job.error is None:  # not published or failed meanwhile
+                    self._erased_elsewhere(job)
+                    return
 
     def _synthesize(self, job: SpeechJob, text: str) -> np.ndarray:  # in a worker thread
         job.cpu_wait_seconds += time.perf_counter() - job._queued_at
@@ -411,6 +474,8 @@ class SpeechService:
         def pump() -> None:
             assert encoder.stdout is not None
             while data := encoder.stdout.read1(65536):
+                if job.partial is not None:
+                    job.partial.write(data)  # first to the file, so that it is never behind memory
                 job.loop.call_soon_threadsafe(job._append, data)
 
         reader = threading.Thread(target=pump, name=f"encoder-{job.name[:8]}", daemon=True)
