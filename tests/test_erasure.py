@@ -8,9 +8,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from lea_local.store.conversations import Base, ConversationRow, ConversationSto
 from tests.audio import BROWSER_FORMATS, CLIP, FIXTURES, encode
 from tests.conftest import Database, database_url, db_query, db_rows
 from tests.server import API_KEY, VOICE_PATH, LeaServer
+from tests.waiting import wait_for
 
 HEADERS = {"X-API-Key": API_KEY}
 ERASE_PATH = "/api/external/agent/erase"
@@ -46,14 +45,6 @@ def llm_queue_depth(client: httpx.Client) -> int:
     found = re.search(r'^lea_queue_depth\{queue="language model"\} (\S+)$', client.get("/metrics").text, re.M)
     assert found, "no language model queue depth in /metrics"
     return int(float(found.group(1)))
-
-
-def wait_for(condition: Callable[[], bool], what: str, limit: float = 300) -> None:
-    """Polls a state of the server (not a speed check: the limit only stops a hung test)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
 
 
 def in_background(results: dict[str, httpx.Response], name: str, lea: LeaServer, call) -> threading.Thread:
@@ -128,7 +119,9 @@ def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server, data
         existing = {"session_id": f"immo-{uuid.uuid4()}"}
         stored_turn(lea, existing["session_id"], "Bonjour, je cherche un T3 à Lyon.", "Avec plaisir !")
         threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, LONG))]
-        wait_for(lambda: llm_queue_depth(client) >= 1, "the long generation started")
+        wait_for(
+            lambda: llm_queue_depth(client) >= 1, "the long generation started", while_possible=threads[0].is_alive
+        )
         threads += [
             in_background(
                 turns, "voice", lea, lambda c: voice_turn(lea, c, SHORT_CLIP, user_id=user, user_email="c@x.fr")
@@ -138,7 +131,11 @@ def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server, data
                 turns, "existing", lea, lambda c: lea.chat(c, "Et le prix ?", session_id=existing["session_id"])
             ),
         ]
-        wait_for(lambda: llm_queue_depth(client) >= 4, "three turns waiting for the language model")
+        wait_for(
+            lambda: llm_queue_depth(client) >= 4,
+            "three turns waiting for the language model",
+            while_possible=lambda: all(t.is_alive() for t in threads),
+        )
         assert "blocker" not in turns, "the long generation ended too soon for this test"
         threads += [
             in_background(erasures, "new", lea, lambda c: erase(c, session_id=new_session)),
@@ -344,13 +341,19 @@ def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_ser
     erasures: dict[str, httpx.Response] = {}
     with lea.client() as client:
         threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, LONG))]
-        wait_for(lambda: llm_queue_depth(client) >= 1, "the long generation started")
+        wait_for(
+            lambda: llm_queue_depth(client) >= 1, "the long generation started", while_possible=threads[0].is_alive
+        )
         threads.append(
             in_background(
                 turns, "voice", lea, lambda c: voice_turn(lea, c, SHORT_CLIP, user_id=user, user_email="d@x.fr")
             )
         )
-        wait_for(lambda: asr_queue_depth(client) >= 1, "the voice turn waiting for speech recognition")
+        wait_for(
+            lambda: asr_queue_depth(client) >= 1,
+            "the voice turn waiting for speech recognition",
+            while_possible=lambda: all(t.is_alive() for t in threads),
+        )
         assert "blocker" not in turns, "the long generation ended too soon for this test"
         threads.append(in_background(erasures, "user", lea, lambda c: erase(c, user_id=user)))
         for thread in threads:

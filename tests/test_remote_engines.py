@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from lea_local.services import read_system_prompt
 from lea_local.settings import Settings
 from tests.audio import BROWSER_FORMATS, CLIP, CLIP_KEY_WORDS, encode, normalise_words
 from tests.server import API_KEY, CHAT_PATH, VOICE_PATH, LeaServer
+from tests.waiting import wait_for
 
 HEADERS = {"X-API-Key": API_KEY}
 LLM_KEY = "remote-llm-key-5b0e2d71c4"
@@ -34,6 +36,8 @@ GGUF = "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1"
 # llama-cpp-python's server prints this when its client leaves mid-stream.
 REMOTE_HANG_UP_LINE = "Disconnected from client"
+# llama.cpp prints its timings when a generation ends (llama_perf_context_print).
+REMOTE_GENERATION_END = "total time ="
 
 
 class LlamaCppPythonServer:
@@ -156,15 +160,17 @@ def test_a_voice_turn_is_answered_by_the_remote_llm(lea):
     assert body["provider"] == "llama-cpp-python-server" and body["response"].strip()
 
 
-def wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.2)
+def tokens_generated(lea) -> float:
+    """lea-local's count of tokens from completed generations (a cancelled one adds none)."""
+    found = re.search(r"^lea_llm_tokens_generated_total (\S+)$", httpx.get(f"{lea.url}/metrics").text, re.M)
+    assert found, "no token counter in /metrics"
+    return float(found.group(1))
 
 
 def test_a_hang_up_mid_stream_closes_the_remote_stream(lea, llm_server):
     hang_ups_before = llm_server.log_text().count(REMOTE_HANG_UP_LINE)
+    generations_before = llm_server.log_text().count(REMOTE_GENERATION_END)
+    tokens_before = tokens_generated(lea)
     body = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "Count from 1 to 300, one number per line."}],
@@ -178,8 +184,18 @@ def test_a_hang_up_mid_stream_closes_the_remote_stream(lea, llm_server):
             for line in response.iter_lines():
                 if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                     break  # the first words: hang up
-    wait_for(lambda: llm_server.log_text().count(REMOTE_HANG_UP_LINE) > hang_ups_before, "the remote stream closed")
-    wait_for(lambda: any(e.get("event") == "llm.cancelled" for e in lea.log_events()), "lea-local cancelled")
+    # Either lea-local cancels the generation, or it completes and its tokens are counted.
+    wait_for(
+        lambda: any(e.get("event") == "llm.cancelled" for e in lea.log_events()),
+        "lea-local cancelled",
+        while_possible=lambda: tokens_generated(lea) == tokens_before,
+    )
+    # Either the remote server sees its client leave, or it finishes generating the reply.
+    wait_for(
+        lambda: llm_server.log_text().count(REMOTE_HANG_UP_LINE) > hang_ups_before,
+        "the remote stream closed",
+        while_possible=lambda: llm_server.log_text().count(REMOTE_GENERATION_END) == generations_before,
+    )
     # The hang-up closed it, not lea-local's loop stop.
     assert not any(e.get("event") == "llm.loop_stopped" for e in lea.log_events())
 

@@ -11,9 +11,8 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.conftest import db_query, db_rows
 from tests.postgres import PostgresCluster
 from tests.server import API_KEY, VOICE_PATH, LeaServer
+from tests.waiting import wait_for, wait_for_async
 
 REPO = Path(__file__).resolve().parent.parent
 HEADERS = {"X-API-Key": API_KEY}
@@ -49,14 +49,6 @@ LOCKS_AWAITED = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND N
 
 def conninfo(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def wait_for(condition: Callable[[], bool], what: str, limit: float = 300) -> None:
-    """Polls a state (not a speed check: the limit only stops a hung test)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
 
 
 def lock_held(url: str, key: str, mode: str = "ExclusiveLock") -> bool:
@@ -84,13 +76,6 @@ async def no_sessions(_user: str) -> list[str]:
     return []
 
 
-async def wait_async(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not await anyio.to_thread.run_sync(condition):
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await anyio.sleep(0.02)
-
-
 # --- the session locks, in the database --------------------------------------------------
 
 
@@ -110,7 +95,11 @@ def test_turns_of_one_session_on_two_processes_run_one_after_the_other(postgres:
 
                 tasks.start_soon(turn_b)
                 # B is queued in PostgreSQL behind A's lock.
-                await wait_async(lambda: locks_awaited(url) == 1, "B waiting for the session's lock")
+                await wait_for_async(
+                    lambda: locks_awaited(url) == 1,
+                    "B waiting for the session's lock",
+                    while_possible=lambda: "b starts" not in order,
+                )
                 # Another session is not held up.
                 async with replica_b.turn("session-2", None):
                     order.append("b in another session")
@@ -144,7 +133,11 @@ def test_a_users_erasure_waits_for_that_users_turn_on_another_process_and_holds_
                         order.append("erasure runs")
                         # A new turn of that user, in another session, waits for the erasure.
                         tasks.start_soon(next_turn_a)
-                        await wait_async(lambda: locks_awaited(url) == 1, "the user's next turn waiting")
+                        await wait_for_async(
+                            lambda: locks_awaited(url) == 1,
+                            "the user's next turn waiting",
+                            while_possible=lambda: "next turn runs" not in order,
+                        )
                         order.append("erasure ends")
 
                 async def next_turn_a() -> None:
@@ -152,7 +145,11 @@ def test_a_users_erasure_waits_for_that_users_turn_on_another_process_and_holds_
                         order.append("next turn runs")
 
                 tasks.start_soon(erasure_b)
-                await wait_async(lambda: locks_awaited(url) == 1, "the erasure waiting for the user's turn")
+                await wait_for_async(
+                    lambda: locks_awaited(url) == 1,
+                    "the erasure waiting for the user's turn",
+                    while_possible=lambda: "erasure runs" not in order,
+                )
                 order.append("turn ends")
 
     anyio.run(main)
@@ -439,7 +436,7 @@ def erase_during_a_voice_turn(
         held, key, mode = session, f"lea-local session:{session}", "ExclusiveLock"
     else:
         held, key, mode = user, f"lea-local user:{user}", "ShareLock"
-    wait_for(lambda: lock_held(url, key, mode) or "turn" in results, f"A's turn holding its {erased_by}")
+    wait_for(lambda: lock_held(url, key, mode), f"A's turn holding its {erased_by}", while_possible=speaker.is_alive)
     assert "turn" not in results, "the voice turn ended before the erasure could be sent"
     with b.client() as client:
         erasure = client.post(ERASE_PATH, json={erased_by: held}, headers=HEADERS)
