@@ -56,11 +56,27 @@ class VoiceTurns:
             audio, max_seconds=self.max_audio_seconds, timeout=self.decode_timeout, temp_dir=self.temp_dir
         )
 
-    def _transcribe(self, decoded: DecodedAudio, cancel: threading.Event | None = None) -> Transcript:
+    def _transcribe(
+        self,
+        decoded: DecodedAudio,
+        cancel: threading.Event | None = None,
+        *,
+        initial_prompt: str | None = None,
+        language: str | None = None,
+        temperature: float | None = None,
+    ) -> Transcript:
+        """Raises NoSpeech, GenerationCancelled, QueueFull, EngineFailure. The keywords apply to
+        this call only (`/v1/audio/transcriptions`' options)."""
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("cancelled before transcription")
         try:
-            return self.recognizer.transcribe(decoded.samples, cancel=cancel)
+            return self.recognizer.transcribe(
+                decoded.samples,
+                cancel=cancel,
+                initial_prompt=initial_prompt,
+                language=language,
+                temperature=temperature,
+            )
         except (NoSpeech, GenerationCancelled, QueueFull):  # QueueFull: a remote engine unreachable (503)
             raise
         except Exception as exc:

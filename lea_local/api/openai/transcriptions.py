@@ -178,8 +178,8 @@ async def transcriptions(
         raise OpenAIError(413, f"the recording is larger than {settings.max_upload_bytes} bytes", param="file")
     if services.voice is None:
         raise OpenAIError(503, "speech recognition is not available on this server")
-    transcriber = Transcriber.of_voice(services.voice)
-    stages = [(transcriber.decode_queue, 1.0), (transcriber.asr_queue, 1.0)]
+    transcriber = Transcriber(services.voice)
+    stages = [(services.voice.decode_queue, 1.0), (services.voice.asr_queue, 1.0)]
     async with request_deadline(request, settings.turn_timeout("voice"), stages) as deadline:
         try:
             result = await transcriber.transcribe(audio, options, deadline.cancel)
