@@ -84,6 +84,12 @@ def _models(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _knowledge(args: argparse.Namespace) -> int:
+    from lea_local.knowledge.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     from lea_local.catalog.cli import add_arguments
 
@@ -113,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     models = commands.add_parser("models", help="list, download and verify models")
     add_arguments(models)
     models.set_defaults(func=_models)
+
+    from lea_local.knowledge.cli import add_arguments as add_knowledge_arguments
+
+    knowledge = commands.add_parser("knowledge", help="manage the documents Léa answers from")
+    add_knowledge_arguments(knowledge)
+    knowledge.set_defaults(func=_knowledge)
 
     bench = commands.add_parser(
         "bench", help="measure per-stage latencies (see lea-local bench --help)", add_help=False

@@ -24,6 +24,7 @@ from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
+from lea_local.tts.database_audio_store import DatabaseAudioStore
 from lea_local.tts.speech import SpeechService
 from lea_local.tts.voices import VoiceRegistry, installed_piper_voices
 from lea_local.turns import ChatTurns
@@ -336,7 +337,9 @@ def build_services(settings: Settings) -> Services:
     ) + settings.tts_queue_size
     speech = SpeechService(
         synthesizer,
-        TtsAudioStore(settings.effective_audio_dir, settings.tts_ttl_seconds),
+        DatabaseAudioStore(store.engine, settings.tts_ttl_seconds)
+        if settings.audio_store == "database"
+        else TtsAudioStore(settings.effective_audio_dir, settings.tts_ttl_seconds),
         # Speech that overlaps generation cannot wait for the LLM's turn on the CPU.
         InferenceQueue(
             "speech synthesis", max_waiting=speech_jobs, slot=None if overlap else local_slot(synthesizer), stage="tts"

@@ -186,12 +186,28 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     audio_dir: Path | None = None
     """Generated speech (/media/tts/). Unset: `<data_dir>/tts`. Replicas share one (a disk or NFS)."""
+    audio_store: Literal["directory", "database"] = "directory"
+    """Where generated speech lives: `directory` (LEA_AUDIO_DIR), or `database` (the conversation
+    database: for small deployments whose replicas share a database but no disk)."""
     database_url: str | None = None
     """SQLAlchemy URL of the conversation database. Unset: `sqlite:///<data_dir>/lea.sqlite3`."""
 
     retention_days: int = Field(default=0, ge=0)
     """Conversations (and their audio) untouched for this many days are purged, hourly.
     0: kept until erased through the API."""
+
+    # --- knowledge base -------------------------------------------------------------------
+    knowledge_dir: Path | None = None
+    """The agency's documents Léa answers from (lea_local/knowledge). Unset: `<data_dir>/knowledge`.
+    Replicas that share a database share this directory too."""
+    knowledge_enabled: bool = True
+    """Search the knowledge base on each turn and give Léa the best passages. false: no retrieval."""
+    knowledge_passages: int = Field(default=3, ge=1, le=20)
+    """At most this many passages go into a turn's prompt."""
+    knowledge_max_prompt_tokens: int = Field(default=700, ge=50)
+    """Budget, in tokens, of the passages (with their sources) put into a turn's prompt."""
+    knowledge_max_upload_bytes: int = Field(default=20_000_000, ge=1)
+    """Largest document accepted by the admin API (413 above)."""
 
     # --- logging --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -234,6 +250,10 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'lea.sqlite3'}"
+
+    @property
+    def effective_knowledge_dir(self) -> Path:
+        return self.knowledge_dir or self.data_dir / "knowledge"
 
     def require_api_keys(self) -> list[bytes]:
         """The accepted keys as bytes, or a SettingsError that says how to set one."""

@@ -29,6 +29,7 @@ from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ErrorResponse
 from lea_local.settings import Settings
 from lea_local.tts.audio_store import AudioIncomplete, AudioState, StoredAudio, TtsAudioStore
+from lea_local.tts.database_audio_store import DatabaseAudioStore
 from lea_local.tts.encode import MEDIA_TYPES
 from lea_local.tts.speech import SpeechFailed, SpeechJob
 
@@ -140,7 +141,9 @@ def _incomplete(exc: AudioIncomplete) -> ApiError:
     return _not_found() if exc.erased else ApiError(status_code=500, detail=str(exc))
 
 
-async def _follow_shared(request: Request, store: TtsAudioStore, name: str, timeout: float) -> Stream | None:
+async def _follow_shared(
+    request: Request, store: TtsAudioStore | DatabaseAudioStore, name: str, timeout: float
+) -> Stream | None:
     """Audio another replica is synthesising into the shared directory: a plain GET streams it
     as the file grows (None: a range or a length, once it is complete, from the stored file)."""
     chunks = store.follow(name, timeout)

@@ -192,6 +192,9 @@ class TtsAudioStore:
         os.replace(staged, path)  # a reader sees the whole file or none
         return path
 
+    def discard_staged(self, staged: Path) -> None:
+        staged.unlink(missing_ok=True)
+
     def write(self, name: str, data: bytes) -> Path:
         return self.commit(self.stage(name, data), name)
 

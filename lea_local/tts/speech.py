@@ -33,6 +33,7 @@ from lea_local.locales import Locale
 from lea_local.observability import count, count_rejection
 from lea_local.tts.audio_store import HEARTBEAT_SECONDS, PartialAudio, TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
+from lea_local.tts.database_audio_store import DatabaseAudioStore, DatabasePartialAudio
 from lea_local.tts.encode import MEDIA_TYPES, AudioFormat, encode_audio, encoder_command, finalize
 from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
@@ -56,7 +57,7 @@ class SpeechJob:
         loop: asyncio.AbstractEventLoop,
         *,
         sentence_files: bool = False,
-        partial: PartialAudio | None = None,
+        partial: PartialAudio | DatabasePartialAudio | None = None,
     ) -> None:
         """`partial`: where the encoded stream is also written for other replicas (None: memory
         only, as in narrow tests)."""
@@ -182,7 +183,7 @@ class SpeechService:
     def __init__(
         self,
         synthesizer: SpeechSynthesizer,
-        store: TtsAudioStore,
+        store: TtsAudioStore | DatabaseAudioStore,
         queue: InferenceQueue,
         audio_format: AudioFormat,
         *,
@@ -405,7 +406,7 @@ class SpeechService:
                 staged = await asyncio.to_thread(self.store.stage, name, data)
                 # On the event loop, as `erase` is: an erased job never leaves a file behind.
                 if job.erased or job.error is not None:
-                    staged.unlink(missing_ok=True)
+                    self.store.discard_staged(staged)
                     return
                 self.store.commit(staged, name)
                 job.sentence_audio.put_nowait((name, index))
@@ -435,7 +436,9 @@ class SpeechService:
         job.cancel("erased")
 
     @staticmethod
-    def _finish_partial(partial: PartialAudio, streamed: bytes, final: bytes) -> None:  # in a worker thread
+    def _finish_partial(  # in a worker thread
+        partial: PartialAudio | DatabasePartialAudio, streamed: bytes, final: bytes
+    ) -> None:
         if partial.size != len(streamed):
             raise SpeechFailed(f"the audio file holds {partial.size} of {len(streamed)} bytes")
         # `finalize` changes only a WAV header's sizes; the rest of the file is already right.

@@ -1,0 +1,186 @@
+"""The French analyser of the knowledge base: the same terms for the passages and the questions.
+
+A word is lower-cased, stemmed by Snowball's French stemmer (the algorithm PostgreSQL's 'french'
+configuration uses), then folded (diacritics and ligatures dropped): "Courtière" and "courtier"
+meet at "courti", "préalable" and "prealable" at "prealabl". The stem is taken before folding
+because the stemmer reads the accents ("achetée" → "achet", but "achetee" → "achete").
+
+Stop words (articles, pronouns, auxiliaries, question words) are dropped: a question's own
+words are what it is about.
+
+A question is then expanded with the domain thesaurus (`thesaurus-fr.txt`, shipped in the
+package): a user who asks about the "rétribution" of an "agent" finds the passage that says
+"commission" and "courtier". The expansions are searched apart and weigh less than the user's
+own terms.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import snowballstemmer
+
+THESAURUS = Path(__file__).with_name("thesaurus-fr.txt")
+
+_LIGATURES = str.maketrans({"œ": "oe", "Œ": "oe", "æ": "ae", "Æ": "ae", "ß": "ss", "’": "'", "ʼ": "'"})
+_WORD = re.compile(r"[^\W_]+")
+
+
+def fold(text: str) -> str:
+    """Lower-case, without diacritics or ligatures ("Œuvre à côté" → "oeuvre a cote")."""
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LIGATURES).lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+# Snowball's French stop list, plus question words and the verbs every question carries
+# ("doit", "faut", "peut"). Compared after folding. "bien" stays: in real estate it is a noun.
+STOP_WORDS = frozenset(
+    fold(word)
+    for word in """
+    au aux avec ce ces dans de des du elle en et eux il je la le leur lui ma mais me même mes moi mon
+    ne nos notre nous on ou où par pas pour qu que qui sa se ses son sur ta te tes toi ton tu un une
+    vos votre vous c d j l à m n s t y été étée étées étés étant suis es est sommes êtes sont serai
+    seras sera serons serez seront serais serait serions seriez seraient étais était étions étiez
+    étaient fus fut fûmes fûtes furent sois soit soyons soyez soient fusse fusses fût fussions fussiez
+    fussent ayant eu eue eues eus ai as avons avez ont aurai auras aura aurons aurez auront aurais
+    aurait aurions auriez auraient avais avait avions aviez avaient eut eûmes eûtes eurent aie aies
+    ait ayons ayez aient eusse eusses eût eussions eussiez eussent ceci cela celà cet cette ici ils
+    les leurs quel quels quelle quelles sans soi a
+    comment combien pourquoi quand quoi dont lequel laquelle lesquels lesquelles
+    jusqu lorsqu puisqu quelqu
+    dois doit doivent devons devez devrait devrais faut faudra faudrait peut peux peuvent pouvons
+    pouvez pourrait pourrais puis puisse fait faire font
+    est-ce ça cas chez tout tous toute toutes très aussi si alors donc ainsi etc svp merci bonjour
+    """.split()
+)
+
+
+_local = threading.local()
+
+
+def _stemmer() -> snowballstemmer.stemmer:
+    # A Snowball stemmer keeps state while it works: one per thread.
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = snowballstemmer.stemmer("french")
+    return stemmer
+
+
+@functools.lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    """The folded stem of one lower-case word."""
+    return fold(_stemmer().stemWord(word))
+
+
+def words(text: str) -> list[str]:
+    """The lower-case words of a text; elisions ("l'", "qu'") come out as their own stop words."""
+    return _WORD.findall(text.translate(_LIGATURES).lower())
+
+
+def terms(text: str) -> list[str]:
+    """The searchable terms of a text, in order: stems of its words less the stop words."""
+    return [stem(word) for word in words(text) if fold(word) not in STOP_WORDS]
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """One thesaurus entry: its terms (stems), and its folded text with its stop words (for
+    PostgreSQL, which stems by itself and counts a stop word's place in a phrase)."""
+
+    terms: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class AnalysedQuery:
+    terms: tuple[str, ...]
+    """The user's own terms, without repeats."""
+    words: tuple[str, ...]
+    """The same, as folded words."""
+    expansions: tuple[Phrase, ...]
+    """Thesaurus phrases the question implies, none of them already among its terms."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.terms
+
+
+@dataclass(frozen=True)
+class _Rule:
+    triggers: tuple[Phrase, ...]
+    adds: tuple[Phrase, ...]
+
+
+class Thesaurus:
+    """Groups of equivalent terms (each line `a, b, c`) and one-way expansions (`a, b => c, d`:
+    a question about a or b also looks for c and d, not the other way)."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._rules: list[_Rule] = []
+        for raw in lines:
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if "=>" in line:
+                left, right = line.split("=>", 1)
+                triggers, adds = self._phrases(left), self._phrases(right)
+            else:
+                triggers = adds = self._phrases(line)
+            if triggers and adds:
+                self._rules.append(_Rule(triggers, adds))
+
+    @staticmethod
+    def _phrases(text: str) -> tuple[Phrase, ...]:
+        found = []
+        for entry in text.split(","):
+            phrase = Phrase(tuple(terms(entry)), " ".join(fold(word) for word in words(entry)))
+            if phrase.terms:
+                found.append(phrase)
+        return tuple(found)
+
+    @classmethod
+    def load(cls, path: Path = THESAURUS) -> Thesaurus:
+        return cls(path.read_text(encoding="utf-8").splitlines())
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def expand(self, query_terms: tuple[str, ...]) -> tuple[Phrase, ...]:
+        """The phrases implied by a question's terms, each once, none already in the question."""
+        found: dict[tuple[str, ...], Phrase] = {}
+        present = set(query_terms)
+        for rule in self._rules:
+            if any(_contains(query_terms, trigger.terms) for trigger in rule.triggers):
+                for phrase in rule.adds:
+                    if not set(phrase.terms) <= present:
+                        found.setdefault(phrase.terms, phrase)
+        return tuple(found.values())
+
+
+def _contains(sequence: tuple[str, ...], part: tuple[str, ...]) -> bool:
+    size = len(part)
+    return any(sequence[i : i + size] == part for i in range(len(sequence) - size + 1))
+
+
+@functools.lru_cache(maxsize=1)
+def default_thesaurus() -> Thesaurus:
+    return Thesaurus.load()
+
+
+def analyse_query(text: str, thesaurus: Thesaurus | None = None) -> AnalysedQuery:
+    """A question's terms and its thesaurus expansions."""
+    kept: dict[str, str] = {}
+    for word in words(text):
+        folded = fold(word)
+        if folded not in STOP_WORDS:
+            kept.setdefault(stem(word), folded)
+    ordered = tuple(terms(text))
+    chosen = thesaurus if thesaurus is not None else default_thesaurus()
+    expansions = chosen.expand(ordered) if ordered else ()
+    return AnalysedQuery(tuple(kept), tuple(kept.values()), expansions)

@@ -1,0 +1,377 @@
+"""`KnowledgeBase`: the agency's documents, as files in a directory and passages in the database.
+
+Everything else (the CLI, the admin API, the turns) goes through this facade. The directory
+(LEA_KNOWLEDGE_DIR) holds each document under its own file name; the conversation database holds
+the documents' rows, their passages and the passage index (index.py). The schema comes from the
+store's migrations: open the ConversationStore (or run `upgrade_schema`) first.
+
+A change is all or nothing: a document is read and cut into passages before anything is
+written; then its file and its rows are replaced together (the file is swapped in just before
+the transaction commits, and swapped back if the commit fails). A rejected file changes nothing.
+
+Searches run concurrently (each on its own pooled connection). Writes are serialised: by a lock
+in this process, and on PostgreSQL by an advisory lock too, since replicas may share the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import unicodedata
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine, Row
+
+from lea_local.knowledge import tables
+from lea_local.knowledge.chunking import Chunk, chunk_document
+from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, extract
+from lea_local.knowledge.french import Thesaurus, analyse_query
+from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
+from lea_local.store.conversations import _outage_is_unavailable, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_NAME_BYTES = 255
+_WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('lea-local knowledge writes', 0))"
+_TEMPORARY_PREFIX = ".lea-"
+
+
+class DocumentNotFound(LookupError):
+    """No document with this id: the caller answers 404."""
+
+
+@dataclass(frozen=True)
+class Document:
+    id: int
+    file_name: str
+    title: str
+    format: str
+    sha256: str
+    size_bytes: int
+    passages: int
+    added_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: int
+    document_id: int
+    file_name: str
+    title: str
+    section: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ReindexReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    """File name → why it was not taken (its earlier passages, if any, are dropped)."""
+
+
+def safe_file_name(name: str) -> str:
+    """The name a document is stored under: its last path component, without control
+    characters; a name that would be hidden, empty or climb out of the directory is rejected."""
+    base = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
+    base = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip()
+    if base in ("", ".", "..") or base.startswith("."):
+        raise DocumentRejected(f"invalid file name {name!r}: give the document a plain name such as guide.pdf")
+    if len(base.encode()) > MAX_FILE_NAME_BYTES:
+        raise DocumentRejected(f"the file name is longer than {MAX_FILE_NAME_BYTES} bytes")
+    return base
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite gives back naive datetimes; they were stored in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _document(row: Row) -> Document:
+    return Document(
+        id=row.id,
+        file_name=row.file_name,
+        title=row.title,
+        format=row.format,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        passages=row.passages,
+        added_at=_aware(row.added_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+class KnowledgeBase:
+    """Blocking API: call it from a worker thread, not the event loop."""
+
+    def __init__(self, engine: Engine, directory: Path, thesaurus: Thesaurus | None = None) -> None:
+        self.engine = engine
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._index: KnowledgeIndex = index_for(engine)
+        self._thesaurus = thesaurus
+        self._writes = threading.Lock()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @_outage_is_unavailable
+    def documents(self) -> list[Document]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(tables.documents).order_by(tables.documents.c.file_name))
+            return [_document(row) for row in rows]
+
+    @_outage_is_unavailable
+    def document(self, document_id: int) -> Document:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(tables.documents).where(tables.documents.c.id == document_id)).first()
+        if row is None:
+            raise DocumentNotFound(f"document {document_id} not found")
+        return _document(row)
+
+    @_outage_is_unavailable
+    def search(self, query: str, limit: int = 5) -> list[Passage]:
+        """The passages that best answer `query`, best first ([] when it has no searchable word)."""
+        analysed = analyse_query(query, self._thesaurus)
+        if analysed.empty or limit < 1:
+            return []
+        with self.engine.connect() as connection:
+            hits = self._index.search(connection, analysed, limit)
+            if not hits:
+                return []
+            p, d = tables.passages, tables.documents
+            rows = connection.execute(
+                select(p.c.id, p.c.document_id, d.c.file_name, d.c.title, p.c.section, p.c.text)
+                .join(d, d.c.id == p.c.document_id)
+                .where(p.c.id.in_([hit.passage_id for hit in hits]))
+            )
+            found = {row.id: row for row in rows}
+        return [
+            Passage(row.id, row.document_id, row.file_name, row.title, row.section, row.text, hit.score)
+            for hit in hits
+            if (row := found.get(hit.passage_id)) is not None
+        ]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    @_outage_is_unavailable
+    def add(self, file_name: str, data: bytes) -> Document:
+        """Store a document (a new one, or a new version of the one with this name); the same
+        content again changes nothing. DocumentRejected, and nothing changed, for a bad file."""
+        name = safe_file_name(file_name)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._writes:
+            path = self.directory / name
+            existing = self._by_name(name)
+            if existing is not None and existing.sha256 == digest and path.is_file():
+                return existing
+            extracted = extract(name, data)
+            chunks = chunk_document(extracted)
+            temporary = self._write_temporary(data)
+            backup: Path | None = None
+            swapped = False
+            try:
+                with self._transaction() as connection:
+                    document = self._store(connection, name, extracted, chunks, digest, len(data))
+                    backup = self._swap_in(temporary, path)
+                    swapped = True
+                    # Leaving this block commits; if that fails, the old file comes back below.
+            except BaseException:
+                self._discard(temporary)
+                if swapped:
+                    self._restore(backup, path)
+                raise
+            self._discard(backup)
+        log.info("knowledge: stored %s (%d passages)", name, document.passages)
+        return document
+
+    @_outage_is_unavailable
+    def remove(self, document_id: int) -> Document:
+        """Delete a document: its file, its rows and every one of its passages."""
+        with self._writes:
+            aside: Path | None = None
+            moved = False
+            try:
+                with self._transaction() as connection:
+                    row = connection.execute(
+                        select(tables.documents).where(tables.documents.c.id == document_id)
+                    ).first()
+                    if row is None:
+                        raise DocumentNotFound(f"document {document_id} not found")
+                    document = _document(row)
+                    self._delete_rows(connection, document.id)
+                    path = self.directory / document.file_name
+                    aside = self._set_aside(path)
+                    moved = True
+            except BaseException:
+                if moved and aside is not None:
+                    os.replace(aside, path)  # the commit failed: the document is still there
+                raise
+            self._discard(aside)
+        log.info("knowledge: removed %s", document.file_name)
+        return document
+
+    @_outage_is_unavailable
+    def reindex(self) -> ReindexReport:
+        """Make the index match the directory: new and changed files (by sha256) indexed,
+        vanished ones forgotten, unreadable ones reported and their old passages dropped."""
+        report = ReindexReport()
+        with self._writes:
+            known = {document.file_name: document for document in self.documents()}
+            on_disk = sorted(
+                entry.name
+                for entry in os.scandir(self.directory)
+                if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
+            )
+            for name in on_disk:
+                data = (self.directory / name).read_bytes()
+                digest = hashlib.sha256(data).hexdigest()
+                existing = known.get(name)
+                if existing is not None and existing.sha256 == digest:
+                    report.unchanged.append(name)
+                    continue
+                try:
+                    if safe_file_name(name) != name:
+                        raise DocumentRejected("the file name has control characters or is not in NFC form")
+                    extracted = extract(name, data)
+                    chunks = chunk_document(extracted)
+                except DocumentRejected as exc:
+                    report.rejected[name] = str(exc)
+                    if existing is not None:
+                        with self._transaction() as connection:
+                            self._delete_rows(connection, existing.id)
+                    continue
+                with self._transaction() as connection:
+                    self._store(connection, name, extracted, chunks, digest, len(data))
+                (report.updated if existing is not None else report.added).append(name)
+            for name in sorted(set(known) - set(on_disk)):
+                with self._transaction() as connection:
+                    self._delete_rows(connection, known[name].id)
+                report.removed.append(name)
+        log.info(
+            "knowledge: reindexed (%d added, %d updated, %d removed, %d unchanged, %d rejected)",
+            len(report.added),
+            len(report.updated),
+            len(report.removed),
+            len(report.unchanged),
+            len(report.rejected),
+        )
+        return report
+
+    # --- inside ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(_WRITE_LOCK)  # released when the transaction ends
+            yield connection
+
+    def _by_name(self, name: str) -> Document | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(tables.documents).where(tables.documents.c.file_name == name)).first()
+        return _document(row) if row is not None else None
+
+    def _store(
+        self,
+        connection: Connection,
+        name: str,
+        extracted: ExtractedDocument,
+        chunks: list[Chunk],
+        digest: str,
+        size: int,
+    ) -> Document:
+        """Write a document's rows and passages, replacing those of the same name."""
+        now = utcnow()
+        values = {
+            "title": extracted.title,
+            "format": extracted.format,
+            "sha256": digest,
+            "size_bytes": size,
+            "passages": len(chunks),
+            "updated_at": now,
+        }
+        d = tables.documents
+        # Read again inside the transaction (under the write lock): another replica may have
+        # stored this name since.
+        existing = connection.execute(select(d.c.id).where(d.c.file_name == name)).scalar()
+        if existing is not None:
+            self._delete_passages(connection, existing)
+            connection.execute(update(d).where(d.c.id == existing).values(**values))
+            document_id = existing
+        else:
+            document_id = connection.execute(
+                insert(d).values(file_name=name, added_at=now, **values).returning(d.c.id)
+            ).scalar_one()
+        if chunks:
+            ids = connection.execute(
+                insert(tables.passages).returning(tables.passages.c.id, sort_by_parameter_order=True),
+                [
+                    {"document_id": document_id, "ordinal": c.ordinal, "section": c.section, "text": c.text}
+                    for c in chunks
+                ],
+            ).scalars()
+            self._index.add(
+                connection,
+                [IndexedPassage(i, extracted.title, c.section, c.text) for i, c in zip(ids, chunks, strict=True)],
+            )
+        row = connection.execute(select(d).where(d.c.id == document_id)).one()
+        return _document(row)
+
+    def _delete_passages(self, connection: Connection, document_id: int) -> None:
+        p = tables.passages
+        ids = list(connection.execute(select(p.c.id).where(p.c.document_id == document_id)).scalars())
+        self._index.remove(connection, ids)
+        connection.execute(delete(p).where(p.c.document_id == document_id))
+
+    def _delete_rows(self, connection: Connection, document_id: int) -> None:
+        self._delete_passages(connection, document_id)
+        connection.execute(delete(tables.documents).where(tables.documents.c.id == document_id))
+
+    def _write_temporary(self, data: bytes) -> Path:
+        temporary = self.directory / f"{_TEMPORARY_PREFIX}{uuid.uuid4().hex}.upload"
+        with open(temporary, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        return temporary
+
+    def _swap_in(self, temporary: Path, path: Path) -> Path | None:
+        """Put the new file in place; returns where the old one was kept (None: there was none)."""
+        backup = self._set_aside(path)
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            self._restore(backup, path)
+            raise
+        return backup
+
+    def _set_aside(self, path: Path) -> Path | None:
+        if not path.exists():
+            return None
+        aside = self.directory / f"{_TEMPORARY_PREFIX}{uuid.uuid4().hex}.previous"
+        os.replace(path, aside)
+        return aside
+
+    @staticmethod
+    def _restore(backup: Path | None, path: Path) -> None:
+        if backup is not None:
+            os.replace(backup, path)
+        else:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _discard(path: Path | None) -> None:
+        if path is not None:
+            path.unlink(missing_ok=True)

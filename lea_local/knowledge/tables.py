@@ -1,0 +1,32 @@
+"""The knowledge base's tables, in the conversation store's database (created by the Alembic
+revision 0003_knowledge). The search structures beside them belong to the index (index.py)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+documents = Table(
+    "knowledge_documents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("file_name", String(255), nullable=False, unique=True),
+    Column("title", Text, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("passages", Integer, nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+passages = Table(
+    "knowledge_passages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("document_id", Integer, ForeignKey("knowledge_documents.id", ondelete="CASCADE"), nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("section", Text, nullable=False),
+    Column("text", Text, nullable=False),
+)

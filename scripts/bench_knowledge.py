@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Knowledge base retrieval speed on a generated corpus (issue 11: p95 ≤ 20 ms at 1,000 pages).
+
+Generates French-like Markdown documents (a fixed seed: the same corpus every run; content words
+drawn from a real-estate vocabulary and generated French-looking words with Zipf's frequencies,
+between function words),
+indexes them through `KnowledgeBase.add`, then times `KnowledgeBase.search` (analysis, thesaurus
+expansion, index, rows) on a few hundred questions and prints p50/p95/max and the index time.
+
+    .venv/bin/python scripts/bench_knowledge.py                      # SQLite in a temporary directory
+    .venv/bin/python scripts/bench_knowledge.py --database-url postgresql+psycopg://user:pw@host/db
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lea_local.knowledge import KnowledgeBase  # noqa: E402
+from lea_local.store.conversations import create_database_engine  # noqa: E402
+from lea_local.store.schema import upgrade_schema  # noqa: E402
+
+WORDS_PER_PAGE = 400
+PAGES_PER_DOCUMENT = 10
+VOCABULARY = 20_000
+FUNCTION_WORDS = 50
+
+DOMAIN = """courtier acheteur vendeur propriété maison condo copropriété syndicat notaire hypothèque prêt
+commission rétribution honoraires frais taxe bienvenue municipale inspection inspecteur vice caché
+défaut garantie légale promesse achat offre contre-proposition déclarations formulaire contrat
+courtage mandat exclusivité visite délai condition financement banque taux amortissement mise fonds
+acompte dépôt fidéicommis signature acte vente possession clés locataire bail loyer évaluation prix
+valeur marché terrain zonage permis toiture fondation fenêtre chauffage puits fosse septique agence
+bureau horaire ouverture samedi rendez-vous plainte syndic assurance responsabilité identité
+renseignements personnels confidentialité publicité annonce photos inscription collaboration""".split()
+GLUE = """le la les un une des du de et à au aux en dans pour par sur avec sans que qui est sont doit
+peut sera avant après lorsque si ne pas plus chaque tout leur son sa ses cette ce""".split()
+SYLLABLES = "ba be bi bo bu ca ce ci co cu da de di do du fa fe fi fo fu ga ge gi go la le li lo lu ma me mi mo mu na ne ni no nu pa pe pi po pu ra re ri ro ru sa se si so su ta te ti to tu va ve vi vo vu tion ment eur ance ité".split()  # noqa: E501
+
+
+def vocabulary(rng: random.Random, size: int) -> list[str]:
+    generated = {"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(size * 2)}
+    words = DOMAIN + sorted(generated)[: size - len(DOMAIN)]
+    rng.shuffle(words)
+    return words
+
+
+def zipf_weights(count: int) -> list[float]:
+    """Zipf's law for the content words of real text: they come after the ~50 commonest words
+    (articles, prepositions: GLUE here), so their ranks start there."""
+    return [1.0 / (rank + FUNCTION_WORDS) for rank in range(count)]
+
+
+def sentence(rng: random.Random, words: list[str], weights: list[float]) -> str:
+    chosen = rng.choices(words, weights, k=rng.randint(8, 20))
+    mixed = [word if rng.random() > 0.4 else f"{rng.choice(GLUE)} {word}" for word in chosen]
+    return " ".join(mixed).capitalize() + "."
+
+
+def document(rng: random.Random, number: int, words: list[str], weights: list[float]) -> str:
+    lines = [f"# Document {number} : {' '.join(rng.choices(DOMAIN, k=3))}", ""]
+    for page in range(PAGES_PER_DOCUMENT):
+        lines += [f"## Section {page + 1} : {' '.join(rng.choices(words, weights, k=2))}", ""]
+        written = 0
+        while written < WORDS_PER_PAGE:
+            paragraph = " ".join(sentence(rng, words, weights) for _ in range(rng.randint(3, 6)))
+            written += len(paragraph.split())
+            lines += [paragraph, ""]
+    return "\n".join(lines)
+
+
+def question(rng: random.Random, words: list[str], weights: list[float]) -> str:
+    content = rng.choices(words, weights, k=rng.randint(2, 5)) + rng.choices(DOMAIN, k=rng.randint(0, 2))
+    return f"{rng.choice(['Quel est', 'Comment', 'Qui paie', 'Est-ce que'])} {' '.join(content)} ?"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pages", type=int, default=1000, help="pages of ~400 words (default 1000)")
+    parser.add_argument("--queries", type=int, default=300, help="searches timed (default 300)")
+    parser.add_argument("--limit", type=int, default=5, help="passages per search (default 5)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--database-url", help="an empty database (default: SQLite in a temporary directory)")
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    words = vocabulary(rng, VOCABULARY)
+    weights = zipf_weights(len(words))
+    documents = max(1, args.pages // PAGES_PER_DOCUMENT)
+    with tempfile.TemporaryDirectory(prefix="lea-bench-knowledge-") as scratch:
+        url = args.database_url or f"sqlite:///{scratch}/lea.sqlite3"
+        engine = create_database_engine(url)
+        upgrade_schema(engine)
+        knowledge = KnowledgeBase(engine, Path(scratch) / "knowledge")
+        texts = [document(rng, number, words, weights) for number in range(documents)]
+        started = time.perf_counter()
+        passages = sum(knowledge.add(f"document-{n:04d}.md", t.encode()).passages for n, t in enumerate(texts))
+        index_seconds = time.perf_counter() - started
+        total_words = sum(len(t.split()) for t in texts)
+        print(
+            f"{engine.dialect.name}: indexed {documents} documents, {documents * PAGES_PER_DOCUMENT} pages, "
+            f"{total_words} words, {passages} passages in {index_seconds:.1f} s"
+        )
+
+        questions = [question(rng, words, weights) for _ in range(args.queries)]
+        for warm in questions[:10]:
+            knowledge.search(warm, args.limit)
+        timings: list[float] = []
+        found = 0
+        for asked in questions:
+            started = time.perf_counter()
+            found += bool(knowledge.search(asked, args.limit))
+            timings.append((time.perf_counter() - started) * 1000)
+        print(
+            f"search ({args.queries} questions, limit {args.limit}): p50 {statistics.median(timings):.1f} ms, "
+            f"p95 {percentile(timings, 0.95):.1f} ms, max {max(timings):.1f} ms; "
+            f"{found} of {args.queries} found passages"
+        )
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
