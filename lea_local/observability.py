@@ -142,6 +142,33 @@ def record_wait(stage: str, seconds: float) -> None:
         metrics.queue_wait_seconds.labels(stage=stage).observe(seconds)
 
 
+# Server-Timing descriptions (the header is latin-1: plain ASCII words).
+_STAGE_DESCRIPTIONS = {
+    "decode": "audio decode",
+    "asr": "speech recognition",
+    "llm": "language model",
+    "tts": "speech synthesis",
+}
+
+
+def request_timings_ms() -> dict[str, float]:
+    """The current request's stage timings so far, in milliseconds (`asr`, `llm_wait`, …): for a
+    streamed response's last event, whose headers left before the stages ran."""
+    return {stage: round(seconds * 1000, 1) for stage, seconds in (_stages.get() or {}).items()}
+
+
+def server_timing(stages: dict[str, float], total_seconds: float) -> str:
+    """A `Server-Timing` header value (W3C syntax, durations in ms) from a request's stage
+    timings, plus `total`: the time until the response began."""
+    metrics = []
+    for stage, seconds in stages.items():
+        base = stage.removesuffix("_wait")
+        description = _STAGE_DESCRIPTIONS.get(base, base) + (" queue wait" if base != stage else "")
+        metrics.append(f'{stage};dur={seconds * 1000:.1f};desc="{description}"')
+    metrics.append(f'total;dur={total_seconds * 1000:.1f};desc="until the response began"')
+    return ", ".join(metrics)
+
+
 def count(kind: str, amount: float) -> None:
     """Add to a work counter: tokens generated, prompt tokens, audio seconds."""
     metrics = _metrics.get()
@@ -173,8 +200,9 @@ class RequestIdFilter(logging.Filter):
 
 class RequestLogMiddleware:
     """Pure ASGI middleware: a request id (the client's X-Request-ID when well-formed, else a
-    new one) returned in X-Request-ID, and one JSON log line per request with its status,
-    latency and per-stage timings. Logs the route template, never the raw path (an audio name
+    new one) returned in X-Request-ID, the stage timings known when the response begins in
+    Server-Timing (browser developer tools show them), and one JSON log line per request with
+    its status, latency and per-stage timings. Logs the route template, never the raw path (an audio name
     is a credential), the query or headers."""
 
     def __init__(self, app, metrics: Metrics) -> None:
@@ -196,7 +224,12 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                timing = server_timing(stages, time.perf_counter() - started)
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    (b"server-timing", timing.encode("latin-1")),
+                ]
             await send(message)
 
         try:

@@ -17,6 +17,8 @@ from lea_local.asr.base import SpeechRecognizer
 from lea_local.catalog import Catalog, load_catalog, resolve_installed_preset
 from lea_local.hardware import physical_cores
 from lea_local.inference_queue import InferenceQueue, Slot
+from lea_local.knowledge import KnowledgeBase
+from lea_local.knowledge.grounding import TurnGrounding
 from lea_local.llm.base import ChatEngine
 from lea_local.locales import asr_vocabulary, system_prompt_path
 from lea_local.remote_http import loggable_url
@@ -59,6 +61,8 @@ class Services:
     speech: SpeechService | None = None
     voices: VoiceRegistry | None = None
     """The voices /v1/audio/speech speaks with (the speech service's, and other installed ones)."""
+    knowledge: KnowledgeBase | None = None
+    """The agency's documents (the admin API's); None on an engine server, which has no turns."""
 
     def queues(self) -> list[InferenceQueue]:
         found = [self.llm_queue]
@@ -283,6 +287,8 @@ def build_services(settings: Settings) -> Services:
         },
     )
     store = ConversationStore.from_url(settings.effective_database_url)
+    # In the conversation database, whose migrations (run by the store) made its tables.
+    knowledge = None if settings.engines_only else KnowledgeBase(store.engine, settings.effective_knowledge_dir)
     # The three models load in parallel: their loading is mostly file reads and native code.
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="load") as pool:
         llm_loading = pool.submit(build_chat_engine, settings, paths.llm)
@@ -327,6 +333,13 @@ def build_services(settings: Settings) -> Services:
         max_reply_tokens=settings.llm_max_reply_tokens,
         temperature=settings.llm_temperature,
         log_content=settings.log_content,
+        grounding=TurnGrounding(
+            knowledge,
+            max_passages=settings.knowledge_passages,
+            max_prompt_tokens=settings.knowledge_max_prompt_tokens,
+        )
+        if knowledge is not None and settings.knowledge_enabled
+        else None,
     )
     # Every turn the queues can hold (decode, ASR, LLM: waiting + running) may be speaking, plus
     # a backlog of `tts_queue_size` replies still being spoken. Speech admits that many jobs (a
@@ -380,4 +393,5 @@ def build_services(settings: Settings) -> Services:
         voice=voice,
         speech=speech,
         voices=voices,
+        knowledge=knowledge,
     )

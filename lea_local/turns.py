@@ -8,11 +8,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
 from lea_local.inference_queue import InferenceQueue, QueueFull
+from lea_local.knowledge.grounding import GroundedMessage, Source, TurnGrounding
 from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply, GenerationCancelled
 from lea_local.llm.context import HISTORY_CHARS_PER_TOKEN, CountingTokens, PromptTooLong, fit_growing_history
 from lea_local.llm.reply_cleaner import clean_reply
@@ -26,6 +28,9 @@ from lea_local.store.conversations import (
     utcnow,
 )
 from lea_local.store.session_locks import SessionLocks
+
+if TYPE_CHECKING:
+    from lea_local.knowledge.library import Passage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class TurnResult:
     provider: str
     prompt_tokens: int
     completion_tokens: int
+    sources: tuple[Source, ...] = ()
+    """The knowledge base's documents and sections the prompt carried passages of."""
 
 
 class ChatTurns:
@@ -62,6 +69,7 @@ class ChatTurns:
         max_reply_tokens: int,
         temperature: float,
         log_content: bool = False,
+        grounding: TurnGrounding | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -70,6 +78,8 @@ class ChatTurns:
         self.max_reply_tokens = max_reply_tokens
         self.temperature = temperature
         self.log_content = log_content
+        self.grounding = grounding
+        """Passages of the knowledge base for each turn; None: turns are not grounded."""
         # Turns of one session run one after the other: each sees the previous one's reply,
         # and two first messages of a session cannot open two conversations. In the database
         # when it is shared by several processes (PostgreSQL), so across replicas too.
@@ -136,7 +146,8 @@ class ChatTurns:
             self.store.context_for, session_id, conversation_id, self.history_chars
         )
         user_at = utcnow()
-        reply = await self.llm_queue.run(self._generate, context, message, on_text, cancel)
+        passages = await self._retrieve(message, context)
+        reply, grounded = await self.llm_queue.run(self._generate, context, message, passages, on_text, cancel)
         count("tokens_generated", reply.completion_tokens)
         count("prompt_tokens", reply.prompt_tokens)
         # What is stored and spoken: no leaked role label, Markdown or repeated sentence.
@@ -173,16 +184,34 @@ class ChatTurns:
             provider=self.engine.provider,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
+            sources=tuple(grounded.sources),
         )
+
+    async def _retrieve(self, message: str, context: ConversationContext) -> list[Passage]:
+        """The knowledge base's candidate passages for this message and the user's last ones,
+        searched in a worker thread before the turn waits for the LLM."""
+        if self.grounding is None:
+            return []
+        earlier = [m.content for m in context.history if m.role == "user"]
+        return await anyio.to_thread.run_sync(self.grounding.retrieve, message, earlier)
 
     @property
     def history_chars(self) -> int:
         """Characters of newest history a turn reads at first (see HISTORY_CHARS_PER_TOKEN)."""
         return HISTORY_CHARS_PER_TOKEN * max(self.engine.context_size - self.max_reply_tokens, 1)
 
-    def build_prompt(self, context: ConversationContext, message: str) -> list[ChatMessage]:
-        """The prompt for this turn: only the newest history is read and tokenised, older
-        messages only while all that was read still fits (`fit_growing_history`)."""
+    def build_prompt(
+        self, context: ConversationContext, message: str, passages: Sequence[Passage] = ()
+    ) -> list[ChatMessage]:
+        return self.build_grounded_prompt(context, message, passages)[0]
+
+    def build_grounded_prompt(
+        self, context: ConversationContext, message: str, passages: Sequence[Passage] = ()
+    ) -> tuple[list[ChatMessage], GroundedMessage]:
+        """The prompt for this turn: the message with the knowledge base's passages that fit
+        (`TurnGrounding.ground`), and as much history as the rest of the window holds. Only the
+        newest history is read and tokenised, older messages only while all that was read still
+        fits (`fit_growing_history`)."""
         loaded = list(context.history)
 
         def load_older() -> tuple[Sequence[ChatMessage], bool]:
@@ -192,12 +221,17 @@ class ChatTurns:
             return _chat_messages(older), complete
 
         tokens = CountingTokens(self.engine.count_prompt_tokens)
+        budget = self.engine.context_size - self.max_reply_tokens
+        if self.grounding is not None and passages:
+            grounded = self.grounding.ground(self.system_prompt, message, passages, count_tokens=tokens, budget=budget)
+        else:
+            grounded = GroundedMessage(ChatMessage("user", message), ())
         prompt = fit_growing_history(
             self.system_prompt,
             _chat_messages(loaded),
-            ChatMessage("user", message),
+            grounded.message,
             count_tokens=tokens,
-            budget=self.engine.context_size - self.max_reply_tokens,
+            budget=budget,
             complete=context.history_complete or not loaded or context.conversation_id is None,
             load_older=load_older,
         )
@@ -208,11 +242,13 @@ class ChatTurns:
                 "conversation_id": context.conversation_id,
                 "messages_read": len(loaded),
                 "messages_kept": len(prompt) - 2,
+                "passages_offered": len(passages),
+                "passages_kept": [p.id for p in grounded.passages],
                 "token_counts": tokens.calls,
                 "chars_tokenised": tokens.chars,
             },
         )
-        return prompt
+        return prompt, grounded
 
     @asynccontextmanager
     async def turns_settled(
@@ -235,10 +271,11 @@ class ChatTurns:
         self,
         context: ConversationContext,
         message: str,
+        passages: Sequence[Passage],
         on_text: Callable[[str], None] | None,
         cancel: threading.Event | None,
-    ) -> ChatReply:
-        prompt = self.build_prompt(context, message)
+    ) -> tuple[ChatReply, GroundedMessage]:
+        prompt, grounded = self.build_grounded_prompt(context, message, passages)
         kept = len(prompt) - 2
         log.info(
             "llm.prompt",
@@ -251,13 +288,14 @@ class ChatTurns:
             },
         )
         try:
-            return self.engine.generate(
+            reply = self.engine.generate(
                 prompt,
                 max_tokens=self.max_reply_tokens,
                 temperature=self.temperature,
                 on_text=on_text,
                 cancel=cancel,
             )
+            return reply, grounded
         except GenerationCancelled as exc:
             log.info(
                 "llm.cancelled",

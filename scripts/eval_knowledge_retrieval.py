@@ -107,6 +107,9 @@ def report(results: Sequence[Result], out=sys.stdout) -> None:
         "all": list(results),
         "direct": [r for r in results if not r.question.paraphrased],
         "paraphrased": [r for r in results if r.question.paraphrased],
+        # The fusion's two parameters (lea_local/knowledge/vectors.py) were tuned on the odd ones.
+        "odd (tuned)": [r for r in results if int(r.question.id.lstrip("q")) % 2 == 1],
+        "even (held)": [r for r in results if int(r.question.id.lstrip("q")) % 2 == 0],
     }
     print(f"{'questions':<12} {'n':>4} {'R@1':>6} {'R@3':>6} {'R@5':>6} {'MRR':>6}", file=out)
     for name, members in groups.items():

@@ -34,8 +34,10 @@ def test_a_new_message_gets_the_contract_body(server):
         "provider",
         "assistant_audio_url",
         "usage",
+        "sources",
     }
     assert body["success"] is True
+    assert body["sources"] == []  # an empty knowledge base grounds nothing
     assert isinstance(body["response"], str) and body["response"].strip()
     assert uuid.UUID(body["session_id"]).version == 4
     assert isinstance(body["conversation_id"], int) and body["conversation_id"] >= 1

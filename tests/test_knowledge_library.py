@@ -272,7 +272,7 @@ def test_add_change_and_remove_are_seen_at_once_and_leave_nothing(knowledge: Kno
     assert [d.file_name for d in knowledge.documents()] == ["faq.docx", "manuel.md"]
 
     assert knowledge.remove(document.id).file_name == "manuel.md"
-    assert knowledge.search("heures d'ouverture du bureau") == []
+    assert all(p.document_id != document.id for p in knowledge.search("heures d'ouverture du bureau"))
     assert index_rows(knowledge) == (1, 1)
     assert set(files(knowledge)) == {"faq.docx"}
     with pytest.raises(DocumentNotFound):
@@ -329,7 +329,7 @@ def test_reindex_makes_the_index_match_the_directory(knowledge: KnowledgeBase) -
     )
     assert list(second.rejected) == ["faq.docx"] and "bad zip" in second.rejected["faq.docx"]
     assert [d.file_name for d in knowledge.documents()] == ["manuel.md", "note.txt"]
-    assert [p.file_name for p in knowledge.search("stationnement")] == ["note.txt"]
+    assert [p.file_name for p in knowledge.search("stationnement", lexical_only=True)] == ["note.txt"]
     assert all(p.file_name != "faq.docx" for p in knowledge.search("qui choisit le notaire"))
     assert "4,5 %" in knowledge.search("commission du courtier")[0].text
     assert index_rows(knowledge) == (4, 4)

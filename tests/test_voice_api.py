@@ -45,6 +45,7 @@ def test_browser_recordings_are_transcribed_and_answered(server, container, fiel
         "model",
         "provider",
         "usage",
+        "sources",
     }
     assert body["success"] is True
     assert_heard_the_clip(body)

@@ -23,9 +23,11 @@ from litestar.openapi import OpenAPIConfig
 from lea_local import __version__
 from lea_local.api.auth import require_api_key, require_api_key_if_configured
 from lea_local.api.chat import chat, chat_stream
+from lea_local.api.console import console_router, console_status, openapi_pages_middleware, openapi_render_plugins
 from lea_local.api.erase import erase, purge_expired
 from lea_local.api.errors import exception_handlers, still_starting
 from lea_local.api.health import agent_health, health, ready
+from lea_local.api.knowledge import knowledge_routes
 from lea_local.api.media import tts_audio
 from lea_local.api.metrics import metrics
 from lea_local.api.openai import openai_router
@@ -151,12 +153,21 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         request_max_body_size=settings.max_upload_bytes + 64 * 1024,
     )
     openai_api = openai_router(settings.max_upload_bytes)
+    # The knowledge base's admin API: the same key; a document plus the multipart overhead.
+    knowledge_api = Router(
+        path="/api/knowledge",
+        route_handlers=knowledge_routes,
+        guards=[require_api_key],
+        request_max_body_size=settings.knowledge_max_upload_bytes + 64 * 1024,
+    )
     # An engine server (`serve --engines-only`) answers other replicas' engine requests: the
     # OpenAI-compatible API and health only, no conversation nor audio of its own.
     routes = (
         [openai_api, health, ready, metrics]
         if settings.engines_only
-        else [agent_api, voice_api, openai_api, agent_health, tts_audio, health, ready, metrics]
+        else [agent_api, voice_api, openai_api, knowledge_api, agent_health, tts_audio, health, ready, metrics]
+        # The browser console (static page) and its status panel's route.
+        + [console_router(settings), console_status]
     )
 
     return Litestar(
@@ -168,7 +179,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         cors_config=CORSConfig(
             allow_origins=settings.cors_origins,
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "Range"],
-            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],  # DELETE: the knowledge admin API
             expose_headers=["X-Request-ID", "Retry-After", "Content-Range", "Accept-Ranges", "Content-Length"],
             max_age=600,
         )
@@ -178,9 +189,15 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         openapi_config=OpenAPIConfig(
             title="lea-local agent API",
             version=__version__,
+            # Their scripts and styles from the package: a CDN is out of reach offline.
+            render_plugins=openapi_render_plugins(),
             # Litestar's own /schema router, with the key check of LEA_METRICS_REQUIRE_KEY.
             openapi_router=Router(
-                "/schema", route_handlers=[], include_in_schema=False, guards=[require_api_key_if_configured]
+                "/schema",
+                route_handlers=[],
+                include_in_schema=False,
+                guards=[require_api_key_if_configured],
+                middleware=[openapi_pages_middleware()],
             ),
         ),
         logging_config=None,  # lea_local.logs configures logging (JSON lines)

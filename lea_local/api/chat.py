@@ -11,28 +11,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation
 from litestar.params import JSONBody
 from litestar.response import Stream
 
 from lea_local.api.deadline import request_deadline
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
-from lea_local.api.schemas import ChatRequest, ChatResponse, usage_of
-from lea_local.api.streaming import open_stream, sse_event_schema
+from lea_local.api.schemas import ChatRequest, ChatResponse, sources_of, usage_of
+from lea_local.api.streaming import SSE_HEADERS, event_stream_operation, open_stream
 from lea_local.api.validation import clean_identifier, clean_message, strictly
 from lea_local.asr.base import NoSpeech
 from lea_local.asr.decode import AudioRejected
 from lea_local.inference_queue import QueueFull, current_deadline
 from lea_local.llm.context import PromptTooLong
 from lea_local.llm.reply_cleaner import ReplyStream
+from lea_local.observability import request_timings_ms
 from lea_local.services import Services
 from lea_local.store.conversations import ConversationNotFound, StoreUnavailable
 from lea_local.turns import EngineFailure, TurnResult
@@ -85,39 +84,22 @@ async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDep
         provider=result.provider,
         assistant_audio_url=audio_url(request, settings, audio_name),
         usage=usage_of(result),
+        sources=sources_of(result),
     )
 
 
 # --- streamed turns ------------------------------------------------------------------------------
 
-_SSE_HEADERS = {
-    # As a header: Litestar would give a returned Stream the route's JSON media type.
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # proxies (nginx) must pass each event on at once
-}
-
-
-@dataclass
-class AgentStreamOperation(Operation):
-    """The 200 answer is a stream of server-sent events."""
-
-    def __post_init__(self) -> None:
-        ok = (self.responses or {}).get("200")
-        if isinstance(ok, OpenAPIResponse):
-            ok.content = {
-                "text/event-stream": OpenAPIMediaType(
-                    schema=sse_event_schema(
-                        '`data: {"delta": "…"}` events, then `data: {"done": true, "session_id", '
-                        '"conversation_id", "model", "provider", "usage", "assistant_audio_url", "response"}`; '
-                        'a failure after the first event: `data: {"error", "detail", "status"}`'
-                    )
-                )
-            }
+AgentStreamOperation = event_stream_operation(
+    '`data: {"delta": "…"}` events, then `data: {"done": true, "session_id", '
+    '"conversation_id", "model", "provider", "usage", "assistant_audio_url", "response", '
+    '"timings_ms", "sources"}`; '
+    'a failure after the first event: `data: {"error", "detail", "status"}`'
+)
 
 
 def sse_response(events: AsyncIterator[Event]) -> Stream:
-    return Stream(_frames(events), headers=_SSE_HEADERS)
+    return Stream(_frames(events), headers=SSE_HEADERS)
 
 
 async def _frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
@@ -188,6 +170,9 @@ def done_event(request: Request, services: Services, result: TurnResult, audio_n
         "usage": msgspec.to_builtins(usage_of(result)),
         "assistant_audio_url": audio_url(request, services.settings, audio_name),
         "response": result.reply,
+        "sources": msgspec.to_builtins(sources_of(result)),
+        # The stages' times (ms): the stream's headers left before they ran (see Server-Timing).
+        "timings_ms": request_timings_ms(),
     }
 
 

@@ -26,6 +26,23 @@ class Usage(msgspec.Struct):
     total_tokens: int
 
 
+class Source(msgspec.Struct):
+    """A document of the knowledge base that the reply's prompt carried a passage of."""
+
+    title: str
+    file: str
+    section: str
+    """The passage's heading path in its document ("" for text before any heading)."""
+
+
+Sources = Annotated[
+    list[Source],
+    msgspec.Meta(
+        description="The knowledge base's documents and sections Léa was given passages of, once each, in prompt order"
+    ),
+]
+
+
 class ChatResponse(msgspec.Struct):
     success: bool
     response: str
@@ -35,6 +52,7 @@ class ChatResponse(msgspec.Struct):
     provider: str
     assistant_audio_url: str | None
     usage: Usage
+    sources: Sources = msgspec.field(default_factory=list)
 
 
 class VoiceChatResponse(msgspec.Struct):
@@ -47,6 +65,7 @@ class VoiceChatResponse(msgspec.Struct):
     model: str
     provider: str
     usage: Usage
+    sources: Sources = msgspec.field(default_factory=list)
 
 
 class ErrorResponse(msgspec.Struct):
@@ -74,6 +93,10 @@ class AgentHealthResponse(msgspec.Struct):
 class ReadyResponse(msgspec.Struct):
     status: str
     models: dict[str, str]
+
+
+def sources_of(turn: TurnResult) -> list[Source]:
+    return [Source(title=s.title, file=s.file, section=s.section) for s in turn.sources]
 
 
 def usage_of(turn: TurnResult) -> Usage:

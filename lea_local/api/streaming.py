@@ -18,10 +18,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from litestar import Request
-from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
 from lea_local.api.errors import ApiError
 from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
@@ -150,3 +151,29 @@ def sse_event_schema(description: str) -> Schema:
             "retry": Schema(type=OpenAPIType.INTEGER),
         },
     )
+
+
+SSE_HEADERS = {
+    # As a header: Litestar would give a returned Stream the route's JSON media type.
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # proxies (nginx) must pass each event on at once
+}
+"""The headers of a server-sent event stream."""
+
+
+def event_stream_operation(description: str, *, also_json: bool = False) -> type[Operation]:
+    """An OpenAPI operation class whose 200 answer is server-sent events described by
+    `description` (as well as the route's JSON answer when `also_json`)."""
+
+    @dataclass
+    class EventStreamOperation(Operation):
+        def __post_init__(self) -> None:
+            ok = (self.responses or {}).get("200")
+            if isinstance(ok, OpenAPIResponse):
+                events = OpenAPIMediaType(schema=sse_event_schema(description))
+                ok.content = (
+                    {**(ok.content or {}), "text/event-stream": events} if also_json else {"text/event-stream": events}
+                )
+
+    return EventStreamOperation

@@ -24,7 +24,7 @@ from lea_local.api.deadline import request_deadline
 from lea_local.api.errors import ApiError
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
-from lea_local.api.schemas import VoiceChatResponse, usage_of
+from lea_local.api.schemas import VoiceChatResponse, sources_of, usage_of
 from lea_local.api.streaming import open_stream
 from lea_local.api.validation import clean_identifier, parse_conversation_id
 from lea_local.inference_queue import current_deadline
@@ -110,6 +110,7 @@ async def chat_voice(
         model=result.turn.model,
         provider=result.turn.provider,
         usage=usage_of(result.turn),
+        sources=sources_of(result.turn),
     )
 
 

@@ -105,6 +105,8 @@ class AnalysedQuery:
     """The same, as folded words."""
     expansions: tuple[Phrase, ...]
     """Thesaurus phrases the question implies, none of them already among its terms."""
+    text: str = ""
+    """The question as typed (the word-vector index reads words with their accents)."""
 
     @property
     def empty(self) -> bool:
@@ -183,4 +185,4 @@ def analyse_query(text: str, thesaurus: Thesaurus | None = None) -> AnalysedQuer
     ordered = tuple(terms(text))
     chosen = thesaurus if thesaurus is not None else default_thesaurus()
     expansions = chosen.expand(ordered) if ordered else ()
-    return AnalysedQuery(tuple(kept), tuple(kept.values()), expansions)
+    return AnalysedQuery(tuple(kept), tuple(kept.values()), expansions, text)

@@ -35,6 +35,7 @@ from lea_local.knowledge.chunking import Chunk, chunk_document
 from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, extract
 from lea_local.knowledge.french import Thesaurus, analyse_query
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
+from lea_local.knowledge.vectors import HybridIndex, VectorIndex
 from lea_local.store.conversations import _outage_is_unavailable, utcnow
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class KnowledgeBase:
         self.engine = engine
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._index: KnowledgeIndex = index_for(engine)
+        self._lexical: KnowledgeIndex = index_for(engine)
+        self._index = HybridIndex(self._lexical, VectorIndex())
         self._thesaurus = thesaurus
         self._writes = threading.Lock()
 
@@ -141,13 +143,15 @@ class KnowledgeBase:
         return _document(row)
 
     @_outage_is_unavailable
-    def search(self, query: str, limit: int = 5) -> list[Passage]:
-        """The passages that best answer `query`, best first ([] when it has no searchable word)."""
+    def search(self, query: str, limit: int = 5, *, lexical_only: bool = False) -> list[Passage]:
+        """The passages that best answer `query`, best first ([] when it has no searchable word):
+        lexical and word-vector rankings fused (vectors.py), or with `lexical_only` only the
+        passages that hold the query's terms or their thesaurus synonyms (to count them)."""
         analysed = analyse_query(query, self._thesaurus)
         if analysed.empty or limit < 1:
             return []
         with self.engine.connect() as connection:
-            hits = self._index.search(connection, analysed, limit)
+            hits = (self._lexical if lexical_only else self._index).search(connection, analysed, limit)
             if not hits:
                 return []
             p, d = tables.passages, tables.documents

@@ -15,7 +15,6 @@ import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation
 from litestar.params import JSONBody
 from litestar.response import Stream
 
@@ -33,7 +32,7 @@ from lea_local.api.openai.schemas import (
     ResponseMessage,
     Usage,
 )
-from lea_local.api.streaming import open_stream, sse_event_schema
+from lea_local.api.streaming import SSE_HEADERS, event_stream_operation, open_stream
 from lea_local.completions import ChatCompletions, Completion, CompletionRequest, ContextLengthExceeded
 from lea_local.inference_queue import InferenceQueue, current_deadline
 from lea_local.llm.base import ChatMessage, PromptRejected
@@ -47,22 +46,12 @@ _MSGSPEC_PATH = re.compile(r"(?s)^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)
 _MISSING_FIELD = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
-@dataclass
-class _ChatCompletionsOperation(Operation):
-    """The 200 answer is JSON, or server-sent events when the request has `stream: true`."""
-
-    def __post_init__(self) -> None:
-        ok = (self.responses or {}).get("200")
-        if isinstance(ok, OpenAPIResponse):
-            ok.content = {
-                **(ok.content or {}),
-                "text/event-stream": OpenAPIMediaType(
-                    schema=sse_event_schema(
-                        "`data: <chat.completion.chunk>` events, then `data: [DONE]`; "
-                        'a failure after the first event is sent as `data: {"error": {…}}`'
-                    )
-                ),
-            }
+# The 200 answer is JSON, or server-sent events when the request has `stream: true`.
+_ChatCompletionsOperation = event_stream_operation(
+    "`data: <chat.completion.chunk>` events, then `data: [DONE]`; "
+    'a failure after the first event is sent as `data: {"error": {…}}`',
+    also_json=True,
+)
 
 
 @post(
@@ -222,12 +211,7 @@ async def _streamed(
     items: AsyncIterator[str | Completion] = await open_stream(request, timeout, stages, work)
     return Stream(
         _events(items, answer, include_usage),
-        # As a header: Litestar would give a returned Stream the route's JSON media type.
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # proxies (nginx) must pass each event on at once
-        },
+        headers=SSE_HEADERS,
     )
 
 

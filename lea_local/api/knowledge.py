@@ -1,0 +1,197 @@
+"""The knowledge base's admin API, behind the agent API's key: upload, list and delete the
+agency's documents, and search their passages as a turn would (`lea_local.knowledge`).
+
+Documents are read, indexed and deleted in worker threads: extracting a PDF and writing its
+passages must not hold the event loop. A rejected file (encrypted PDF, a zip that is no DOCX,
+an unknown format, no text) is a 400 that changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+import anyio.to_thread
+import msgspec
+from litestar import delete, get, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Body, Parameter
+
+from lea_local.api.errors import ApiError
+from lea_local.api.schemas import ErrorResponse
+from lea_local.api.validation import is_blank
+from lea_local.knowledge.extract import DocumentRejected
+from lea_local.knowledge.library import Document, DocumentNotFound, KnowledgeBase, Passage
+from lea_local.services import Services
+
+MAX_SEARCH_RESULTS = 50
+
+
+class KnowledgeDocument(msgspec.Struct):
+    id: int
+    file_name: str
+    title: str
+    format: str
+    sha256: str
+    size_bytes: int
+    passages: int
+    """How many passages the document was cut into."""
+    added_at: datetime
+    updated_at: datetime
+
+
+class DocumentResponse(msgspec.Struct):
+    success: bool
+    document: KnowledgeDocument
+
+
+class DocumentsResponse(msgspec.Struct):
+    success: bool
+    documents: list[KnowledgeDocument]
+
+
+class KnowledgePassage(msgspec.Struct):
+    document_id: int
+    file_name: str
+    title: str
+    section: str
+    score: float
+    """Higher is better; comparable within one search only."""
+    text: str
+
+
+class SearchResponse(msgspec.Struct):
+    success: bool
+    query: str
+    passages: list[KnowledgePassage]
+    """Best first."""
+
+
+@dataclass
+class DocumentUpload:
+    file: UploadFile | None = None
+    """The document (Markdown, text, HTML, PDF, DOCX); it keeps its file name. A file of the same
+    name replaces the document."""
+
+
+_COMMON_ERRORS = {
+    401: "Missing or wrong API key (X-API-Key or Authorization: Bearer)",
+    503: "Still loading, or the database is unavailable; retry after Retry-After seconds",
+}
+
+
+def _errors(specific: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
+    return {
+        code: ResponseSpec(data_container=ErrorResponse, description=description, generate_examples=False)
+        for code, description in {**_COMMON_ERRORS, **(specific or {})}.items()
+    }
+
+
+def _knowledge(services: Services) -> KnowledgeBase:
+    if services.knowledge is None:
+        raise ApiError(status_code=503, detail="the knowledge base is not available on this server")
+    return services.knowledge
+
+
+def _document(document: Document) -> KnowledgeDocument:
+    return KnowledgeDocument(
+        id=document.id,
+        file_name=document.file_name,
+        title=document.title,
+        format=document.format,
+        sha256=document.sha256,
+        size_bytes=document.size_bytes,
+        passages=document.passages,
+        added_at=document.added_at,
+        updated_at=document.updated_at,
+    )
+
+
+def _passage(passage: Passage) -> KnowledgePassage:
+    return KnowledgePassage(
+        document_id=passage.document_id,
+        file_name=passage.file_name,
+        title=passage.title,
+        section=passage.section,
+        score=passage.score,
+        text=passage.text,
+    )
+
+
+@post(
+    "/documents",
+    status_code=201,
+    summary="Add a document to the knowledge base (or replace the one of the same file name)",
+    responses=_errors(
+        {
+            400: "The file is missing, or rejected: unsupported format, encrypted PDF, not a real DOCX, no text",
+            413: "The file is larger than LEA_KNOWLEDGE_MAX_UPLOAD_BYTES",
+        }
+    ),
+)
+async def add_document(
+    data: Annotated[DocumentUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+    services: NamedDependency[Services],
+) -> DocumentResponse:
+    knowledge = _knowledge(services)
+    limit = services.settings.knowledge_max_upload_bytes
+    if not isinstance(data.file, UploadFile):
+        raise ApiError(status_code=400, detail="file is required (a multipart file field)")
+    file_name = (data.file.filename or "").strip()
+    if not file_name:
+        raise ApiError(status_code=400, detail="the file has no name")
+    content = await data.file.read(limit + 1)
+    if len(content) > limit:
+        raise ApiError(status_code=413, detail=f"the document is larger than {limit} bytes")
+    try:
+        document = await anyio.to_thread.run_sync(knowledge.add, file_name, content)
+    except DocumentRejected as exc:
+        raise ApiError(status_code=400, detail=f"{file_name}: {exc}") from exc
+    return DocumentResponse(success=True, document=_document(document))
+
+
+@get("/documents", summary="The documents in the knowledge base", responses=_errors())
+async def list_documents(services: NamedDependency[Services]) -> DocumentsResponse:
+    documents = await anyio.to_thread.run_sync(_knowledge(services).documents)
+    return DocumentsResponse(success=True, documents=[_document(d) for d in documents])
+
+
+@delete(
+    "/documents/{document_id:int}",
+    status_code=200,
+    summary="Remove a document: its file and every passage (searches no longer find it)",
+    responses=_errors({400: "The id is not a positive 64-bit integer", 404: "No document with this id"}),
+)
+async def remove_document(
+    document_id: Annotated[int, Parameter(ge=1, le=2**63 - 1)], services: NamedDependency[Services]
+) -> DocumentResponse:
+    try:
+        document = await anyio.to_thread.run_sync(_knowledge(services).remove, document_id)
+    except DocumentNotFound as exc:
+        raise ApiError(status_code=404, detail=f"no document {document_id} in the knowledge base") from exc
+    return DocumentResponse(success=True, document=_document(document))
+
+
+@get(
+    "/search",
+    summary="Search the knowledge base's passages, best first",
+    responses=_errors({400: "q is missing, blank or too long, or limit is out of range"}),
+)
+async def search_knowledge(
+    services: NamedDependency[Services],
+    q: Annotated[str | None, Parameter(description="What to search for (French)")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_SEARCH_RESULTS)] = 5,
+) -> SearchResponse:
+    max_chars = services.settings.max_message_chars
+    if q is None or len(q) > max_chars or is_blank(q):
+        detail = "q is required and must not be blank" if q is None or len(q) <= max_chars else "q is too long"
+        raise ApiError(status_code=400, detail=f"{detail} (at most {max_chars} characters)")
+    query = q.strip()
+    passages = await anyio.to_thread.run_sync(_knowledge(services).search, query, limit)
+    return SearchResponse(success=True, query=query, passages=[_passage(p) for p in passages])
+
+
+knowledge_routes = [add_document, list_documents, remove_document, search_knowledge]
