@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=10,
         )
         if app.app.state.runtime.load_error:
-            print(f"lea-local: stopped: the models failed to load: {app.app.state.runtime.load_error}", file=sys.stderr)
+            print(f"lea-local: stopped: start-up failed: {app.app.state.runtime.load_error}", file=sys.stderr)
             return 3
     except ModelsNotInstalled as exc:
         print(f"lea-local: cannot start: {exc}", file=sys.stderr)

@@ -188,6 +188,12 @@ def count_rejection(queue: str) -> None:
         metrics.rejected.labels(queue=queue).inc()
 
 
+def current_request_id() -> str | None:
+    """The id of the request being served here (None outside a request): sent on to remote
+    engine servers, so that one turn is traced in the replica's log and the engine's."""
+    return _request_id.get()
+
+
 class RequestIdFilter(logging.Filter):
     """Stamps every log record made while serving a request with its request id."""
 

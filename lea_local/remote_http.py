@@ -24,6 +24,7 @@ import httpx
 
 from lea_local.inference_queue import QueueFull
 from lea_local.llm.base import GenerationCancelled
+from lea_local.observability import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ def open_response(
     RemoteEngineError, or GenerationCancelled once `cancel` is set, also while a read waits."""
     if cancel is not None and cancel.is_set():
         raise GenerationCancelled(f"{engine} request cancelled before it was sent")
+    request_id = current_request_id()
+    if request_id is not None:  # the engine server (llama-server, another lea-local) logs it too
+        request["headers"] = {**(request.get("headers") or {}), "X-Request-ID": request_id}
     watch: _CancelWatch | None = None
     try:
         with client.stream(method, path, **request) as response:

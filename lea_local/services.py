@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from lea_local.asr.base import SpeechRecognizer
 from lea_local.catalog import Catalog, load_catalog, resolve_installed_preset
 from lea_local.hardware import physical_cores
-from lea_local.inference_queue import InferenceQueue, Slot
+from lea_local.inference_queue import InferenceQueue, QueueFull, Slot
 from lea_local.knowledge import KnowledgeBase
 from lea_local.knowledge.grounding import TurnGrounding
 from lea_local.llm.base import ChatEngine
@@ -97,13 +97,19 @@ class Services:
         from lea_local.llm.base import ChatMessage
 
         def warm_llm() -> None:
-            self.chat_engine.generate([ChatMessage("user", "Bonjour")], max_tokens=1, temperature=0.0)
-            # A first estimate of a turn's cost for admission, before any real turn is measured:
-            # a full-length reply at the measured speed (real turns then refine it).
-            started = time.perf_counter()
-            reply = self.chat_engine.generate(
-                [ChatMessage("user", "Bonjour, présentez-vous.")], max_tokens=16, temperature=0.0
-            )
+            try:
+                self.chat_engine.generate([ChatMessage("user", "Bonjour")], max_tokens=1, temperature=0.0)
+                # A first estimate of a turn's cost for admission, before any real turn is measured:
+                # a full-length reply at the measured speed (real turns then refine it).
+                started = time.perf_counter()
+                reply = self.chat_engine.generate(
+                    [ChatMessage("user", "Bonjour, présentez-vous.")], max_tokens=16, temperature=0.0
+                )
+            except QueueFull as exc:
+                # A remote engine refusing (503: busy with other replicas' turns) is no failure of
+                # this replica: its first real turns measure the speed instead.
+                log.warning("the language model was not warmed up: %s", exc)
+                return
             per_token = (time.perf_counter() - started) / max(1, reply.completion_tokens)
             self.llm_queue.service.seed(per_token * self.settings.llm_max_reply_tokens)
 
@@ -125,7 +131,13 @@ class Services:
                 pass
             self.speech.queue.service.seed(time.perf_counter() - started)
 
+        def warm_knowledge() -> None:
+            assert self.knowledge is not None
+            # Loads the word vectors and builds the passages' cache (seconds for a large corpus).
+            self.knowledge.search("bonjour", 1)
+
         jobs = [warm_llm] + ([warm_asr] if self.recognizer else []) + ([warm_tts] if self.speech else [])
+        jobs += [warm_knowledge] if self.knowledge is not None and self.settings.knowledge_enabled else []
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="warm-up") as pool:
             for future in [pool.submit(job) for job in jobs]:
                 future.result()
@@ -286,7 +298,7 @@ def build_services(settings: Settings) -> Services:
             "tts": loggable_url(settings.tts_url) if settings.tts_url else str(paths.tts),
         },
     )
-    store = ConversationStore.from_url(settings.effective_database_url)
+    store = ConversationStore.from_url(settings.effective_database_url, settings.database_wait_seconds)
     # In the conversation database, whose migrations (run by the store) made its tables.
     knowledge = None if settings.engines_only else KnowledgeBase(store.engine, settings.effective_knowledge_dir)
     # The three models load in parallel: their loading is mostly file reads and native code.

@@ -191,6 +191,8 @@ class Settings(BaseSettings):
     database: for small deployments whose replicas share a database but no disk)."""
     database_url: str | None = None
     """SQLAlchemy URL of the conversation database. Unset: `sqlite:///<data_dir>/lea.sqlite3`."""
+    database_wait_seconds: float = Field(default=120.0, ge=0)
+    """How long startup waits for a database server that cannot be reached yet (PostgreSQL starting)."""
 
     retention_days: int = Field(default=0, ge=0)
     """Conversations (and their audio) untouched for this many days are purged, hourly.

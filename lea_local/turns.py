@@ -175,6 +175,7 @@ class ChatTurns:
             # see it, so it is not stored (a streamed turn's client may leave at any point).
             log.info("llm.cancelled", extra={"event": "llm.cancelled", "reason": "request ended before storing"})
             raise GenerationCancelled("request ended before the turn was stored")
+        await self.session_locks.confirm(session_id)  # still this turn's session: nothing ran beside it
         stored_id = await anyio.to_thread.run_sync(self.store.record_turn, record)
         return TurnResult(
             session_id=session_id,

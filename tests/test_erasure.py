@@ -22,6 +22,7 @@ from lea_local.store.conversations import Base, ConversationRow, ConversationSto
 from tests.audio import BROWSER_FORMATS, CLIP, FIXTURES, encode
 from tests.conftest import Database, database_url, db_query, db_rows
 from tests.server import API_KEY, VOICE_PATH, LeaServer
+from tests.test_store_postgres import HEAD_REVISION
 from tests.waiting import wait_for
 
 HEADERS = {"X-API-Key": API_KEY}
@@ -283,7 +284,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_in_place(make_server, tmp
     with sqlite3.connect(data_dir / "lea.sqlite3") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         assert {"user_id", "user_email"} <= columns
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD_REVISION,)]
         # Every row is still there; turns stored before carry their conversation's user.
         assert db.execute("SELECT id, role, content, user_id, user_email FROM messages ORDER BY id").fetchall() == [
             (1, "user", "Je vends un T2 à Villeurbanne.", "agent-old", "old@x.fr"),

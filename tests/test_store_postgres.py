@@ -22,16 +22,20 @@ import httpx
 import psycopg
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 from lea_local.store.conversations import ConversationStore, StoreUnavailable, create_database_engine
-from lea_local.store.schema import alembic_config, upgrade_schema
+from lea_local.store.schema import MIGRATIONS, alembic_config, upgrade_schema
 from lea_local.store.session_locks import PostgresSessionLocks
 from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.conftest import db_query, db_rows
 from tests.postgres import PostgresCluster
 from tests.server import API_KEY, VOICE_PATH, LeaServer
 from tests.waiting import wait_for, wait_for_async
+
+# The newest revision, which `lea-local db upgrade` brings every database to.
+HEAD_REVISION = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 REPO = Path(__file__).resolve().parent.parent
 HEADERS = {"X-API-Key": API_KEY}
@@ -222,8 +226,8 @@ def test_replicas_racing_to_upgrade_a_new_database_all_succeed(postgres: Postgre
     outcomes = [results.get(timeout=300) for _ in replicas]
     for replica in replicas:
         replica.join()
-    assert outcomes == ["0002"] * 4
-    assert db_query_url(url, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert outcomes == [HEAD_REVISION] * 4
+    assert db_query_url(url, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
 
 
 def db_query_url(url: str, statement: str) -> list[tuple]:
@@ -250,10 +254,18 @@ def test_db_upgrade_creates_the_schema_on_postgresql(postgres: PostgresCluster):
     url = postgres.new_database()
     done = lea_local_db_upgrade("--database-url", url)
     assert done.returncode == 0, done.stderr
-    assert "at revision 0002" in done.stdout
+    assert f"at revision {HEAD_REVISION}" in done.stdout
     assert postgres.password not in done.stdout + done.stderr
     tables = {row[0] for row in db_query_url(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert tables == {"alembic_version", "conversations", "messages"}
+    assert tables == {
+        "alembic_version",
+        "conversations",
+        "messages",
+        "knowledge_documents",
+        "knowledge_passages",
+        "tts_audio",
+        "tts_audio_chunks",
+    }
 
 
 def test_db_upgrade_on_a_database_that_cannot_be_reached_fails_clearly():
@@ -294,7 +306,7 @@ def test_a_sqlite_file_of_the_previous_main_upgrades_with_every_conversation_kep
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEA_")}
     done = lea_local_db_upgrade(env={**env, "LEA_DATA_DIR": str(data_dir)})
     assert done.returncode == 0, done.stderr
-    assert "at revision 0002" in done.stdout
+    assert f"at revision {HEAD_REVISION}" in done.stdout
 
     assert db_rows(data_dir) == before
     assert db_query(data_dir, "SELECT audio_seconds, audio_file, user_id FROM messages ORDER BY id") == [

@@ -78,7 +78,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
                 "warm_up_seconds": round(time.perf_counter() - loaded, 2),
             }
         except Exception as exc:
-            log.exception("loading the models failed; stopping the server")
+            log.exception("start-up failed (models or database); stopping the server")
             runtime.load_error = f"{type(exc).__name__}: {exc}"
             os.kill(os.getpid(), signal.SIGTERM)  # `lea-local serve` then exits non-zero
             return

@@ -115,6 +115,10 @@ class ConversationNotFound(Exception):
     """No such conversation for this session (or at all): the caller answers 404."""
 
 
+class DatabaseUnreachable(RuntimeError):
+    """At start-up: the conversation database could not be reached within the wait."""
+
+
 class StoreUnavailable(Exception):
     """The conversation database cannot be reached (down, restarting, unreachable): the caller
     answers 503 with `Retry-After`; nothing of the turn was stored."""
@@ -234,8 +238,29 @@ class ConversationStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> ConversationStore:
-        return cls(create_database_engine(url))
+    def from_url(cls, url: str, wait_seconds: float = 0.0) -> ConversationStore:
+        """The store at `url`, its schema upgraded. A database server that cannot be reached yet
+        (PostgreSQL still starting, or restarting) is waited for up to `wait_seconds`, then
+        DatabaseUnreachable: replicas may start before their database."""
+        engine = create_database_engine(url)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                return cls(engine)
+            except sa_exc.SQLAlchemyError as exc:
+                if not _is_outage(exc):
+                    engine.dispose()
+                    raise
+                # The driver's first line names the host and the failure, never the password.
+                reason = str(getattr(exc, "orig", None) or exc).strip().split("\n")[0]
+                shown = engine.url.render_as_string(hide_password=True)
+                if time.monotonic() >= deadline:
+                    engine.dispose()
+                    raise DatabaseUnreachable(
+                        f"the conversation database {shown} cannot be reached (waited {wait_seconds:g} s): {reason}"
+                    ) from None
+                log.warning("waiting for the conversation database %s: %s", shown, reason)
+                time.sleep(1.0)
 
     def close(self) -> None:
         self.engine.dispose()

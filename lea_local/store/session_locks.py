@@ -50,6 +50,11 @@ class SessionLocks(Protocol):
         it is left. TimeoutError (nothing held) when that takes longer than `wait_seconds`."""
         ...
 
+    async def confirm(self, session_id: str) -> None:
+        """Called inside `turn`, just before the turn is stored: StoreUnavailable when the
+        session's hold was lost meanwhile (the turn must then store nothing)."""
+        ...
+
 
 class KeyedLocks:
     """One asyncio lock per key, dropped when nobody holds or waits for it. A holder or waiter
@@ -114,6 +119,9 @@ class InProcessSessionLocks:
                     await held.enter_async_context(self.local.hold(key))
             yield
 
+    async def confirm(self, session_id: str) -> None:
+        """Nothing takes an in-process lock away."""
+
 
 # Advisory lock keys: 64-bit hashes of a prefixed text, so that a session and a user with the
 # same id (or the schema upgrade's lock) never share a key. A collision of two different keys
@@ -138,19 +146,40 @@ class PostgresSessionLocks:
     order, so no two of them wait for each other in a cycle.
 
     A turn still waiting on this replica for an earlier turn of its session (in memory) is not
-    seen by another replica's erasure: it runs after that erasure, like a turn sent after it."""
+    seen by another replica's erasure: it runs after that erasure, like a turn sent after it.
+
+    A database restart during a turn closes its connection, and its locks go with it: another
+    replica may then take the session and read a history without this turn. `confirm`, just
+    before the turn is stored, finds the connection gone, and the turn fails (503) storing
+    nothing, rather than being stored beside a turn that did not see it."""
 
     def __init__(self, conninfo: str, connect_timeout: float) -> None:
         self.conninfo = conninfo
         self.connect_timeout = connect_timeout
         self.local = KeyedLocks()
+        # The connection holding each session under way here (one at most: `local` queues the rest).
+        self._holding: dict[str, psycopg.AsyncConnection] = {}
 
     @asynccontextmanager
     async def turn(self, session_id: str, user_id: str | None) -> AsyncIterator[None]:
         async with self.local.hold(session_id, user_id):
             statements = ([(_USER_SHARED_KEY, user_id)] if user_id is not None else []) + [(_SESSION_KEY, session_id)]
-            async with self._locked(statements):
-                yield
+            async with self._locked(statements) as connection:
+                self._holding[session_id] = connection
+                try:
+                    yield
+                finally:
+                    del self._holding[session_id]
+
+    async def confirm(self, session_id: str) -> None:
+        connection = self._holding.get(session_id)
+        if connection is None:
+            return
+        try:
+            # A session-level lock lives exactly as long as its connection.
+            await connection.execute("SELECT 1")
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise _unavailable(exc) from exc
 
     @asynccontextmanager
     async def settled(
@@ -186,14 +215,14 @@ class PostgresSessionLocks:
             yield
 
     @asynccontextmanager
-    async def _locked(self, statements: list[tuple[str, str]]) -> AsyncIterator[None]:
+    async def _locked(self, statements: list[tuple[str, str]]) -> AsyncIterator[psycopg.AsyncConnection]:
         async with self._connection() as connection:
             try:
                 for statement, key in statements:
                     await connection.execute(statement, (key,))
             except psycopg.OperationalError as exc:
                 raise _unavailable(exc) from exc
-            yield
+            yield connection
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
