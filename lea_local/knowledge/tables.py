@@ -3,7 +3,7 @@ revision 0003_knowledge). The search structures beside them belong to the index 
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -29,4 +29,5 @@ passages = Table(
     Column("ordinal", Integer, nullable=False),
     Column("section", Text, nullable=False),
     Column("text", Text, nullable=False),
+    Index("ix_knowledge_passages_document", "document_id", "ordinal"),
 )

@@ -33,20 +33,21 @@ from lea_local.tts.audio_store import (
     TtsAudioStore,
 )
 
-_metadata = sa.MetaData()
+metadata = sa.MetaData()
 # The tables of migration 0004 (lea_local/store/migrations/versions/0004_tts_audio.py).
 audio_table = sa.Table(
     "tts_audio",
-    _metadata,
+    metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("state", sa.String(8), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("beats", sa.Integer, nullable=False),
     sa.Column("touched_at", sa.Float, nullable=False),
+    sa.Index("ix_tts_audio_touched_at", "touched_at"),
 )
 chunk_table = sa.Table(
     "tts_audio_chunks",
-    _metadata,
+    metadata,
     sa.Column("name", sa.String(64), sa.ForeignKey("tts_audio.name", ondelete="CASCADE"), primary_key=True),
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
