@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hashlib
 import logging
 import os
@@ -17,7 +18,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -66,6 +67,41 @@ class AudioIncomplete(Exception):
     def __init__(self, reason: str, *, erased: bool = False) -> None:
         super().__init__(reason)
         self.erased = erased
+
+
+FollowedStep = tuple[bytes, int, AudioState | None, object]
+"""One look at audio being written elsewhere: the new bytes, the position after them, where the
+audio stands (None: unknown, erased or expired), and a signature that changes with any sign of
+life of its writer."""
+
+
+async def follow_audio(step: Callable[[int], FollowedStep], stall_timeout: float) -> AsyncIterator[bytes]:
+    """Every byte of audio another replica is writing, as `step(position)` (run in a worker
+    thread, from position 0) finds it, until it is complete. Raises AudioIncomplete, before or
+    after the first byte, when the writer marks a failure, the audio is erased, or its signature
+    shows no sign of life for `stall_timeout` seconds (a killed or stuck writer). The shared
+    directory and the database (`database_audio_store`) each give their own `step`."""
+    stall_timeout = max(stall_timeout, 3 * HEARTBEAT_SECONDS)
+    position = 0
+    signature: object = None
+    changed_at = time.monotonic()
+    while True:
+        data, position, state, seen = await asyncio.to_thread(step, position)
+        if data:
+            yield data
+        if state is AudioState.COMPLETE:
+            return
+        if state is AudioState.FAILED:
+            raise AudioIncomplete("speech synthesis failed")
+        if state is None:
+            raise AudioIncomplete("audio not found or expired", erased=True)
+        if data or seen != signature:
+            signature, changed_at = seen, time.monotonic()
+            if data:
+                continue
+        elif time.monotonic() - changed_at > stall_timeout:
+            raise AudioIncomplete(f"speech synthesis stalled for {stall_timeout:g} s")
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
 
 class PartialAudio:
@@ -245,42 +281,21 @@ class TtsAudioStore:
         except FileNotFoundError:
             return False
 
-    async def follow(self, name: str, stall_timeout: float) -> AsyncIterator[bytes]:
+    def follow(self, name: str, stall_timeout: float) -> AsyncIterator[bytes]:
         """Every byte of audio another replica is writing, as its partial file grows, then the
-        rest of the complete file. Raises AudioIncomplete, before or after the first byte, when
-        the writer marks a failure, the audio is erased, or the partial file shows no sign of
-        life (growth or heartbeat) for `stall_timeout` seconds (a killed or stuck writer)."""
-        stall_timeout = max(stall_timeout, 3 * HEARTBEAT_SECONDS)
-        offset = 0
-        signature: tuple[int, int] | None = None
-        changed_at = time.monotonic()
-        while True:
-            data, state, seen = await asyncio.to_thread(self._follow_step, name, offset)
-            if data:
-                offset += len(data)
-                yield data
-            if state is AudioState.COMPLETE:
-                return
-            if state is AudioState.FAILED:
-                raise AudioIncomplete("speech synthesis failed")
-            if state is None:
-                raise AudioIncomplete("audio not found or expired", erased=True)
-            if data or seen != signature:
-                signature, changed_at = seen, time.monotonic()
-                if data:
-                    continue
-            elif time.monotonic() - changed_at > stall_timeout:
-                raise AudioIncomplete(f"speech synthesis stalled for {stall_timeout:g} s")
-            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+        rest of the complete file (`follow_audio`; a sign of life: growth or heartbeat)."""
+        return follow_audio(functools.partial(self._follow_step, name), stall_timeout)
 
-    def _follow_step(self, name: str, offset: int) -> tuple[bytes, AudioState | None, tuple[int, int] | None]:
-        """Bytes past `offset`, where the audio stands, and the partial file's (size, mtime)."""
+    def _follow_step(self, name: str, offset: int) -> FollowedStep:
+        """Bytes past `offset` (a byte offset), where the audio stands, and the partial file's
+        (size, mtime)."""
         partial = self.directory / f"{name}{PARTIAL_SUFFIX}"
         try:
             info = partial.stat()
             with partial.open("rb") as file:
                 file.seek(offset)
-                return file.read(_READ_LIMIT), AudioState.PARTIAL, (info.st_size, info.st_mtime_ns)
+                data = file.read(_READ_LIMIT)
+                return data, offset + len(data), AudioState.PARTIAL, (info.st_size, info.st_mtime_ns)
         except FileNotFoundError:
             pass  # published, failed or erased: the same order as `state`
         try:
@@ -288,12 +303,13 @@ class TtsAudioStore:
             # guarantees every byte the writer wrote before its rename.
             with (self.directory / name).open("rb") as file:
                 file.seek(offset)
-                return file.read(), AudioState.COMPLETE, None
+                data = file.read()
+                return data, offset + len(data), AudioState.COMPLETE, None
         except FileNotFoundError:
             pass
         if (self.directory / f"{name}{FAILED_SUFFIX}").exists():
-            return b"", AudioState.FAILED, None
-        return b"", None, None
+            return b"", offset, AudioState.FAILED, None
+        return b"", offset, None, None
 
     def delete(self, names: list[str]) -> int:
         """Delete these files, each reply's sentence files, partial file and failure marker with

@@ -10,7 +10,7 @@ start, and a reader fetches only the chunks it has not seen.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import secrets
 import threading
@@ -25,12 +25,11 @@ from lea_local.store.conversations import _outage_is_unavailable
 from lea_local.tts.audio_store import (
     _NAME,
     _REPLY_NAME,
-    FOLLOW_POLL_SECONDS,
-    HEARTBEAT_SECONDS,
-    AudioIncomplete,
     AudioState,
+    FollowedStep,
     StoredAudio,
     TtsAudioStore,
+    follow_audio,
 )
 
 metadata = sa.MetaData()
@@ -243,36 +242,15 @@ class DatabaseAudioStore:
     def _fresh(self, touched_at: float) -> bool:
         return time.time() - touched_at <= self.ttl_seconds
 
-    async def follow(self, name: str, stall_timeout: float) -> AsyncIterator[bytes]:
-        """Every byte of audio another replica is writing, as its chunks come, then the rest.
-        Raises AudioIncomplete like `TtsAudioStore.follow`: failed, erased, or no sign of life
-        (a new chunk or a heartbeat) for `stall_timeout` seconds."""
-        stall_timeout = max(stall_timeout, 3 * HEARTBEAT_SECONDS)
-        next_seq = 0
-        signature: tuple[int, int] | None = None
-        changed_at = time.monotonic()
-        while True:
-            chunks, state, seen = await asyncio.to_thread(self._follow_step, name, next_seq)
-            for data in chunks:
-                yield data
-            next_seq += len(chunks)
-            if state is AudioState.COMPLETE:
-                return
-            if state is AudioState.FAILED:
-                raise AudioIncomplete("speech synthesis failed")
-            if state is None:
-                raise AudioIncomplete("audio not found or expired", erased=True)
-            if chunks or seen != signature:
-                signature, changed_at = seen, time.monotonic()
-                if chunks:
-                    continue
-            elif time.monotonic() - changed_at > stall_timeout:
-                raise AudioIncomplete(f"speech synthesis stalled for {stall_timeout:g} s")
-            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+    def follow(self, name: str, stall_timeout: float) -> AsyncIterator[bytes]:
+        """Every byte of audio another replica is writing, as its chunks come, then the rest
+        (`follow_audio`; a sign of life: a new chunk or a heartbeat)."""
+        return follow_audio(functools.partial(self._follow_step, name), stall_timeout)
 
     @_outage_is_unavailable
-    def _follow_step(self, name: str, next_seq: int) -> tuple[list[bytes], AudioState | None, tuple[int, int]]:
-        """The chunks from `next_seq` on, where the audio stands, and its (size, heartbeats)."""
+    def _follow_step(self, name: str, next_seq: int) -> FollowedStep:
+        """The chunks from `next_seq` on (a chunk number), where the audio stands, and its
+        (size, heartbeats)."""
         with self.engine.connect() as db:
             # The state first: a chunk written after it is read next time, never missed.
             entry = db.execute(
@@ -281,7 +259,7 @@ class DatabaseAudioStore:
                 )
             ).first()
             if entry is None or entry.state == _STAGED:
-                return [], None, (0, 0)
+                return b"", next_seq, None, None
             chunks = list(
                 db.execute(
                     sa.select(chunk_table.c.data)
@@ -289,11 +267,11 @@ class DatabaseAudioStore:
                     .order_by(chunk_table.c.seq)
                 ).scalars()
             )
-        if entry.state == "complete":
-            return chunks, AudioState.COMPLETE, (entry.size, entry.beats)
+        seen = (entry.size, entry.beats)
         if entry.state == "failed":
-            return [], AudioState.FAILED, (entry.size, entry.beats)
-        return chunks, AudioState.PARTIAL, (entry.size, entry.beats)
+            return b"", next_seq, AudioState.FAILED, seen
+        state = AudioState.COMPLETE if entry.state == "complete" else AudioState.PARTIAL
+        return b"".join(chunks), next_seq + len(chunks), state, seen
 
     @_outage_is_unavailable
     def delete(self, names: list[str]) -> int:
