@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT reached `serve` (uvicorn raises it again once its shutdown is done)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _die_of(signum: int) -> None:
+    """Exit as killed by `signum`, the status systemd and shells expect after SIGTERM or Ctrl+C."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -11,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from lea_local.api.app import create_asgi_app
+    from lea_local.api.shutdown import DrainingServer
     from lea_local.catalog import ModelsNotInstalled
     from lea_local.logs import configure_logging
     from lea_local.services import resolve_model_paths
@@ -30,24 +52,37 @@ def _serve(args: argparse.Namespace) -> int:
         key.get_secret_value() for key in (settings.llm_api_key, settings.asr_api_key, settings.tts_api_key) if key
     ]
     configure_logging(settings.log_level, secrets=keys + remote_keys)
+    # uvicorn hands the signals back once its shutdown is done: they end up here, as _Stopped.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_stopped)
+    app = None
     try:
         resolve_model_paths(settings)  # fail here, clearly, rather than inside uvicorn's startup
         app = create_asgi_app(settings)
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
-        if app.app.state.runtime.load_error:
-            print(f"lea-local: stopped: start-up failed: {app.app.state.runtime.load_error}", file=sys.stderr)
-            return 3
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+        server = DrainingServer(config, app.app.state.drain, settings.shutdown_grace_seconds)
+        server.run()
+        stopped_by = None
     except ModelsNotInstalled as exc:
         print(f"lea-local: cannot start: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except _Stopped as stop:
+        stopped_by = stop.signum
+    if app is not None and app.app.state.runtime.load_error:  # the server stopped itself
+        print(f"lea-local: stopped: start-up failed: {app.app.state.runtime.load_error}", file=sys.stderr)
+        return 3
+    if stopped_by is None:
+        if not server.started:  # uvicorn logged why
+            print("lea-local: stopped: the HTTP server could not start", file=sys.stderr)
+            return 3
+        print("lea-local: stopped", file=sys.stderr)
+        return 0
+    message = f"lea-local: stopped: {signal.Signals(stopped_by).name}"
+    if cut_off := (app.app.state.drain.cut_off if app is not None else 0):
+        message += f"; {cut_off} request(s) still running after {settings.shutdown_grace_seconds:g} s answered 503"
+    print(message, file=sys.stderr)
+    _die_of(stopped_by)
+    return 128 + stopped_by  # not reached: the signal ends the process
 
 
 def _db(args: argparse.Namespace) -> int:

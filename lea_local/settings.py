@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     """Time budget of a voice turn (ImmoAssist waits 90 s), upload decoding included."""
     request_timeout_seconds: float | None = Field(default=None, gt=0)
     """When set, overrides both budgets above (kept for existing configurations)."""
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    """On SIGTERM, seconds the requests under way have to finish; those still running are then stopped and get 503."""
     max_message_chars: int = Field(default=4000, ge=1)
     """Longest accepted chat message, in characters; longer gets 400."""
 

@@ -263,8 +263,7 @@ def test_postgresql_stopped_mid_load_gives_503_then_service_resumes_by_itself(
             while_possible=load.running,
         )
         # A replica (re)started while the database is down waits for it, and says so. (Killed:
-        # nothing can be stored meanwhile, and a SIGTERM would let uvicorn cancel the turns still
-        # running after its grace period, with a 500.)
+        # nothing can be stored meanwhile; a SIGTERM would make it wait out its grace period.)
         signal_group(a, signal.SIGKILL)
         a.kill()
         a.spawn()

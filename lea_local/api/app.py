@@ -31,6 +31,7 @@ from lea_local.api.knowledge import knowledge_routes
 from lea_local.api.media import tts_audio
 from lea_local.api.metrics import metrics
 from lea_local.api.openai import openai_router
+from lea_local.api.shutdown import Drain
 from lea_local.api.voice import chat_voice, chat_voice_stream
 from lea_local.asr.decode import keep_temp_dir_clean
 from lea_local.observability import Metrics, RequestLogMiddleware
@@ -65,6 +66,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
     api_keys = settings.require_api_keys()
     runtime = Runtime()
     app_metrics = Metrics()
+    drain = Drain()  # the requests under way, ended as 503s when a stopping server's grace period is over
 
     async def load() -> None:
         try:
@@ -175,7 +177,10 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
-        state=State({"api_keys": api_keys, "settings": settings, "runtime": runtime, "metrics": app_metrics}),
+        middleware=[drain.answer_cut_off],
+        state=State(
+            {"api_keys": api_keys, "settings": settings, "runtime": runtime, "metrics": app_metrics, "drain": drain}
+        ),
         cors_config=CORSConfig(
             allow_origins=settings.cors_origins,
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "Range"],

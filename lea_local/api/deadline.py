@@ -1,7 +1,8 @@
 """A request's lifetime bound: its time budget (504) and the client hanging up both end the
 work: queued jobs leave their queue at once, a running LLM stops between tokens, ASR between
 segments. Before any work, the turn is admitted against its budget (503 at once if it could
-not finish in time behind the work already admitted)."""
+not finish in time behind the work already admitted). A server stopping past its grace period
+ends the work the same way, answered 503 (`lea_local.api.shutdown`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from litestar import Request
 
 from lea_local.api.errors import ApiError
+from lea_local.api.shutdown import SHUTDOWN, Drain, shutting_down
 from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
 from lea_local.llm.base import GenerationCancelled
 
@@ -36,19 +38,28 @@ async def request_deadline(
             pass
         deadline.end("disconnect")
 
-    with admit(deadline, stages):
+    drain: Drain = request.app.state.drain
+    with admit(deadline, stages), drain.tracking(deadline):
         timer = asyncio.get_running_loop().call_later(timeout, deadline.end, "timeout")
         watcher = asyncio.create_task(watch_disconnect())
         token = current_deadline.set(deadline)
         try:
             yield deadline
         except GenerationCancelled as exc:
-            if deadline.reason == "disconnect":
-                raise ApiError(status_code=499, detail="the client closed the connection") from exc
-            raise ApiError(status_code=504, detail=f"the request took longer than {timeout:g} s") from exc
+            raise ended_error(deadline, timeout) from exc
         finally:
             current_deadline.reset(token)
             timer.cancel()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
+
+
+def ended_error(deadline: Deadline, timeout: float) -> ApiError:
+    """The answer to a request whose deadline stopped its work: 499 (the client left), 503 (the
+    server is stopping) or 504 (its `timeout` passed)."""
+    if deadline.reason == "disconnect":
+        return ApiError(status_code=499, detail="the client closed the connection")
+    if deadline.reason == SHUTDOWN:
+        return shutting_down()
+    return ApiError(status_code=504, detail=f"the request took longer than {timeout:g} s")

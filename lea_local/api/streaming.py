@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 from litestar import Request
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
+from lea_local.api.deadline import ended_error
 from lea_local.api.errors import ApiError
 from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
 from lea_local.llm.base import GenerationCancelled
@@ -54,11 +55,9 @@ class StreamedWork(Generic[T]):
         self._loop.call_soon_threadsafe(self._items.put_nowait, item)
 
     def ended_error(self, exc: BaseException) -> ApiError | None:
-        """The HTTP error a cancelled work stands for (504 timeout, 499 client gone)."""
+        """The HTTP error a cancelled work stands for (504 timeout, 499 client gone, 503 server stopping)."""
         if isinstance(exc, GenerationCancelled):
-            if self.deadline.reason == "disconnect":
-                return ApiError(status_code=499, detail="the client closed the connection")
-            return ApiError(status_code=504, detail=f"the request took longer than {self.timeout:g} s")
+            return ended_error(self.deadline, self.timeout)
         return None
 
     async def _run(self, work: Callable[[Callable[[T], None]], Awaitable[None]], admission: ExitStack) -> None:
@@ -114,6 +113,7 @@ async def open_stream(
     streamed: StreamedWork[T] = StreamedWork(deadline, timeout)
     with ExitStack() as admission:
         admission.enter_context(admit(deadline, stages))
+        admission.enter_context(request.app.state.drain.tracking(deadline))  # until the work ends
         streamed._task = asyncio.create_task(streamed._run(work, admission.pop_all()))
 
     async def watch_disconnect() -> None:
