@@ -133,7 +133,7 @@ class Services:
 
         def warm_knowledge() -> None:
             assert self.knowledge is not None
-            # Loads the word vectors and builds the passages' cache (seconds for a large corpus).
+            # Loads the semantic retriever and builds the passages' cache (seconds for a large corpus).
             self.knowledge.search("bonjour", 1)
 
         jobs = [warm_llm] + ([warm_asr] if self.recognizer else []) + ([warm_tts] if self.speech else [])
@@ -300,7 +300,11 @@ def build_services(settings: Settings) -> Services:
     )
     store = ConversationStore.from_url(settings.effective_database_url, settings.database_wait_seconds)
     # In the conversation database, whose migrations (run by the store) made its tables.
-    knowledge = None if settings.engines_only else KnowledgeBase(store.engine, settings.effective_knowledge_dir)
+    knowledge = (
+        None
+        if settings.engines_only
+        else KnowledgeBase(store.engine, settings.effective_knowledge_dir, retrieval=settings.knowledge_retrieval)
+    )
     # The three models load in parallel: their loading is mostly file reads and native code.
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="load") as pool:
         llm_loading = pool.submit(build_chat_engine, settings, paths.llm)

@@ -212,6 +212,10 @@ class Settings(BaseSettings):
     """Budget, in tokens, of the passages (with their sources) put into a turn's prompt."""
     knowledge_max_upload_bytes: int = Field(default=20_000_000, ge=1)
     """Largest document accepted by the admin API (413 above)."""
+    knowledge_retrieval: Literal["dense", "words", "lexical"] = "dense"
+    """How passages are found beside their words (lea_local/knowledge/fusion.py): `dense`, a
+    multilingual sentence encoder (multilingual-e5-small; encodes each document when it is added);
+    `words`, French word vectors (lighter, finds fewer paraphrases); `lexical`, words only."""
 
     # --- logging --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

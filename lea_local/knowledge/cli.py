@@ -41,7 +41,7 @@ def _open() -> KnowledgeBase:
     settings = Settings()
     engine = create_database_engine(settings.effective_database_url)
     upgrade_schema(engine)
-    return KnowledgeBase(engine, settings.effective_knowledge_dir)
+    return KnowledgeBase(engine, settings.effective_knowledge_dir, retrieval=settings.knowledge_retrieval)
 
 
 def _json_ready(document: Document) -> dict:
@@ -137,6 +137,8 @@ def _reindex(knowledge: KnowledgeBase, args: argparse.Namespace) -> int:
     for label in ("added", "updated", "removed", "unchanged"):
         names = getattr(report, label)
         print(f"{label}: {len(names)}" + (f" ({', '.join(names)})" if names and label != "unchanged" else ""))
+    if report.encoded:
+        print(f"encoded: {report.encoded} passages of unchanged documents")
     for name, reason in report.rejected.items():
         print(f"rejected: {name}: {reason}", file=sys.stderr)
     return 1 if report.rejected else 0

@@ -43,7 +43,9 @@ Measured on the test corpus (tests/fixtures/knowledge, 95 questions): of the rig
 in the top 3, 53 of 54 direct questions' and 9 of 13 paraphrased ones' are kept; of 13 unrelated
 questions ("Quelle est la capitale de la France ?", "Merci, bonne journée !", a baseball
 commentary…), 12 get no passage (at 0.40: 2 get one; at 0.30: 5). Raw scores cannot tell them
-apart: bm25 grows with the corpus, and ts_rank_cd is on another scale."""
+apart: bm25 grows with the corpus, and ts_rank_cd is on another scale.
+A passage the sentence encoder found close in meaning (`Passage.close`, encoder.py's calibrated
+cosine) is kept whatever its words: that is how a paraphrase's passage gets in."""
 MAX_WEIGHED_TERMS = 24
 """Terms of a question weighed at most (each costs one small search); the rest count as rare."""
 DF_PROBE = 50
@@ -174,7 +176,7 @@ class TurnGrounding:
     def _relevant(self, message: str, earlier: Sequence[str]) -> list[Passage]:
         """Both searches' passages (the message's alone, and with the user's previous messages),
         ranked by weighted reciprocal rank fusion, less those that cover too little of the
-        question they were found for."""
+        question they were found for, unless the sentence encoder found them close in meaning."""
         limit = self.max_passages * CANDIDATES_PER_PASSAGE
         searches = [(message, MESSAGE_WEIGHT)]
         if earlier:
@@ -188,7 +190,7 @@ class TurnGrounding:
         for query, weight, found in candidates:
             for rank, passage in enumerate(found):
                 fused[passage.id] = fused.get(passage.id, 0.0) + weight / (RRF_K + rank + 1)
-                if passage.id not in relevant and weights.relevant(query, passage):
+                if passage.id not in relevant and (passage.close or weights.relevant(query, passage)):
                     relevant[passage.id] = passage
         return sorted(relevant.values(), key=lambda p: -fused[p.id])
 

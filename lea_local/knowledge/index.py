@@ -12,9 +12,9 @@ one per database the conversation store runs on:
 
 Both search the user's own terms and the thesaurus' expansions apart and add the two scores, the
 expansions' at EXPANSION_WEIGHT: a passage that uses the user's words ranks above one that only
-uses synonyms. An embedding retriever would be a third sibling (vectors in a table of its own,
-keyed by passage id), fused with the lexical one by reciprocal rank fusion in a combining index;
-callers would not change.
+uses synonyms. The semantic retrievers are siblings too (dense.py: a sentence encoder, its vectors
+in a table of their own keyed by passage id; vectors.py: word vectors), fused with the lexical one
+by reciprocal rank fusion in fusion.py's combining index; callers do not change.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class Hit:
     passage_id: int
     score: float
     """Higher is better; comparable only within one search."""
+    close: bool = False
+    """A sentence encoder found the passage close in meaning to the question (dense.py)."""
 
 
 class KnowledgeIndex(Protocol):

@@ -23,19 +23,23 @@ import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from lea_local.knowledge import tables
 from lea_local.knowledge.chunking import Chunk, chunk_document
+from lea_local.knowledge.dense import DenseIndex
+from lea_local.knowledge.encoder import shared_e5_encoder
 from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, extract
 from lea_local.knowledge.french import Thesaurus, analyse_query
+from lea_local.knowledge.fusion import DENSE_FUSION, WORDS_FUSION, HybridIndex
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
-from lea_local.knowledge.vectors import HybridIndex, VectorIndex
+from lea_local.knowledge.vectors import VectorIndex
 from lea_local.store.conversations import _outage_is_unavailable, utcnow
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,10 @@ log = logging.getLogger(__name__)
 MAX_FILE_NAME_BYTES = 255
 _WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('lea-local knowledge writes', 0))"
 _TEMPORARY_PREFIX = ".lea-"
+_ENCODE_BATCH = 200
+
+Retrieval = Literal["dense", "words", "lexical"]
+"""How passages are found beside their words (fusion.py): a sentence encoder, word vectors, or nothing."""
 
 
 class DocumentNotFound(LookupError):
@@ -71,6 +79,8 @@ class Passage:
     section: str
     text: str
     score: float
+    close: bool = False
+    """The sentence encoder found it close in meaning to the question (grounding keeps it)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,8 @@ class ReindexReport:
     unchanged: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     """File name → why it was not taken (its earlier passages, if any, are dropped)."""
+    encoded: int = 0
+    """Passages of unchanged documents given the current encoder's vectors (stored before it was chosen)."""
 
 
 def safe_file_name(name: str) -> str:
@@ -117,12 +129,24 @@ def _document(row: Row) -> Document:
 class KnowledgeBase:
     """Blocking API: call it from a worker thread, not the event loop."""
 
-    def __init__(self, engine: Engine, directory: Path, thesaurus: Thesaurus | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        directory: Path,
+        thesaurus: Thesaurus | None = None,
+        *,
+        retrieval: Retrieval = "dense",
+    ) -> None:
         self.engine = engine
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lexical: KnowledgeIndex = index_for(engine)
-        self._index = HybridIndex(self._lexical, VectorIndex())
+        if retrieval == "dense":
+            self._index = HybridIndex(self._lexical, DenseIndex(shared_e5_encoder()), DENSE_FUSION)
+        elif retrieval == "words":
+            self._index = HybridIndex(self._lexical, VectorIndex(), WORDS_FUSION)
+        else:
+            self._index = HybridIndex(self._lexical, None, WORDS_FUSION)
         self._thesaurus = thesaurus
         self._writes = threading.Lock()
 
@@ -162,7 +186,7 @@ class KnowledgeBase:
             )
             found = {row.id: row for row in rows}
         return [
-            Passage(row.id, row.document_id, row.file_name, row.title, row.section, row.text, hit.score)
+            Passage(row.id, row.document_id, row.file_name, row.title, row.section, row.text, hit.score, hit.close)
             for hit in hits
             if (row := found.get(hit.passage_id)) is not None
         ]
@@ -182,6 +206,7 @@ class KnowledgeBase:
                 return existing
             extracted = extract(name, data)
             chunks = chunk_document(extracted)
+            self._prepare(extracted, chunks)
             temporary = self._write_temporary(data)
             backup: Path | None = None
             swapped = False
@@ -196,6 +221,8 @@ class KnowledgeBase:
                 if swapped:
                     self._restore(backup, path)
                 raise
+            finally:
+                self._index.forget_prepared()
             self._discard(backup)
         log.info("knowledge: stored %s (%d passages)", name, document.passages)
         return document
@@ -256,13 +283,18 @@ class KnowledgeBase:
                         with self._transaction() as connection:
                             self._delete_rows(connection, existing.id)
                     continue
-                with self._transaction() as connection:
-                    self._store(connection, name, extracted, chunks, digest, len(data))
+                self._prepare(extracted, chunks)
+                try:
+                    with self._transaction() as connection:
+                        self._store(connection, name, extracted, chunks, digest, len(data))
+                finally:
+                    self._index.forget_prepared()
                 (report.updated if existing is not None else report.added).append(name)
             for name in sorted(set(known) - set(on_disk)):
                 with self._transaction() as connection:
                     self._delete_rows(connection, known[name].id)
                 report.removed.append(name)
+            report = replace(report, encoded=self._encode_missing())
         log.info(
             "knowledge: reindexed (%d added, %d updated, %d removed, %d unchanged, %d rejected)",
             len(report.added),
@@ -274,6 +306,34 @@ class KnowledgeBase:
         return report
 
     # --- inside ----------------------------------------------------------------------------
+
+    def _prepare(self, extracted: ExtractedDocument, chunks: list[Chunk]) -> None:
+        """Encode a document's passages before its transaction (the slow part of indexing them)."""
+        self._index.prepare([IndexedPassage(0, extracted.title, c.section, c.text) for c in chunks])
+
+    def _encode_missing(self) -> int:
+        """Give the semantic retriever's vectors to the passages that lack them, a batch at a time
+        (each batch encoded outside its transaction; one that changed meanwhile is skipped)."""
+        with self.engine.connect() as connection:
+            missing = self._index.missing(connection)
+        encoded = 0
+        for start in range(0, len(missing), _ENCODE_BATCH):
+            batch = missing[start : start + _ENCODE_BATCH]
+            self._index.prepare(batch)
+            try:
+                with self._transaction() as connection:
+                    still = {passage.id for passage in self._index.missing(connection)}
+                    batch = [passage for passage in batch if passage.id in still]
+                    self._index.add_semantic(connection, batch)
+                    # Their documents' new updated_at is what tells every process's cache (the
+                    # version stamp) to read the new vectors.
+                    p, d = tables.passages, tables.documents
+                    owners = select(p.c.document_id).where(p.c.id.in_([passage.id for passage in batch]))
+                    connection.execute(update(d).where(d.c.id.in_(owners)).values(updated_at=utcnow()))
+            finally:
+                self._index.forget_prepared()
+            encoded += len(batch)
+        return encoded
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:

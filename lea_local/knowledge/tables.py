@@ -1,9 +1,10 @@
 """The knowledge base's tables, in the conversation store's database (created by the Alembic
-revision 0003_knowledge). The search structures beside them belong to the index (index.py)."""
+revisions 0003_knowledge and 0005_knowledge_vectors). The search structures beside them belong to
+the index (index.py)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -31,3 +32,16 @@ passages = Table(
     Column("text", Text, nullable=False),
     Index("ix_knowledge_passages_document", "document_id", "ordinal"),
 )
+
+vectors = Table(
+    "knowledge_vectors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("passage_id", Integer, ForeignKey("knowledge_passages.id", ondelete="CASCADE"), nullable=False),
+    Column("encoder", String(64), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Index("ix_knowledge_vectors_passage", "passage_id", "encoder", "position"),
+)
+"""A passage's sentence-encoder vectors (dense.py): position 0 the whole, then its windows;
+float16, little-endian. `encoder` names the vector space (encoder.py)."""

@@ -4,7 +4,9 @@ Lexical search (index.py) needs a word in common; "la fin de semaine" never meet
 `VectorIndex` compares meanings instead: a text is the idf-weighted mean of its content words'
 vectors (French word vectors shipped by spaCy's `fr_core_news_md` pipeline: 20,000 distinct
 300-d vectors for 500,000 words), unit-normalised, and passages are ranked by cosine similarity.
-`HybridIndex` fuses its ranking with the lexical one by reciprocal rank fusion.
+`HybridIndex` (fusion.py) fuses its ranking with the lexical one by reciprocal rank fusion. It is
+the lighter of the two semantic retrievers (LEA_KNOWLEDGE_RETRIEVAL=words); the sentence encoder
+(dense.py) finds more and is the default.
 
 The passage vectors live in memory only, derived from the passages' own text in the database:
 nothing to store or migrate, and nothing left behind when a passage goes. Before each search a
@@ -34,7 +36,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection
 
 from lea_local.knowledge.french import STOP_WORDS, AnalysedQuery, fold, words
-from lea_local.knowledge.index import CANDIDATES, Hit, IndexedPassage, KnowledgeIndex
+from lea_local.knowledge.index import Hit, IndexedPassage
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ class _Snapshot:
     """Per vector row: log((N + 1) / (df + 0.5)), df counted in passages."""
 
 
-def _similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+def similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """matrix @ vector, in blocks of _PRODUCT_ROWS rows."""
     if len(matrix) <= _PRODUCT_ROWS:
         return matrix @ vector
@@ -228,7 +230,7 @@ class VectorIndex:
         vector = self._embed(self.vectors.rows(query.text), snapshot.idf)
         if vector is None:
             return []
-        similarity = _similarities(snapshot.matrix, vector)
+        similarity = similarities(snapshot.matrix, vector)
         count = min(limit, len(similarity))
         best = np.argpartition(-similarity, count - 1)[:count]
         best = best[np.lexsort((snapshot.ids[best], -similarity[best]))]
@@ -305,42 +307,3 @@ class VectorIndex:
         vector = (self.vectors.table[rows] * idf[rows, None]).sum(axis=0)
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else None
-
-
-class HybridIndex:
-    """The lexical index and the vector index, fused: each ranks its best CANDIDATES, and a
-    passage scores the sum of weight / (RRF_K + rank) over the rankings it is in. A passage that
-    leads both comes first; a paraphrase's passage, found by vectors alone, can still get in (and
-    an exact match that the vectors rank low can drop a place or two: see the eval script).
-    A Hit's score is that sum: higher is better, at most (1 + VECTOR_WEIGHT) / (RRF_K + 1) ≈ 0.095;
-    above 1 / (RRF_K + 1) ≈ 0.048, both rankings found the passage.
-    Without the word-vector package (a broken install) it searches lexically, and logs why."""
-
-    def __init__(self, lexical: KnowledgeIndex, vectors: VectorIndex) -> None:
-        self.lexical = lexical
-        self.vectors = vectors
-        self._vectors_missing: str | None = None
-
-    def add(self, connection: Connection, passages: Sequence[IndexedPassage]) -> None:
-        self.lexical.add(connection, passages)
-        self.vectors.add(connection, passages)
-
-    def remove(self, connection: Connection, passage_ids: Sequence[int]) -> None:
-        self.lexical.remove(connection, passage_ids)
-        self.vectors.remove(connection, passage_ids)
-
-    def search(self, connection: Connection, query: AnalysedQuery, limit: int) -> list[Hit]:
-        candidates = max(limit, CANDIDATES)
-        scores: dict[int, float] = {}
-        rankings = [(self.lexical.search(connection, query, candidates), 1.0)]
-        if self._vectors_missing is None:
-            try:
-                rankings.append((self.vectors.search(connection, query, candidates), VECTOR_WEIGHT))
-            except VectorsUnavailable as exc:
-                self._vectors_missing = str(exc)
-                log.error("knowledge: %s; searching without word vectors", exc)
-        for hits, weight in rankings:
-            for rank, hit in enumerate(hits, start=1):
-                scores[hit.passage_id] = scores.get(hit.passage_id, 0.0) + weight / (RRF_K + rank)
-        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-        return [Hit(passage_id, score) for passage_id, score in ranked[:limit]]
