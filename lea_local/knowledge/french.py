@@ -106,7 +106,7 @@ class AnalysedQuery:
     expansions: tuple[Phrase, ...]
     """Thesaurus phrases the question implies, none of them already among its terms."""
     text: str = ""
-    """The question as typed (the word-vector index reads words with their accents)."""
+    """The question as typed (the semantic retrievers read it whole, accents and all)."""
 
     @property
     def empty(self) -> bool:

@@ -169,7 +169,7 @@ class KnowledgeBase:
     @_outage_is_unavailable
     def search(self, query: str, limit: int = 5, *, lexical_only: bool = False) -> list[Passage]:
         """The passages that best answer `query`, best first ([] when it has no searchable word):
-        lexical and word-vector rankings fused (vectors.py), or with `lexical_only` only the
+        the lexical and semantic rankings fused (fusion.py), or with `lexical_only` only the
         passages that hold the query's terms or their thesaurus synonyms (to count them)."""
         analysed = analyse_query(query, self._thesaurus)
         if analysed.empty or limit < 1:
