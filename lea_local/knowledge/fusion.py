@@ -66,13 +66,13 @@ class HybridIndex:
 
     def add(self, connection: Connection, passages: Sequence[IndexedPassage]) -> None:
         self.lexical.add(connection, passages)
-        if self.semantic is not None:
-            self.semantic.add(connection, passages)
+        self.add_semantic(connection, passages)
 
     def add_semantic(self, connection: Connection, passages: Sequence[IndexedPassage]) -> None:
-        """Index passages the lexical index already has (see `missing`) semantically only."""
-        if self.semantic is not None:
-            self.semantic.add(connection, passages)
+        """Index passages semantically only (the lexical index has them: see `missing`). Without
+        the retriever's package they stay unencoded: `reindex` encodes them once it is back."""
+        if self._semantic_usable():
+            self._unless_unavailable(self.semantic.add, connection, passages)
 
     def remove(self, connection: Connection, passage_ids: Sequence[int]) -> None:
         self.lexical.remove(connection, passage_ids)
@@ -81,8 +81,8 @@ class HybridIndex:
 
     def prepare(self, passages: Sequence[IndexedPassage]) -> None:
         """Do the semantic retriever's slow part of `add` now, outside the write transaction."""
-        if hasattr(self.semantic, "prepare"):
-            self.semantic.prepare(passages)
+        if self._semantic_usable() and hasattr(self.semantic, "prepare"):
+            self._unless_unavailable(self.semantic.prepare, passages)
 
     def forget_prepared(self) -> None:
         if hasattr(self.semantic, "forget_prepared"):
@@ -92,15 +92,25 @@ class HybridIndex:
         """Passages the semantic retriever has no vectors for (stored before it was chosen)."""
         return self.semantic.missing(connection) if hasattr(self.semantic, "missing") else []
 
+    def _semantic_usable(self) -> bool:
+        return self.semantic is not None and self._semantic_missing is None
+
+    def _unless_unavailable(self, call, *args):
+        """`call(*args)`, or None once the retriever's package turns out missing (logged once)."""
+        try:
+            return call(*args)
+        except (VectorsUnavailable, EncoderUnavailable) as exc:
+            self._semantic_missing = str(exc)
+            log.error("knowledge: %s; passages are found by their words only", exc)
+            return None
+
     def search(self, connection: Connection, query: AnalysedQuery, limit: int) -> list[Hit]:
         candidates = max(limit, CANDIDATES)
         rankings = [(self.lexical.search(connection, query, candidates), self.fusion.lexical_weight)]
-        if self.semantic is not None and self._semantic_missing is None:
-            try:
-                rankings.append((self.semantic.search(connection, query, candidates), self.fusion.semantic_weight))
-            except (VectorsUnavailable, EncoderUnavailable) as exc:
-                self._semantic_missing = str(exc)
-                log.error("knowledge: %s; searching by words only", exc)
+        if self._semantic_usable():
+            hits = self._unless_unavailable(self.semantic.search, connection, query, candidates)
+            if hits is not None:
+                rankings.append((hits, self.fusion.semantic_weight))
         scores: dict[int, float] = {}
         close: set[int] = set()
         for hits, weight in rankings:
