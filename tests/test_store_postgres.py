@@ -263,6 +263,7 @@ def test_db_upgrade_creates_the_schema_on_postgresql(postgres: PostgresCluster):
         "messages",
         "knowledge_documents",
         "knowledge_passages",
+        "knowledge_vectors",
         "tts_audio",
         "tts_audio_chunks",
     }
