@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import bindparam, delete, insert, select, text
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from lea_local.knowledge import tables
 from lea_local.knowledge.encoder import TextEncoder
 from lea_local.knowledge.french import AnalysedQuery
 from lea_local.knowledge.index import Hit, IndexedPassage
+from lea_local.knowledge.passage_cache import StampedPassageCache
 from lea_local.knowledge.vectors import similarities
 
 log = logging.getLogger(__name__)
@@ -70,25 +70,16 @@ class _Snapshot:
     """Per passage, the row of its first window in `windows` (-1 when it has none)."""
 
 
-class DenseIndex:
+class DenseIndex(StampedPassageCache[_Snapshot]):
     """A `KnowledgeIndex` sibling that ranks passages by a sentence encoder's cosines, from
     vectors stored in knowledge_vectors. Its hits say whether the passage is `close` in meaning."""
 
-    _STAMP = text(
-        "SELECT count(*), coalesce(sum(id), 0), (SELECT max(updated_at) FROM knowledge_documents) "
-        "FROM knowledge_passages"
-    )
-    _VERSIONS = text(
-        "SELECT p.id, d.updated_at FROM knowledge_passages p JOIN knowledge_documents d ON d.id = p.document_id"
-    )
-
     def __init__(self, encoder: TextEncoder) -> None:
+        super().__init__()
         self.encoder = encoder
         self._prepared: dict[str, np.ndarray] = {}
-        self._snapshot: _Snapshot | None = None
         self._vectors: dict[int, tuple[object, np.ndarray]] = {}
         """Passage id → (its version, its vectors: whole first, then windows)."""
-        self._refresh = threading.Lock()
         self._warned_missing: int | None = None
 
     # --- writing ---------------------------------------------------------------------------
@@ -157,19 +148,6 @@ class DenseIndex:
         top = top[np.lexsort((snapshot.ids[top], -scores[top]))]
         close = self.encoder.close_similarity
         return [Hit(int(snapshot.ids[i]), float(scores[i]), close=bool(best[i] >= close)) for i in top]
-
-    def current(self, connection: Connection) -> _Snapshot:
-        """The cache, brought up to date with the database first if its stamp changed."""
-        stamp = tuple(connection.execute(self._STAMP).one())
-        snapshot = self._snapshot
-        if snapshot is not None and snapshot.stamp == stamp:
-            return snapshot
-        with self._refresh:
-            snapshot = self._snapshot
-            if snapshot is None or snapshot.stamp != stamp:
-                snapshot = self._rebuild(connection, stamp)
-                self._snapshot = snapshot
-        return snapshot
 
     def _rebuild(self, connection: Connection, stamp: tuple) -> _Snapshot:
         started = time.perf_counter()

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 
 from lea_local.knowledge.french import STOP_WORDS, AnalysedQuery, fold, words
 from lea_local.knowledge.index import Hit, IndexedPassage
+from lea_local.knowledge.passage_cache import StampedPassageCache
 
 log = logging.getLogger(__name__)
 
@@ -186,30 +187,20 @@ def _passage_text(title: str, section: str, body: str) -> str:
     return f"{title}\n{section}\n{body}"
 
 
-class VectorIndex:
+class VectorIndex(StampedPassageCache[_Snapshot]):
     """A `KnowledgeIndex` sibling that ranks passages by the cosine of idf-weighted mean word
     vectors. It reads the passages' text itself, so `add` and `remove` have nothing to do."""
 
-    _STAMP = text(
-        "SELECT count(*), coalesce(sum(id), 0), (SELECT max(updated_at) FROM knowledge_documents) "
-        "FROM knowledge_passages"
-    )
-    # A passage id alone does not say its text is unchanged: SQLite reuses the ids of deleted rows.
-    # Its document's updated_at does (a document's passages are only ever replaced together).
-    _VERSIONS = text(
-        "SELECT p.id, d.updated_at FROM knowledge_passages p JOIN knowledge_documents d ON d.id = p.document_id"
-    )
     _PASSAGES = text(
         "SELECT p.id, d.title, p.section, p.text FROM knowledge_passages p "
         "JOIN knowledge_documents d ON d.id = p.document_id WHERE p.id IN :ids"
     ).bindparams(bindparam("ids", expanding=True))
 
     def __init__(self, vectors: WordVectors | None = None) -> None:
+        super().__init__()
         self._vectors = vectors
-        self._snapshot: _Snapshot | None = None
         self._words: dict[int, tuple[object, np.ndarray]] = {}
         """Passage id → (its version, its content words' rows): an update re-reads only new passages."""
-        self._refresh = threading.Lock()
 
     @property
     def vectors(self) -> WordVectors:
@@ -235,19 +226,6 @@ class VectorIndex:
         best = np.argpartition(-similarity, count - 1)[:count]
         best = best[np.lexsort((snapshot.ids[best], -similarity[best]))]
         return [Hit(int(snapshot.ids[i]), float(similarity[i])) for i in best if similarity[i] > 0]
-
-    def current(self, connection: Connection) -> _Snapshot:
-        """The cache, brought up to date with the database first if its stamp changed."""
-        stamp = tuple(connection.execute(self._STAMP).one())
-        snapshot = self._snapshot
-        if snapshot is not None and snapshot.stamp == stamp:
-            return snapshot
-        with self._refresh:
-            snapshot = self._snapshot
-            if snapshot is None or snapshot.stamp != stamp:
-                snapshot = self._rebuild(connection, stamp)
-                self._snapshot = snapshot
-        return snapshot
 
     def cached_passage_ids(self) -> set[int]:
         """The passages whose vectors the cache holds (for tests and diagnostics)."""
