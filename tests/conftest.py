@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from lea_local.catalog import load_catalog
+from lea_local.store.conversations import create_database_engine
+from lea_local.store.schema import upgrade_schema
 from tests.postgres import PostgresCluster
 from tests.server import LeaServer
 
@@ -86,6 +89,20 @@ def database(request: pytest.FixtureRequest) -> Database:
     if request.param == "sqlite":
         return Database("sqlite")
     return Database("postgresql", request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty conversation database at the schema's newest revision, on SQLite and on a fresh
+    PostgreSQL database (for tests of what lives in it without a server: the knowledge base)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'lea.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    engine = create_database_engine(url)
+    upgrade_schema(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ Database-backed tests run on SQLite and on a throwaway PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,6 @@ from lea_local.knowledge.dense import encoded_texts
 from lea_local.knowledge.encoder import E5Encoder, shared_e5_encoder
 from lea_local.knowledge.grounding import TurnGrounding
 from lea_local.knowledge.index import IndexedPassage
-from lea_local.store.conversations import create_database_engine
-from lea_local.store.schema import upgrade_schema
 from tests.fixtures.knowledge.corpus import HERE as FIXTURES
 from tests.waiting import wait_for
 
@@ -50,18 +48,6 @@ Son entretien annuel est à la charge du propriétaire de l'immeuble.
 PARAPHRASE = "Est-ce que je peux passer vous voir un week-end ?"
 CLOSE_PARAPHRASE = "Qui paie la révision annuelle de l'appareil qui garde la maison au chaud ?"
 UNRELATED = [line for line in (FIXTURES / "unrelated.txt").read_text(encoding="utf-8").splitlines() if line]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'lea.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    engine = create_database_engine(url)
-    upgrade_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 class CountingEncoder:

@@ -13,21 +13,19 @@ import subprocess
 import sys
 import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import docx
 import pytest
 from pypdf import PdfWriter
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from lea_local.knowledge import DocumentNotFound, DocumentRejected, KnowledgeBase
 from lea_local.knowledge.chunking import MAX_WORDS, MIN_WORDS, chunk_document
 from lea_local.knowledge.extract import extract
 from lea_local.knowledge.french import analyse_query, fold, terms
 from lea_local.knowledge.library import safe_file_name
-from lea_local.store.conversations import create_database_engine
-from lea_local.store.schema import upgrade_schema
 from tests.conftest import Database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,16 +49,9 @@ d'un ordre professionnel, avant de lever les conditions de la promesse d'achat.
 """
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def knowledge(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KnowledgeBase]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'lea.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    engine = create_database_engine(url)
-    upgrade_schema(engine)
-    yield KnowledgeBase(engine, tmp_path / "knowledge")
-    engine.dispose()
+@pytest.fixture
+def knowledge(engine: Engine, tmp_path: Path) -> KnowledgeBase:
+    return KnowledgeBase(engine, tmp_path / "knowledge")
 
 
 def docx_bytes(title: str, sections: dict[str, list[str]], table: list[list[str]] | None = None) -> bytes:

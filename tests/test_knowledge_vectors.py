@@ -6,7 +6,6 @@ vector behind. Database-backed tests run on SQLite and on a throwaway PostgreSQL
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from lea_local.knowledge import KnowledgeBase
 from lea_local.knowledge import vectors as vectors_module
 from lea_local.knowledge.french import analyse_query, terms
 from lea_local.knowledge.vectors import RRF_K, VECTOR_WEIGHT, VectorIndex, WordVectors, vector_key, word_vectors
-from lea_local.store.conversations import create_database_engine
-from lea_local.store.schema import upgrade_schema
 
 GUIDE = """# Guide pratique de l'agence
 
@@ -56,18 +53,6 @@ LEASES = """# Baux résidentiels
 
 Le locateur ne peut exiger aucun dépôt de garantie du locataire au Québec.
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'lea.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    engine = create_database_engine(url)
-    upgrade_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def sections(passages: list) -> list[str]:
