@@ -19,6 +19,7 @@ from lea_local.hardware import physical_cores
 from lea_local.inference_queue import InferenceQueue, QueueFull, Slot
 from lea_local.knowledge import KnowledgeBase
 from lea_local.knowledge.grounding import TurnGrounding
+from lea_local.knowledge.library import knowledge_base_for
 from lea_local.llm.base import ChatEngine
 from lea_local.locales import asr_vocabulary, system_prompt_path
 from lea_local.remote_http import loggable_url
@@ -300,11 +301,7 @@ def build_services(settings: Settings) -> Services:
     )
     store = ConversationStore.from_url(settings.effective_database_url, settings.database_wait_seconds)
     # In the conversation database, whose migrations (run by the store) made its tables.
-    knowledge = (
-        None
-        if settings.engines_only
-        else KnowledgeBase(store.engine, settings.effective_knowledge_dir, retrieval=settings.knowledge_retrieval)
-    )
+    knowledge = None if settings.engines_only else knowledge_base_for(settings, store.engine)
     # The three models load in parallel: their loading is mostly file reads and native code.
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="load") as pool:
         llm_loading = pool.submit(build_chat_engine, settings, paths.llm)

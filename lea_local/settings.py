@@ -216,6 +216,23 @@ class Settings(BaseSettings):
     """How passages are found beside their words (lea_local/knowledge/fusion.py): `dense`, a
     multilingual sentence encoder (multilingual-e5-small; encodes each document when it is added);
     `words`, French word vectors (lighter, finds fewer paraphrases); `lexical`, words only."""
+    embedding_url: str | None = None
+    """An OpenAI-compatible server whose /v1/embeddings encodes passages and questions for `dense`
+    retrieval in place of the bundled multilingual-e5-small (llama-server `--embedding`, vLLM,
+    text-embeddings-inference…), e.g. `http://gpu-box:8081/v1`. Needs `embedding_model`."""
+    embedding_model: str | None = None
+    """The remote encoder's model name, sent with each request and stored with each vector:
+    changing it means `lea-local knowledge reindex`."""
+    embedding_api_key: SecretStr | None = None
+    """Bearer key sent to `embedding_url`, if its server wants one."""
+    embedding_query_prefix: str = ""
+    """Put before each question, for models trained with one (e5: `query: `; bge-m3: none)."""
+    embedding_passage_prefix: str = ""
+    """Put before each passage, for models trained with one (e5: `passage: `)."""
+    embedding_close_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
+    """The cosine from which the remote model's passage is close enough in meaning to go into the
+    prompt without sharing words with the question (scripts/eval_knowledge_retrieval.py suggests
+    one). Unset: passages are kept by their words only."""
 
     # --- logging --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -243,6 +260,12 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and url is None and not path.is_absolute():
                 setattr(self, name, self.models_dir / path)
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_needs_model(self) -> Settings:
+        if self.embedding_url is not None and not self.embedding_model:
+            raise ValueError("LEA_EMBEDDING_URL needs LEA_EMBEDDING_MODEL: the model's name is stored with its vectors")
         return self
 
     def turn_timeout(self, kind: Literal["chat", "voice"]) -> float:

@@ -57,3 +57,12 @@ def test_relative_llm_model_is_under_models_dir(monkeypatch):
     monkeypatch.setenv("LEA_MODELS_DIR", "/srv/models")
     monkeypatch.setenv("LEA_LLM_MODEL", "custom/model.gguf")
     assert Settings(_env_file=None).llm_model == Path("/srv/models/custom/model.gguf")
+
+
+def test_an_embedding_server_needs_its_model_name(monkeypatch):
+    monkeypatch.setenv("AGENT_API_KEY", "a-long-enough-test-key")
+    monkeypatch.setenv("LEA_EMBEDDING_URL", "http://gpu:8081/v1")
+    with pytest.raises(ValueError, match="LEA_EMBEDDING_URL needs LEA_EMBEDDING_MODEL"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("LEA_EMBEDDING_MODEL", "bge-m3")
+    assert Settings(_env_file=None).embedding_model == "bge-m3"

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lea_local.knowledge.extract import DocumentRejected
-from lea_local.knowledge.library import Document, DocumentNotFound, KnowledgeBase
+from lea_local.knowledge.library import Document, DocumentNotFound, KnowledgeBase, knowledge_base_for
 
 PREVIEW_CHARS = 300
 
@@ -41,7 +41,7 @@ def _open() -> KnowledgeBase:
     settings = Settings()
     engine = create_database_engine(settings.effective_database_url)
     upgrade_schema(engine)
-    return KnowledgeBase(engine, settings.effective_knowledge_dir, retrieval=settings.knowledge_retrieval)
+    return knowledge_base_for(settings, engine)
 
 
 def _json_ready(document: Document) -> dict:
@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from lea_local.inference_queue import QueueFull
+    from lea_local.store.conversations import StoreUnavailable
+
     try:
         knowledge = _open()
     except ValidationError as exc:
@@ -67,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         handler = {"add": _add, "list": _list, "remove": _remove, "search": _search, "reindex": _reindex}
         return handler[args.knowledge_command](knowledge, args)
+    except (QueueFull, StoreUnavailable) as exc:
+        # The database or the embedding server is down: nothing was changed.
+        print(f"lea-local: {exc}", file=sys.stderr)
+        return 1
     finally:
         knowledge.engine.dispose()
 

@@ -133,21 +133,48 @@ class DenseIndex(StampedPassageCache[_Snapshot]):
     # --- searching -------------------------------------------------------------------------
 
     def search(self, connection: Connection, query: AnalysedQuery, limit: int) -> list[Hit]:
-        snapshot = self.current(connection)
-        if limit < 1 or len(snapshot.ids) == 0 or not query.text.strip():
+        if limit < 1 or not query.text.strip():
             return []
-        question = self.encoder.queries([query.text])[0]
+        found = self._cosines(connection, query.text)
+        if found is None:
+            return []
+        ids, best, whole = found
+        scores = best + WHOLE_WEIGHT * whole
+        count = min(limit, len(scores))
+        top = np.argpartition(-scores, count - 1)[:count]
+        top = top[np.lexsort((ids[top], -scores[top]))]
+        close = self.encoder.close_similarity
+        return [Hit(int(ids[i]), float(scores[i]), close=bool(best[i] >= close)) for i in top]
+
+    def closeness(self, connection: Connection, text: str) -> dict[int, float]:
+        """Each passage's best-window cosine with `text` asked as a question: what `close`
+        compares with the encoder's close_similarity (to calibrate it)."""
+        found = self._cosines(connection, text)
+        return {} if found is None else dict(zip(found[0].tolist(), found[1].tolist(), strict=True))
+
+    def _cosines(self, connection: Connection, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(passage ids, best-window cosines, whole-passage cosines), or None without vectors."""
+        snapshot = self.current(connection)
+        if len(snapshot.ids) == 0:
+            return None
+        question = self.encoder.queries([text])[0]
+        if question.shape[0] != snapshot.whole.shape[1]:
+            # A server that changed its model under the same name: the stored vectors are not
+            # comparable with this one's.
+            log.error(
+                "knowledge: %s now gives vectors of %d dimensions, the stored ones have %d; "
+                "name the new model (LEA_EMBEDDING_MODEL) and run `lea-local knowledge reindex`",
+                self.encoder.name,
+                question.shape[0],
+                snapshot.whole.shape[1],
+            )
+            return None
         whole = similarities(snapshot.whole, question)
         best = whole.copy()  # a passage without a sentence long enough is its own window
         has = snapshot.first_window >= 0
         if len(snapshot.windows):
             best[has] = np.maximum.reduceat(similarities(snapshot.windows, question), snapshot.first_window[has])
-        scores = best + WHOLE_WEIGHT * whole
-        count = min(limit, len(scores))
-        top = np.argpartition(-scores, count - 1)[:count]
-        top = top[np.lexsort((snapshot.ids[top], -scores[top]))]
-        close = self.encoder.close_similarity
-        return [Hit(int(snapshot.ids[i]), float(scores[i]), close=bool(best[i] >= close)) for i in top]
+        return snapshot.ids, best, whole
 
     def _rebuild(self, connection: Connection, stamp: tuple) -> _Snapshot:
         started = time.perf_counter()

