@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from lea_local.knowledge import DocumentNotFound, DocumentRejected, KnowledgeBase
 from lea_local.knowledge.chunking import MAX_WORDS, MIN_WORDS, chunk_document
 from lea_local.knowledge.extract import extract
-from lea_local.knowledge.french import analyse_query, fold, terms
+from lea_local.knowledge.french import Thesaurus, analyse_query, fold, terms
 from lea_local.knowledge.library import safe_file_name
 from tests.conftest import Database
 
@@ -230,7 +230,26 @@ def test_the_analyser_folds_stems_and_drops_stop_words() -> None:
     assert {("commiss",), ("courti",)} <= expanded and ("agent",) not in expanded
 
 
+def test_multi_word_thesaurus_triggers_expand_only_where_the_whole_phrase_is() -> None:
+    rules = Thesaurus(["vice caché, défaut caché", "taxe de bienvenue => droits de mutation"])
+    assert {p.terms for p in rules.expand(tuple(terms("un vice caché au sous-sol")))} == {("defaut", "cach")}
+    assert rules.expand(tuple(terms("un vice de forme, rien de caché"))) == ()
+    assert [p.terms for p in rules.expand(tuple(terms("la taxe de bienvenue")))] == [("droit", "mutat")]
+    assert rules.expand(tuple(terms("les droits de mutation"))) == ()  # one-way
+
+
 # --- the library, on SQLite and PostgreSQL ----------------------------------------------------------
+
+
+def test_term_counts_follow_the_documents(knowledge: KnowledgeBase) -> None:
+    """What grounding weighs a question's terms by: remembered, and forgotten when documents change."""
+    knowledge.add("manuel.md", HANDBOOK.encode())
+    assert knowledge.term_counts(["courtier", "stationnement"], 50) == {"courtier": 1, "stationnement": 0}
+    knowledge.add("note.txt", "Stationnement\n\nLe stationnement des visiteurs est derrière le bureau.".encode())
+    assert knowledge.term_counts(["courtier", "stationnement"], 50) == {"courtier": 1, "stationnement": 1}
+    assert knowledge.term_counts(["rétribution"], 50) == {"rétribution": 1}  # found by its synonym
+    knowledge.remove(next(d.id for d in knowledge.documents() if d.file_name == "note.txt"))
+    assert knowledge.term_counts(["stationnement"], 50) == {"stationnement": 0}
 
 
 def test_add_change_and_remove_are_seen_at_once_and_leave_nothing(knowledge: KnowledgeBase) -> None:

@@ -83,9 +83,14 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.translate(_LIGATURES).lower())
 
 
+@functools.lru_cache(maxsize=65536)
+def _is_stop_word(word: str) -> bool:
+    return fold(word) in STOP_WORDS
+
+
 def terms(text: str) -> list[str]:
     """The searchable terms of a text, in order: stems of its words less the stop words."""
-    return [stem(word) for word in words(text) if fold(word) not in STOP_WORDS]
+    return [stem(word) for word in words(text) if not _is_stop_word(word)]
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,13 @@ class Thesaurus:
                 triggers = adds = self._phrases(line)
             if triggers and adds:
                 self._rules.append(_Rule(triggers, adds))
+        # Each trigger under its first term: `expand` looks only at the rules a question's terms
+        # can start (grounding expands every term of every candidate passage's question: a scan
+        # of all the rules each time cost a turn about 60 ms).
+        self._by_first_term: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        for index, rule in enumerate(self._rules):
+            for trigger in rule.triggers:
+                self._by_first_term.setdefault(trigger.terms[0], []).append((index, trigger.terms))
 
     @staticmethod
     def _phrases(text: str) -> tuple[Phrase, ...]:
@@ -155,19 +167,18 @@ class Thesaurus:
 
     def expand(self, query_terms: tuple[str, ...]) -> tuple[Phrase, ...]:
         """The phrases implied by a question's terms, each once, none already in the question."""
+        triggered: set[int] = set()
+        for start, term in enumerate(query_terms):
+            for index, trigger in self._by_first_term.get(term, ()):
+                if query_terms[start : start + len(trigger)] == trigger:
+                    triggered.add(index)
         found: dict[tuple[str, ...], Phrase] = {}
         present = set(query_terms)
-        for rule in self._rules:
-            if any(_contains(query_terms, trigger.terms) for trigger in rule.triggers):
-                for phrase in rule.adds:
-                    if not set(phrase.terms) <= present:
-                        found.setdefault(phrase.terms, phrase)
+        for index in sorted(triggered):  # in the thesaurus' order
+            for phrase in self._rules[index].adds:
+                if not set(phrase.terms) <= present:
+                    found.setdefault(phrase.terms, phrase)
         return tuple(found.values())
-
-
-def _contains(sequence: tuple[str, ...], part: tuple[str, ...]) -> bool:
-    size = len(part)
-    return any(sequence[i : i + size] == part for i in range(len(sequence) - size + 1))
 
 
 @functools.lru_cache(maxsize=1)

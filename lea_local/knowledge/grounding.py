@@ -47,7 +47,8 @@ apart: bm25 grows with the corpus, and ts_rank_cd is on another scale.
 A passage the sentence encoder found close in meaning (`Passage.close`, encoder.py's calibrated
 cosine) is kept whatever its words: that is how a paraphrase's passage gets in."""
 MAX_WEIGHED_TERMS = 24
-"""Terms of a question weighed at most (each costs one small search); the rest count as rare."""
+"""Terms of a turn weighed at most (each new one costs one small search: the knowledge base
+remembers the counts until its documents change); the rest count as rare."""
 DF_PROBE = 50
 """Passages counted per term to weigh it: a term in this many or more is common, whatever the corpus."""
 # Passages never take more than this share of the room the system prompt and the message leave:
@@ -65,6 +66,8 @@ class PassageSearch(Protocol):
     """What grounding needs of the knowledge base (`KnowledgeBase`)."""
 
     def search(self, query: str, limit: int = 5, *, lexical_only: bool = False) -> list[Passage]: ...
+
+    def term_counts(self, words: Sequence[str], cap: int) -> dict[str, int]: ...
 
     def documents(self) -> list[Document]: ...
 
@@ -110,21 +113,24 @@ def render(message: str, passages: Sequence[Passage]) -> str:
 
 class _TermWeights:
     """How much each term of a question says (idf), and how much of that a passage holds.
-    One search per term gives its document frequency; the facade has no other way to ask."""
+    A term's document frequency is how many passages its lexical search finds."""
 
     def __init__(self, knowledge: PassageSearch) -> None:
         self.knowledge = knowledge
         self._passages = sum(document.passages for document in knowledge.documents())
         self._idf: dict[str, float] = {}
 
+    def weigh(self, wanted: Sequence[str]) -> None:
+        """Count the terms not weighed yet, within MAX_WEIGHED_TERMS, in one call."""
+        new = [term for term in wanted if term not in self._idf][: max(0, MAX_WEIGHED_TERMS - len(self._idf))]
+        if new:
+            for term, found in self.knowledge.term_counts(new, DF_PROBE).items():
+                self._idf[term] = math.log((self._passages + 1) / (found + 0.5))
+
     def idf(self, term: str) -> float:
-        """log((N + 1) / (df + 0.5)), df counted up to DF_PROBE (the thesaurus' synonyms count)."""
-        if term not in self._idf:
-            if len(self._idf) >= MAX_WEIGHED_TERMS:
-                return math.log((self._passages + 1) / 0.5)
-            found = len(self.knowledge.search(term, DF_PROBE, lexical_only=True))
-            self._idf[term] = math.log((self._passages + 1) / (found + 0.5))
-        return self._idf[term]
+        """log((N + 1) / (df + 0.5)), df counted up to DF_PROBE (the thesaurus' synonyms count);
+        a term beyond MAX_WEIGHED_TERMS counts as rare."""
+        return self._idf.get(term, math.log((self._passages + 1) / 0.5))
 
     def relevant(self, query: str, passage: Passage) -> bool:
         held = set(terms(f"{passage.title}\n{passage.section}\n{passage.text}"))
@@ -137,6 +143,7 @@ class _TermWeights:
         wanted = list(dict.fromkeys(terms(query)))
         if not wanted:
             return 0.0
+        self.weigh(wanted)
         thesaurus = default_thesaurus()
         total = found = 0.0
         for term in wanted:

@@ -21,7 +21,7 @@ import os
 import threading
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -39,6 +39,7 @@ from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, ext
 from lea_local.knowledge.french import Thesaurus, analyse_query
 from lea_local.knowledge.fusion import DENSE_FUSION, WORDS_FUSION, HybridIndex
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
+from lea_local.knowledge.passage_cache import StampedPassageCache
 from lea_local.knowledge.vectors import VectorIndex
 from lea_local.store.conversations import _outage_is_unavailable, utcnow
 
@@ -129,6 +130,18 @@ def _document(row: Row) -> Document:
     )
 
 
+@dataclass(frozen=True)
+class _Counts:
+    stamp: tuple
+    counts: dict[tuple[str, int], int]
+    """(word, cap) → passages its search finds; filled as words are asked, for this stamp only."""
+
+
+class _TermCounts(StampedPassageCache[_Counts]):
+    def _rebuild(self, connection: Connection, stamp: tuple) -> _Counts:
+        return _Counts(stamp, {})
+
+
 def sentence_encoder(settings: Settings) -> TextEncoder:
     """The configured encoder: the server at LEA_EMBEDDING_URL, else the bundled one."""
     if settings.embedding_url is None:
@@ -178,6 +191,7 @@ class KnowledgeBase:
         else:
             self._index = HybridIndex(self._lexical, None, WORDS_FUSION)
         self._thesaurus = thesaurus
+        self._term_counts = _TermCounts()
         self._writes = threading.Lock()
 
     # --- reading ---------------------------------------------------------------------------
@@ -226,6 +240,20 @@ class KnowledgeBase:
         """The sentence encoder's name (its vector space), None without one."""
         semantic = self._index.semantic
         return semantic.encoder.name if isinstance(semantic, DenseIndex) else None
+
+    @_outage_is_unavailable
+    def term_counts(self, words: Sequence[str], cap: int) -> dict[str, int]:
+        """How many passages each word's lexical search finds (its thesaurus synonyms included),
+        counted up to `cap`: what grounding weighs a question's terms by. Remembered until the
+        documents change, so a turn asks the index only for words not seen since."""
+        with self.engine.connect() as connection:
+            known = self._term_counts.current(connection).counts
+            for word in words:
+                if (word, cap) not in known:
+                    analysed = analyse_query(word, self._thesaurus)
+                    found = [] if analysed.empty else self._lexical.search(connection, analysed, cap)
+                    known[(word, cap)] = len(found)
+        return {word: known[(word, cap)] for word in words}
 
     @_outage_is_unavailable
     def closeness(self, query: str) -> dict[int, float]:
