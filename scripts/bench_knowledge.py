@@ -11,11 +11,16 @@ p50/p95/max and the index time. With the default retrieval, indexing encodes eve
 
     .venv/bin/python scripts/bench_knowledge.py                      # SQLite in a temporary directory
     .venv/bin/python scripts/bench_knowledge.py --database-url postgresql+psycopg://user:pw@host/db
+    .venv/bin/python scripts/bench_knowledge.py --data-dir /tmp/bench-kb   # kept: a rerun skips indexing
+
+It also times a turn's whole retrieval (`TurnGrounding.retrieve`: the message's search, the
+search with the user's two previous messages, and the terms' weighing) on the same questions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import sys
@@ -26,6 +31,7 @@ from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lea_local.knowledge.grounding import TurnGrounding  # noqa: E402
 from lea_local.knowledge.library import KnowledgeBase, Retrieval  # noqa: E402
 from lea_local.store.conversations import create_database_engine  # noqa: E402
 from lea_local.store.schema import upgrade_schema  # noqa: E402
@@ -102,26 +108,40 @@ def main() -> int:
         default="dense",
         help="beside the words: the sentence encoder (default), word vectors, or nothing (LEA_KNOWLEDGE_RETRIEVAL)",
     )
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep the indexed corpus here (SQLite); a rerun on it skips indexing"
+    )
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
     words = vocabulary(rng, VOCABULARY)
     weights = zipf_weights(len(words))
     documents = max(1, args.pages // PAGES_PER_DOCUMENT)
-    with tempfile.TemporaryDirectory(prefix="lea-bench-knowledge-") as scratch:
+    with contextlib.ExitStack() as stack:
+        if args.data_dir is not None:
+            args.data_dir.mkdir(parents=True, exist_ok=True)
+            scratch = str(args.data_dir)
+        else:
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="lea-bench-knowledge-"))
         url = args.database_url or f"sqlite:///{scratch}/lea.sqlite3"
         engine = create_database_engine(url)
         upgrade_schema(engine)
         knowledge = KnowledgeBase(engine, Path(scratch) / "knowledge", retrieval=args.retrieval)
         texts = [document(rng, number, words, weights) for number in range(documents)]
-        started = time.perf_counter()
-        passages = sum(knowledge.add(f"document-{n:04d}.md", t.encode()).passages for n, t in enumerate(texts))
-        index_seconds = time.perf_counter() - started
-        total_words = sum(len(t.split()) for t in texts)
-        print(
-            f"{engine.dialect.name}, {args.retrieval}: indexed {documents} documents, "
-            f"{documents * PAGES_PER_DOCUMENT} pages, {total_words} words, {passages} passages in {index_seconds:.1f} s"
-        )
+        kept = knowledge.documents()
+        if kept:
+            print(f"{engine.dialect.name}, {args.retrieval}: reusing {len(kept)} documents, "
+                  f"{sum(d.passages for d in kept)} passages in {scratch}")  # fmt: skip
+        else:
+            started = time.perf_counter()
+            passages = sum(knowledge.add(f"document-{n:04d}.md", t.encode()).passages for n, t in enumerate(texts))
+            index_seconds = time.perf_counter() - started
+            total_words = sum(len(t.split()) for t in texts)
+            print(
+                f"{engine.dialect.name}, {args.retrieval}: indexed {documents} documents, "
+                f"{documents * PAGES_PER_DOCUMENT} pages, {total_words} words, {passages} passages "
+                f"in {index_seconds:.1f} s"
+            )
 
         questions = [question(rng, words, weights) for _ in range(args.queries)]
         started = time.perf_counter()
@@ -139,6 +159,16 @@ def main() -> int:
             f"search ({args.queries} questions, limit {args.limit}): p50 {statistics.median(timings):.1f} ms, "
             f"p95 {percentile(timings, 0.95):.1f} ms, max {max(timings):.1f} ms; "
             f"{found} of {args.queries} found passages"
+        )
+        grounding = TurnGrounding(knowledge, max_passages=3, max_prompt_tokens=700)
+        turns: list[float] = []
+        for n, asked in enumerate(questions):
+            started = time.perf_counter()
+            grounding.retrieve(asked, questions[max(0, n - 2) : n])
+            turns.append((time.perf_counter() - started) * 1000)
+        print(
+            f"a turn's retrieval (both searches and the terms' weighing): p50 {statistics.median(turns):.1f} ms, "
+            f"p95 {percentile(turns, 0.95):.1f} ms, max {max(turns):.1f} ms"
         )
         engine.dispose()
     return 0
