@@ -10,13 +10,12 @@ input) are ordinary HTTP errors in the contract's shape."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException
 from litestar.params import JSONBody
 from litestar.response import Stream
 
@@ -24,17 +23,13 @@ from lea_local.api.deadline import request_deadline
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ChatRequest, ChatResponse, sources_of, usage_of
-from lea_local.api.streaming import SSE_HEADERS, event_stream_operation, open_stream
+from lea_local.api.streaming import event_stream_operation, open_stream, sse_response
 from lea_local.api.validation import clean_identifier, clean_message, strictly
-from lea_local.asr.base import NoSpeech
-from lea_local.asr.decode import AudioRejected
-from lea_local.inference_queue import QueueFull, current_deadline
-from lea_local.llm.context import PromptTooLong
+from lea_local.inference_queue import current_deadline
 from lea_local.llm.reply_cleaner import ReplyStream
 from lea_local.observability import request_timings_ms
 from lea_local.services import Services
-from lea_local.store.conversations import ConversationNotFound, StoreUnavailable
-from lea_local.turns import EngineFailure, TurnResult
+from lea_local.turns import TurnResult
 
 log = logging.getLogger(__name__)
 
@@ -96,38 +91,6 @@ AgentStreamOperation = event_stream_operation(
     '"timings_ms", "sources"}`; '
     'a failure after the first event: `data: {"error", "detail", "status"}`'
 )
-
-
-def sse_response(events: AsyncIterator[Event]) -> Stream:
-    return Stream(_frames(events), headers=SSE_HEADERS)
-
-
-async def _frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            yield b"data: " + msgspec.json.encode(event) + b"\n\n"
-    except Exception as exc:  # the stream has begun: the error goes in it
-        yield b"data: " + msgspec.json.encode(error_event(exc)) + b"\n\n"
-
-
-def error_event(exc: Exception) -> Event:
-    """The failure as an event, with the status the non-streamed route would have answered."""
-    status, message = 500, "Internal server error"
-    if isinstance(exc, HTTPException):
-        status, message = exc.status_code, exc.detail
-    elif isinstance(exc, AudioRejected):
-        status, message = exc.status, str(exc)
-    elif isinstance(exc, (NoSpeech, PromptTooLong)):
-        status, message = 400, str(exc)
-    elif isinstance(exc, ConversationNotFound):
-        status, message = 404, str(exc)
-    elif isinstance(exc, (QueueFull, StoreUnavailable)):
-        status, message = 503, str(exc)
-    elif isinstance(exc, EngineFailure):
-        message = str(exc)
-    else:
-        log.error("a streamed turn failed", exc_info=exc)
-    return {"error": message, "detail": message, "status": status}
 
 
 class StreamedReply:

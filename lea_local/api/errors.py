@@ -116,6 +116,30 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error", request=request)
 
 
+_STATUSES: dict[type[Exception], int] = {
+    NoSpeech: 400,
+    PromptTooLong: 400,
+    ConversationNotFound: 404,
+    EngineFailure: 500,
+    QueueFull: 503,
+    StoreUnavailable: 503,
+}
+"""The status each of the turns' own errors is answered with (their message is the answer's)."""
+
+
+def status_and_message(exc: Exception) -> tuple[int, str] | None:
+    """What a turn's error is answered with, None for an unexpected one (a 500 whose message
+    says nothing of it). Streams use it for the errors that come after their first event."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code, exc.detail
+    if isinstance(exc, AudioRejected):
+        return exc.status, str(exc)
+    for kind, status in _STATUSES.items():
+        if isinstance(exc, kind):
+            return status, str(exc)
+    return None
+
+
 def _status(code: int):
     def handler(request: Request, exc: Exception) -> Response:
         return error_response(code, str(exc), request=request)
@@ -142,10 +166,8 @@ exception_handlers = {
     RecursionError: _too_deep,
     HTTPException: _http_exception,
     AudioRejected: _audio_rejected,
-    NoSpeech: _status(400),
-    ConversationNotFound: _status(404),
-    PromptTooLong: _status(400),
-    EngineFailure: _status(500),
+    **{kind: _status(status) for kind, status in _STATUSES.items()},
+    # With Retry-After:
     QueueFull: _queue_full,
     StoreUnavailable: _store_unavailable,
     Exception: _unexpected,

@@ -1,4 +1,4 @@
-"""Work whose answer is streamed (server-sent events, audio bytes).
+"""Work whose answer is streamed (server-sent events, audio bytes), and the agent's events' framing.
 
 The work is admitted against its time budget and started before the response begins, and the
 response begins only with the work's first item: a refusal (503), a bad recording (400), an
@@ -21,11 +21,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import msgspec
 from litestar import Request
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.response import Stream
 
 from lea_local.api.deadline import ended_error
-from lea_local.api.errors import ApiError
+from lea_local.api.errors import ApiError, status_and_message
 from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
 from lea_local.llm.base import GenerationCancelled
 
@@ -151,6 +153,30 @@ def sse_event_schema(description: str) -> Schema:
             "retry": Schema(type=OpenAPIType.INTEGER),
         },
     )
+
+
+def sse_response(events: AsyncIterator[dict]) -> Stream:
+    """The agent's server-sent events: `data: <JSON>` per event; an error raised after the
+    first one becomes a last `data: {"error", "detail", "status"}` event, with the status (and
+    the message) the non-streamed route would have answered."""
+    return Stream(_frames(events), headers=SSE_HEADERS)
+
+
+async def _frames(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield b"data: " + msgspec.json.encode(event) + b"\n\n"
+    except Exception as exc:  # the stream has begun: the error goes in it
+        yield b"data: " + msgspec.json.encode(error_event(exc)) + b"\n\n"
+
+
+def error_event(exc: Exception) -> dict:
+    answered = status_and_message(exc)
+    if answered is None:
+        log.error("a streamed turn failed", exc_info=exc)
+        answered = (500, "Internal server error")
+    status, message = answered
+    return {"error": message, "detail": message, "status": status}
 
 
 SSE_HEADERS = {

@@ -19,13 +19,13 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Stream
 
-from lea_local.api.chat import AgentStreamOperation, Emit, StreamedReply, done_event, sse_response
+from lea_local.api.chat import AgentStreamOperation, Emit, StreamedReply, done_event
 from lea_local.api.deadline import request_deadline
 from lea_local.api.errors import ApiError
 from lea_local.api.media import audio_url
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import VoiceChatResponse, sources_of, usage_of
-from lea_local.api.streaming import open_stream
+from lea_local.api.streaming import open_stream, sse_response
 from lea_local.api.validation import clean_identifier, parse_conversation_id
 from lea_local.inference_queue import current_deadline
 from lea_local.services import Services
