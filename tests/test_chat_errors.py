@@ -106,3 +106,29 @@ def test_unknown_route_is_404(server):
 def test_wrong_method_is_405(server):
     with server.client() as client:
         assert_error(client.get(CHAT_PATH, headers=HEADERS), 405, "GET")
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "message"),
+    [
+        ("engine", 500, "The language model failed to process the request"),
+        ("queue", 503, "busy"),
+        ("missing", 404, "conversation 7 not found"),
+        ("unexpected", 500, "Internal server error"),
+    ],
+)
+def test_an_error_after_a_stream_began_is_its_last_event_with_the_routes_status(raised, status, message, caplog):
+    """Narrow: the event a streamed turn ends with, for each kind of error (api/streaming.py)."""
+    from lea_local.api.streaming import error_event
+    from lea_local.inference_queue import QueueFull
+    from lea_local.store.conversations import ConversationNotFound
+    from lea_local.turns import EngineFailure
+
+    errors = {
+        "engine": EngineFailure("language model"),
+        "queue": QueueFull("busy", 5, "llm"),
+        "missing": ConversationNotFound("conversation 7 not found"),
+        "unexpected": KeyError("/srv/secret/path"),
+    }
+    assert error_event(errors[raised]) == {"error": message, "detail": message, "status": status}
+    assert ("a streamed turn failed" in caplog.text) == (raised == "unexpected")
