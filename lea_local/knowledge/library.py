@@ -52,6 +52,7 @@ MAX_FILE_NAME_BYTES = 255
 _WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('lea-local knowledge writes', 0))"
 _TEMPORARY_PREFIX = ".lea-"
 _ENCODE_BATCH = 200
+_MAX_TERM_COUNTS = 100_000
 
 Retrieval = Literal["dense", "words", "lexical"]
 """How passages are found beside their words (fusion.py): a sentence encoder, word vectors, or nothing."""
@@ -248,6 +249,8 @@ class KnowledgeBase:
         documents change, so a turn asks the index only for words not seen since."""
         with self.engine.connect() as connection:
             known = self._term_counts.current(connection).counts
+            if len(known) > _MAX_TERM_COUNTS:  # words without end (random text) cannot fill memory
+                known.clear()
             for word in words:
                 if (word, cap) not in known:
                     analysed = analyse_query(word, self._thesaurus)
