@@ -285,6 +285,13 @@ def overlap_generation(settings: Settings, engine: ChatEngine) -> bool:
     return bool(getattr(engine, "on_gpu", False) or getattr(engine, "remote", False)) and not settings.tts_use_cuda
 
 
+def _knowledge_retrieval(settings: Settings) -> str:
+    """How passages are found, for the start-up log: `dense` names its encoder's server."""
+    if settings.knowledge_retrieval == "dense" and settings.embedding_url:
+        return f"dense: {settings.embedding_model} at {loggable_url(settings.embedding_url)}"
+    return settings.knowledge_retrieval
+
+
 def build_services(settings: Settings) -> Services:
     from lea_local.tts.piper_engine import PiperSynthesizer
 
@@ -297,6 +304,7 @@ def build_services(settings: Settings) -> Services:
             "llm": loggable_url(settings.llm_url) if settings.llm_url else str(paths.llm),
             "asr": loggable_url(settings.asr_url) if settings.asr_url else str(paths.asr),
             "tts": loggable_url(settings.tts_url) if settings.tts_url else str(paths.tts),
+            "knowledge": _knowledge_retrieval(settings),
         },
     )
     store = ConversationStore.from_url(settings.effective_database_url, settings.database_wait_seconds)

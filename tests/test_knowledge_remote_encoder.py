@@ -217,6 +217,8 @@ def test_the_server_answers_the_admin_api_with_a_remote_encoder(
     finally:
         lea.stop()
     assert EMBEDDING_KEY not in lea.log_text()
+    loading = next(event for event in lea.log_events() if event.get("message") == "loading models")
+    assert loading["knowledge"] == f"dense: {MODEL} at {embedding_server.url}"
 
 
 def test_what_is_sent_prefixes_batches_and_malformed_answers() -> None:
