@@ -7,7 +7,7 @@ between function words),
 indexes them through `KnowledgeBase.add`, then times `KnowledgeBase.search` (analysis, thesaurus
 expansion, the question's encoding, both rankings, rows) on a few hundred questions and prints
 p50/p95/max and the index time. With the default retrieval, indexing encodes every passage: about
-40 minutes for 1,000 pages on 2 cores.
+50 minutes for 1,000 pages on 2 cores.
 
     .venv/bin/python scripts/bench_knowledge.py                      # SQLite in a temporary directory
     .venv/bin/python scripts/bench_knowledge.py --database-url postgresql+psycopg://user:pw@host/db
