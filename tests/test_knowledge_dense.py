@@ -24,29 +24,9 @@ from lea_local.knowledge.encoder import E5Encoder, shared_e5_encoder
 from lea_local.knowledge.grounding import TurnGrounding
 from lea_local.knowledge.index import IndexedPassage
 from tests.fixtures.knowledge.corpus import HERE as FIXTURES
+from tests.fixtures.knowledge.guide import CLOSE_PARAPHRASE, GUIDE, PARAPHRASE
 from tests.waiting import wait_for
 
-GUIDE = """# Guide pratique de l'agence
-
-## Heures d'ouverture
-
-Le bureau reçoit la clientèle du lundi au vendredi, de 9 h à 17 h, et le samedi de 10 h à 14 h.
-Le dimanche, il est fermé. Les jours fériés, un courtier de garde répond au téléphone.
-
-## Commission
-
-La commission du courtier est de cinq pour cent du prix de vente. Elle est payée chez le notaire,
-le jour de la signature de l'acte. Aucune avance n'est versée au courtier avant la vente.
-
-## Chauffage
-
-Une thermopompe réduit la facture d'électricité pendant l'hiver. Elle climatise aussi l'été.
-Son entretien annuel est à la charge du propriétaire de l'immeuble.
-"""
-
-# Shares no word with the section that answers it ("Heures d'ouverture"), nor a thesaurus synonym.
-PARAPHRASE = "Est-ce que je peux passer vous voir un week-end ?"
-CLOSE_PARAPHRASE = "Qui paie la révision annuelle de l'appareil qui garde la maison au chaud ?"
 UNRELATED = [line for line in (FIXTURES / "unrelated.txt").read_text(encoding="utf-8").splitlines() if line]
 
 

