@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -56,7 +56,9 @@ class RemoteEncoder:
         passage_prefix: str = "",
         close_similarity: float | None = None,
         transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`transport`, `clock`: a test's own (a fake server, a counting one; a clock it moves)."""
         self.name = model
         self.close_similarity = math.inf if close_similarity is None else close_similarity
         """Unset: no passage is kept on its meaning alone (each model's cosines have their own
@@ -65,18 +67,20 @@ class RemoteEncoder:
         self._client = make_client(url, api_key, transport=transport)
         self._query_prefix = query_prefix
         self._passage_prefix = passage_prefix
-        self._offline_until = 0.0
+        self._clock = clock
+        self._offline_until = -math.inf
         self._lock = threading.Lock()
 
     def queries(self, texts: Sequence[str]) -> np.ndarray:
-        if time.monotonic() < self._offline_until:
+        if self._clock() < self._offline_until:
             raise EncoderOffline(ENGINE, "it failed a moment ago")
         try:
             return self._embed([self._query_prefix + t for t in texts], "query", QUESTION_TIMEOUT)
         except (EngineUnavailable, RemoteEngineError) as exc:
             with self._lock:
-                first = time.monotonic() >= self._offline_until
-                self._offline_until = time.monotonic() + OFFLINE_SECONDS
+                now = self._clock()
+                first = now >= self._offline_until
+                self._offline_until = now + OFFLINE_SECONDS
             if first:
                 log.warning(
                     "knowledge: the embedding server at %s failed (%s); searching by words for %.0f s",
