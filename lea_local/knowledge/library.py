@@ -215,7 +215,8 @@ class KnowledgeBase:
     def search(self, query: str, limit: int = 5, *, lexical_only: bool = False) -> list[Passage]:
         """The passages that best answer `query`, best first ([] when it has no searchable word):
         the lexical and semantic rankings fused (fusion.py), or with `lexical_only` only the
-        passages that hold the query's terms or their thesaurus synonyms (to count them)."""
+        passages that hold the query's terms or their thesaurus synonyms (what words alone find;
+        `term_counts` counts them for grounding)."""
         analysed = analyse_query(query, self._thesaurus)
         if analysed.empty or limit < 1:
             return []
