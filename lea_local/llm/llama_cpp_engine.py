@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lea_local.llm.abort import DecodeAbort
 from lea_local.llm.base import ChatMessage, ChatReply, GenerationCancelled, PromptRejected
 from lea_local.llm.context import PromptTooLong
 from lea_local.llm.prompt_cache import PromptCache
@@ -62,6 +63,7 @@ class LlamaCppChatEngine:
             n_threads=threads,
             verbose=False,
         )
+        self._abort = DecodeAbort(self._llama._ctx.ctx)
         self._prompt_cache: PromptCache | None = None
         if prompt_cache_bytes > 0:
             # Keeps the evaluated state of recent conversations: a conversation's next turn
@@ -149,21 +151,31 @@ class LlamaCppChatEngine:
                 **sampling,
             )
             try:
-                for chunk in stream:
-                    if cancel is not None and cancel.is_set():
+                with self._abort.watching(cancel):
+                    try:
+                        for chunk in stream:
+                            if cancel is not None and cancel.is_set():
+                                raise GenerationCancelled(
+                                    "generation cancelled", completion_tokens=self.count_text_tokens(repetition.text)
+                                )
+                            choice = chunk["choices"][0]
+                            if choice["text"]:
+                                if repetition.feed(choice["text"]):
+                                    # A loop: the rest would only repeat it, so it is never generated.
+                                    log.info("llm.loop_stopped", extra={"event": "llm.loop_stopped"})
+                                    break
+                                if on_text is not None:
+                                    on_text(choice["text"])
+                            if choice.get("finish_reason"):
+                                finish_reason = choice["finish_reason"]
+                    except RuntimeError as exc:  # llama-cpp-python's "llama_decode returned 2"
+                        if not self._abort.raised:
+                            raise
+                        # `cancel` was set while llama.cpp computed (a long prompt's evaluation).
                         raise GenerationCancelled(
-                            "generation cancelled", completion_tokens=self.count_text_tokens(repetition.text)
-                        )
-                    choice = chunk["choices"][0]
-                    if choice["text"]:
-                        if repetition.feed(choice["text"]):
-                            # A loop: the rest would only repeat it, so it is never generated.
-                            log.info("llm.loop_stopped", extra={"event": "llm.loop_stopped"})
-                            break
-                        if on_text is not None:
-                            on_text(choice["text"])
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
+                            "generation cancelled during evaluation",
+                            completion_tokens=self.count_text_tokens(repetition.text),
+                        ) from exc
             finally:
                 stream.close()  # stops llama.cpp at once when we leave early
         generated = repetition.text
