@@ -50,7 +50,7 @@ class QueueFull(Exception):
 class Deadline:
     """A request's end: a time (monotonic) and an event set when it passes or the client leaves.
 
-    Engines watch `cancel` (the LLM between tokens, ASR between segments); jobs still waiting
+    Engines watch `cancel` (the LLM at once, even mid-prompt; ASR between segments); jobs still waiting
     for a slot are woken and leave the queue."""
 
     def __init__(self, at: float) -> None:

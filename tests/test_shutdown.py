@@ -137,6 +137,35 @@ def test_a_turn_that_finishes_within_the_grace_period_is_answered_and_stored(mak
     check_clean_log(lea)
 
 
+def test_a_turn_stopped_during_its_prompts_evaluation_stops_there(make_server) -> None:
+    # A message of about 3,500 tokens: many seconds of evaluation on a CPU. The SIGTERM comes
+    # while it is evaluated; llama.cpp stops within a batch (llm/abort.py), not after it all.
+    lea = make_server(
+        {
+            **SETTINGS,
+            "LEA_SHUTDOWN_GRACE_SECONDS": "0",
+            "LEA_MAX_MESSAGE_CHARS": "16000",
+            "LEA_LLM_CONTEXT_SIZE": "8192",
+            "LEA_CHAT_TIMEOUT_SECONDS": "3600",
+        }
+    )
+    message = " ".join(f"La maison numéro {i} a une toiture refaite en {1990 + i % 30}." for i in range(150))
+    with ThreadPoolExecutor(1) as pool, lea.client() as client:
+        answer = pool.submit(lea.chat, client, message + " Résume.")
+        wait_for(lambda: generating(lea), "the turn's prompt evaluated", while_possible=lambda: not answer.done())
+        sigterm(lea, while_possible=lambda: not answer.done())
+        response = answer.result()
+
+    assert response.status_code == 503, response.text
+    check_refusal(response.json())
+    assert exit_status(lea) == -signal.SIGTERM
+    cancelled = [e for e in lea.log_events() if e.get("event") == "llm.cancelled"]
+    assert len(cancelled) == 1 and cancelled[0]["completion_tokens"] == 0, cancelled
+    assert "during evaluation" in cancelled[0]["reason"]
+    assert db_rows(lea.data_dir) == {"conversations": [], "messages": []}
+    check_clean_log(lea)
+
+
 # --- the last resort, in isolation: uvicorn cancelling a request that ignored its deadline ------
 
 

@@ -1,8 +1,9 @@
 """A request's lifetime bound: its time budget (504) and the client hanging up both end the
-work: queued jobs leave their queue at once, a running LLM stops between tokens, ASR between
-segments. Before any work, the turn is admitted against its budget (503 at once if it could
-not finish in time behind the work already admitted). A server stopping past its grace period
-ends the work the same way, answered 503 (`lea_local.api.shutdown`)."""
+work: queued jobs leave their queue at once, a running LLM stops at once (even while it
+evaluates a long prompt), ASR between segments. Before any work, the turn is admitted against
+its budget (503 at once if it could not finish in time behind the work already admitted). A
+server stopping past its grace period ends the work the same way, answered 503
+(`lea_local.api.shutdown`)."""
 
 from __future__ import annotations
 

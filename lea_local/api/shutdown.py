@@ -4,7 +4,7 @@ uvicorn stops accepting connections at once (nginx sends new requests to another
 waits for the requests under way; past its graceful-shutdown timeout it cancels them, and a
 cancelled request answers a plain-text 500. Here, the requests still running when the grace
 period (`LEA_SHUTDOWN_GRACE_SECONDS`) ends are ended first, through their deadline, as a time
-budget ends them: the LLM stops between tokens, ASR between segments, nothing is stored, and the
+budget ends them: the LLM stops at once (even mid-prompt), ASR between segments, nothing is stored, and the
 answer is 503 with Retry-After in the API's error shape (an error event in a stream that has
 begun). uvicorn's own timeout comes `SETTLE_SECONDS` later, for work that does not watch its
 deadline; a request it cancels before answering still gets that 503 (`answer_cut_off`)."""
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 5.0
 """After the grace period, how long the ended requests have to answer before uvicorn cancels
-them: the LLM stops within a token, ASR within a segment, a store write finishes."""
+them: the LLM stops within a moment, ASR within a segment, a store write finishes."""
 
 SHUTDOWN = "shutdown"
 """The reason a request's deadline ends with when the server stops (see `Deadline.end`)."""

@@ -7,7 +7,7 @@ ordinary HTTP error with its status. From the first item on, items flow to the c
 come; a failure after that is for the route to turn into an in-stream error event.
 
 When the client hangs up, before or during the stream, the request's deadline ends as a
-disconnect: the engines stop (the LLM between tokens) and the work stores nothing, exactly as
+disconnect: the engines stop (the LLM at once, even mid-prompt) and the work stores nothing, exactly as
 for a non-streamed turn."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _END = object()
-# Work whose client left keeps running until its engine notices (between tokens); held here so
+# Work whose client left keeps running until its engine notices (within a moment); held here so
 # that it is not garbage-collected meanwhile.
 _orphans: set[asyncio.Task] = set()
 
