@@ -4,12 +4,14 @@ SmolLM2-135M); assertions are on the tokens llama.cpp evaluated, not on wall-clo
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 import pytest
 
 from lea_local.catalog import load_catalog
+from lea_local.llm import abort
 from lea_local.llm.base import ChatMessage, GenerationCancelled
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
 from tests.waiting import wait_for
@@ -25,10 +27,14 @@ SHORT = [ChatMessage("user", "Bonjour, qui es-tu ?")]
 
 
 @pytest.fixture(scope="module")
-def engine(models_dir: Path) -> LlamaCppChatEngine:
+def model_path(models_dir: Path) -> Path:
     entry = load_catalog().preset_model("tiny", "llm", "llama-cpp")
-    path = entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
-    return LlamaCppChatEngine(path, context_size=4096, threads=2)
+    return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
+
+
+@pytest.fixture(scope="module")
+def engine(model_path: Path) -> LlamaCppChatEngine:
+    return LlamaCppChatEngine(model_path, context_size=4096, threads=2)
 
 
 def evaluated(engine: LlamaCppChatEngine) -> int:
@@ -88,6 +94,24 @@ def test_the_engine_answers_as_before_after_an_aborted_evaluation(engine: LlamaC
 
 
 def test_a_cancel_between_tokens_still_ends_the_reply(engine: LlamaCppChatEngine) -> None:
+    check_cancel_between_tokens(engine)
+
+
+def test_without_a_c_library_to_abort_with_a_cancel_ends_the_reply_at_a_token(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_library(name):
+        raise OSError(f"{name}: no such library")
+
+    monkeypatch.setattr(abort.ctypes, "CDLL", no_library)
+    with caplog.at_level(logging.WARNING, logger="lea_local.llm.abort"):
+        engine = LlamaCppChatEngine(model_path, context_size=2048, threads=2)
+    monkeypatch.undo()
+    assert "cannot abort a decode here" in caplog.text
+    check_cancel_between_tokens(engine)
+
+
+def check_cancel_between_tokens(engine: LlamaCppChatEngine) -> None:
     cancel = threading.Event()
     pieces: list[str] = []
 

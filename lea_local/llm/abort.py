@@ -15,9 +15,12 @@ when the turn's cancel event is set.
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_SECONDS = 0.02
 """How often the watcher looks at the cancel event: the abort comes at most this late."""
@@ -31,7 +34,12 @@ class DecodeAbort:
         import llama_cpp
 
         self._flag = ctypes.create_string_buffer(2)  # b"\0\0": strlen 0
-        strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        self._callback = None
+        try:
+            strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        except (OSError, AttributeError, TypeError) as exc:  # no C library to find (not Linux, macOS)
+            log.warning("llama.cpp cannot abort a decode here (%s): a cancelled turn ends at its next token", exc)
+            return
         # Built from the bare address: llama.cpp calls strlen directly, through no Python trampoline.
         self._callback = llama_cpp.ggml_abort_callback(strlen)
         llama_cpp.llama_set_abort_callback(context, self._callback, ctypes.cast(self._flag, ctypes.c_void_p))
@@ -44,7 +52,7 @@ class DecodeAbort:
     def watching(self, cancel: threading.Event | None) -> Iterator[None]:
         """While inside, setting `cancel` makes the context's current and next decodes abort. The
         flag is lowered on the way out, once no decode can be running (the engine's lock is held)."""
-        if cancel is None:
+        if cancel is None or self._callback is None:
             yield
             return
         done = threading.Event()
