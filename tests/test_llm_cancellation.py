@@ -56,20 +56,26 @@ def generate_in_thread(engine: LlamaCppChatEngine, messages, cancel: threading.E
     return thread, outcome
 
 
+def cancel_after_the_first_batch(engine: LlamaCppChatEngine) -> GenerationCancelled:
+    """Generate from LONG_PROMPT, cancelled once its first batch is evaluated (most of the
+    evaluation still to go); what the generation raised."""
+    cancel = threading.Event()
+    thread, outcome = generate_in_thread(engine, LONG_PROMPT, cancel, max_tokens=32)
+    wait_for(lambda: evaluated(engine) >= 512, "the first batch evaluated", while_possible=thread.is_alive)
+    cancel.set()
+    thread.join()
+    assert isinstance(outcome.get("error"), GenerationCancelled), outcome
+    return outcome["error"]
+
+
 def test_a_cancel_during_the_prompts_evaluation_stops_it_there(engine: LlamaCppChatEngine) -> None:
     prompt_tokens = engine.count_prompt_tokens(LONG_PROMPT)
     assert prompt_tokens > 4 * 512
     engine.reset_cache()
-    cancel = threading.Event()
-    thread, outcome = generate_in_thread(engine, LONG_PROMPT, cancel, max_tokens=32)
-    # Its first batch evaluated, the prompt's evaluation has most of its batches to go.
-    wait_for(lambda: evaluated(engine) >= 512, "the first batch evaluated", while_possible=thread.is_alive)
-    cancel.set()
-    thread.join()
+    cancelled = cancel_after_the_first_batch(engine)
 
-    assert isinstance(outcome.get("error"), GenerationCancelled), outcome
-    assert "during evaluation" in str(outcome["error"])
-    assert outcome["error"].completion_tokens == 0
+    assert "during evaluation" in str(cancelled)
+    assert cancelled.completion_tokens == 0
     # Stopped inside the evaluation: without the abort it would have gone through every batch
     # and its first token before looking at `cancel`.
     assert evaluated(engine) < prompt_tokens - 512
@@ -78,12 +84,7 @@ def test_a_cancel_during_the_prompts_evaluation_stops_it_there(engine: LlamaCppC
 def test_the_engine_answers_as_before_after_an_aborted_evaluation(engine: LlamaCppChatEngine) -> None:
     engine.reset_cache()
     before = engine.generate(SHORT, max_tokens=24, temperature=0.0).text
-    cancel = threading.Event()
-    thread, outcome = generate_in_thread(engine, LONG_PROMPT, cancel, max_tokens=8)
-    wait_for(lambda: evaluated(engine) >= 512, "the first batch evaluated", while_possible=thread.is_alive)
-    cancel.set()
-    thread.join()
-    assert isinstance(outcome.get("error"), GenerationCancelled), outcome
+    cancel_after_the_first_batch(engine)
 
     # The flag is lowered: a turn with a cancel event that is never set runs to its end, and
     # the context holds nothing of the aborted prompt.
