@@ -34,7 +34,8 @@ def model_path(models_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(model_path: Path) -> LlamaCppChatEngine:
-    return LlamaCppChatEngine(model_path, context_size=4096, threads=2)
+    # With a prompt cache, as the server runs it: an aborted prompt must not be kept in it.
+    return LlamaCppChatEngine(model_path, context_size=4096, threads=2, prompt_cache_bytes=256 * 1024 * 1024)
 
 
 def evaluated(engine: LlamaCppChatEngine) -> int:
@@ -84,7 +85,9 @@ def test_a_cancel_during_the_prompts_evaluation_stops_it_there(engine: LlamaCppC
 def test_the_engine_answers_as_before_after_an_aborted_evaluation(engine: LlamaCppChatEngine) -> None:
     engine.reset_cache()
     before = engine.generate(SHORT, max_tokens=24, temperature=0.0).text
+    cached = engine.prompt_cache_stats()["entries"]
     cancel_after_the_first_batch(engine)
+    assert engine.prompt_cache_stats()["entries"] == cached  # nothing of the aborted prompt kept
 
     # The flag is lowered: a turn with a cancel event that is never set runs to its end, and
     # the context holds nothing of the aborted prompt.
