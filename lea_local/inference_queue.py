@@ -73,6 +73,30 @@ class Deadline:
         return self.at - time.monotonic()
 
 
+@contextmanager
+def on_cancel(cancel: threading.Event, action: Callable[[], None], poll_seconds: float) -> Iterator[None]:
+    """While inside, `action()` runs once, from a watcher thread, within `poll_seconds` of `cancel`
+    being set: what stops a blocking call that cannot look at `cancel` itself (a socket read,
+    llama.cpp's decode). Never after the block is left; leaving does not wait for the watcher."""
+    done = False
+    lock = threading.Lock()
+
+    def watch() -> None:
+        while not done:
+            if cancel.wait(poll_seconds):
+                with lock:
+                    if not done:
+                        action()
+                return
+
+    threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        with lock:
+            done = True
+
+
 # The deadline of the request being served, for the queues its work goes through. A reply's
 # speech, which may outlive its request, keeps that deadline as its priority (its task is created
 # inside the request); once the request is over, nothing ends that deadline any more.

@@ -16,13 +16,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
 
-from lea_local.inference_queue import QueueFull
+from lea_local.inference_queue import QueueFull, on_cancel
 from lea_local.llm.base import GenerationCancelled
 from lea_local.observability import current_request_id
 
@@ -113,30 +113,21 @@ def check_response(response: httpx.Response, engine: str) -> None:
     )
 
 
-class _CancelWatch:
-    """Shuts the response's connection down once `cancel` is set: a read blocked on it returns
-    at once, and the server sees its client leave (llama.cpp's servers then stop generating)."""
+def _shut_down(response: httpx.Response) -> Callable[[], None]:
+    """What ends a request in flight once its cancel event is set: its connection shut down, so a
+    read blocked on it returns at once and the server sees its client leave (llama.cpp's servers
+    then stop generating)."""
+    stream = response.extensions.get("network_stream")
+    sock: socket.socket | None = stream.get_extra_info("socket") if stream is not None else None
 
-    def __init__(self, response: httpx.Response, cancel: threading.Event) -> None:
-        stream = response.extensions.get("network_stream")
-        self._socket: socket.socket | None = stream.get_extra_info("socket") if stream is not None else None
-        self._cancel = cancel
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="remote-cancel", daemon=True)
-        self._thread.start()
+    def shut_down() -> None:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
 
-    def _watch(self) -> None:
-        while not self._done.is_set():
-            if self._cancel.wait(CANCEL_POLL_SECONDS):
-                if not self._done.is_set() and self._socket is not None:
-                    try:
-                        self._socket.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # already closed
-                return
-
-    def stop(self) -> None:
-        self._done.set()
+    return shut_down
 
 
 @contextmanager
@@ -156,11 +147,10 @@ def open_response(
     request_id = current_request_id()
     if request_id is not None:  # the engine server (llama-server, another lea-local) logs it too
         request["headers"] = {**(request.get("headers") or {}), "X-Request-ID": request_id}
-    watch: _CancelWatch | None = None
     try:
-        with client.stream(method, path, **request) as response:
+        with client.stream(method, path, **request) as response, ExitStack() as watching:
             if cancel is not None:
-                watch = _CancelWatch(response, cancel)
+                watching.enter_context(on_cancel(cancel, _shut_down(response), CANCEL_POLL_SECONDS))
             check_response(response, engine)
             yield response
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -171,9 +161,6 @@ def open_response(
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(f"{engine} request cancelled") from exc
         raise RemoteEngineError(f"the {engine} server failed mid-request: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if watch is not None:
-            watch.stop()
 
 
 def request_json(

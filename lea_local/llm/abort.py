@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from lea_local.inference_queue import on_cancel
+
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_SECONDS = 0.02
@@ -51,23 +53,15 @@ class DecodeAbort:
     @contextmanager
     def watching(self, cancel: threading.Event | None) -> Iterator[None]:
         """While inside, setting `cancel` makes the context's current and next decodes abort. The
-        flag is lowered on the way out, once no decode can be running (the engine's lock is held)."""
+        flag is lowered on the way out, when no decode can be running (the engine's lock is held)."""
         if cancel is None or self._callback is None:
             yield
             return
-        done = threading.Event()
-
-        def watch() -> None:
-            while not done.is_set():
-                if cancel.wait(WATCH_INTERVAL_SECONDS):
-                    self._flag[0] = b"\x01"
-                    return
-
-        watcher = threading.Thread(target=watch, name="llama-abort-watch", daemon=True)
-        watcher.start()
         try:
-            yield
+            with on_cancel(cancel, self._raise, WATCH_INTERVAL_SECONDS):
+                yield
         finally:
-            done.set()
-            watcher.join()
             self._flag[0] = b"\x00"
+
+    def _raise(self) -> None:
+        self._flag[0] = b"\x01"
