@@ -34,6 +34,13 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llm_path(models_dir: Path) -> Path:
+    """The tiny preset's GGUF chat model (SmolLM2-135M-Instruct), for tests of the llama.cpp engine."""
+    entry = load_catalog().preset_model("tiny", "llm", "llama-cpp")
+    return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LeaServer]:
     """One real server for the tests that do not need their own settings."""
     lea = LeaServer(

@@ -10,32 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from lea_local.catalog import load_catalog
 from lea_local.llm import abort
 from lea_local.llm.base import ChatMessage, GenerationCancelled
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
+from tests.fixtures.messages import LONG_MESSAGE
 from tests.waiting import wait_for
 
-# About 3,500 tokens: several seconds of evaluation on a CPU, in batches of 512.
-LONG_PROMPT = [
-    ChatMessage(
-        "user",
-        " ".join(f"La maison numéro {i} a une toiture refaite en {1990 + i % 30}." for i in range(150)) + " Résume.",
-    )
-]
+LONG_PROMPT = [ChatMessage("user", LONG_MESSAGE)]
 SHORT = [ChatMessage("user", "Bonjour, qui es-tu ?")]
 
 
 @pytest.fixture(scope="module")
-def model_path(models_dir: Path) -> Path:
-    entry = load_catalog().preset_model("tiny", "llm", "llama-cpp")
-    return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
-
-
-@pytest.fixture(scope="module")
-def engine(model_path: Path) -> LlamaCppChatEngine:
+def engine(tiny_llm_path: Path) -> LlamaCppChatEngine:
     # With a prompt cache, as the server runs it: an aborted prompt must not be kept in it.
-    return LlamaCppChatEngine(model_path, context_size=4096, threads=2, prompt_cache_bytes=256 * 1024 * 1024)
+    return LlamaCppChatEngine(tiny_llm_path, context_size=4096, threads=2, prompt_cache_bytes=256 * 1024 * 1024)
 
 
 def evaluated(engine: LlamaCppChatEngine) -> int:
@@ -102,14 +90,14 @@ def test_a_cancel_between_tokens_still_ends_the_reply(engine: LlamaCppChatEngine
 
 
 def test_without_a_c_library_to_abort_with_a_cancel_ends_the_reply_at_a_token(
-    model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tiny_llm_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def no_library(name):
         raise OSError(f"{name}: no such library")
 
     monkeypatch.setattr(abort.ctypes, "CDLL", no_library)
     with caplog.at_level(logging.WARNING, logger="lea_local.llm.abort"):
-        engine = LlamaCppChatEngine(model_path, context_size=2048, threads=2)
+        engine = LlamaCppChatEngine(tiny_llm_path, context_size=2048, threads=2)
     monkeypatch.undo()
     assert "cannot abort a decode here" in caplog.text
     check_cancel_between_tokens(engine)

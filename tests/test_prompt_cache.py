@@ -7,9 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
-from lea_local.catalog import load_catalog
 from lea_local.llm.base import ChatMessage
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
 from lea_local.llm.prompt_cache import PromptCache
@@ -27,12 +24,6 @@ QUESTIONS = [
     "Comment rédiger une annonce de location ?",
     "Faut-il un état des lieux pour une vente ?",
 ]
-
-
-@pytest.fixture(scope="module")
-def llm_path(models_dir: Path) -> Path:
-    entry = load_catalog().preset_model("tiny", "llm", "llama-cpp")
-    return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
 
 
 def make_engine(path: Path, cache_bytes: int) -> LlamaCppChatEngine:
@@ -60,9 +51,9 @@ def held_states(engine: LlamaCppChatEngine) -> list:
     return [entry.state for entry in cache._entries.values()]
 
 
-def test_cache_never_holds_more_than_its_capacity(llm_path: Path) -> None:
+def test_cache_never_holds_more_than_its_capacity(tiny_llm_path: Path) -> None:
     capacity = 12 * MIB
-    engine = make_engine(llm_path, capacity)
+    engine = make_engine(tiny_llm_path, capacity)
     before = rss_mib()
     for question in QUESTIONS:
         ask(engine, ChatMessage("user", question))
@@ -80,7 +71,7 @@ def test_cache_never_holds_more_than_its_capacity(llm_path: Path) -> None:
     assert rss_mib() - before <= capacity / MIB + 120
 
 
-def test_restored_conversation_answers_as_a_cold_one(llm_path: Path) -> None:
+def test_restored_conversation_answers_as_a_cold_one(tiny_llm_path: Path) -> None:
     """The conversation's second turn after another conversation took the live context (its state
     restored from the cache) gives, token for token, the reply of an engine without any cache that
     ran only this conversation. (The same prompt evaluated in one batch instead, or its last
@@ -89,12 +80,12 @@ def test_restored_conversation_answers_as_a_cold_one(llm_path: Path) -> None:
     first = ChatMessage("user", QUESTIONS[0])
     follow_up = ChatMessage("user", "Et combien de temps sont-ils valables ?")
 
-    cold = make_engine(llm_path, 0)
+    cold = make_engine(tiny_llm_path, 0)
     assert cold.prompt_cache_stats() is None
     cold_reply = ChatMessage("assistant", ask(cold, first))
     cold_second = ask(cold, first, cold_reply, follow_up)
 
-    engine = make_engine(llm_path, 256 * MIB)
+    engine = make_engine(tiny_llm_path, 256 * MIB)
     reply = ChatMessage("assistant", ask(engine, first))
     assert reply == cold_reply
     ask(engine, ChatMessage("user", QUESTIONS[1]))  # another conversation takes the live context
@@ -107,15 +98,15 @@ def test_restored_conversation_answers_as_a_cold_one(llm_path: Path) -> None:
     assert restored  # the model did answer
 
 
-def test_least_recently_used_state_is_evicted_first(llm_path: Path) -> None:
+def test_least_recently_used_state_is_evicted_first(tiny_llm_path: Path) -> None:
     # Long enough that restoring one spares more than MIN_RESTORE_GAIN_TOKENS.
     detail = "Détaillez chaque étape, avec ses délais et ses coûts."
     a, b, c = (ChatMessage("user", f"{q} {detail}") for q in QUESTIONS[:3])
-    probe = make_engine(llm_path, 256 * MIB)
+    probe = make_engine(tiny_llm_path, 256 * MIB)
     ask(probe, a, tokens=8)
     one_state = stats(probe)["bytes"]
     # Room for two such conversations, not three.
-    engine = make_engine(llm_path, int(one_state * 2.6))
+    engine = make_engine(tiny_llm_path, int(one_state * 2.6))
     ask(engine, a, tokens=8)
     ask(engine, b, tokens=8)
     assert stats(engine)["entries"] == 2
@@ -132,8 +123,8 @@ def test_least_recently_used_state_is_evicted_first(llm_path: Path) -> None:
     assert stats(engine)["hits"] == 2 and stats(engine)["misses"] == misses + 1  # b was not
 
 
-def test_reset_cache_forgets_every_state(llm_path: Path) -> None:
-    engine = make_engine(llm_path, 64 * MIB)
+def test_reset_cache_forgets_every_state(tiny_llm_path: Path) -> None:
+    engine = make_engine(tiny_llm_path, 64 * MIB)
     ask(engine, ChatMessage("user", QUESTIONS[0]), tokens=8)
     assert stats(engine)["entries"] == 1
     engine.reset_cache()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from lea_local.catalog import load_catalog
 from lea_local.llm.base import ChatMessage
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
 from lea_local.llm.repetition import find_repetition, split_sentences
@@ -39,15 +38,10 @@ def _system_prompt() -> ChatMessage:
     return ChatMessage("system", system_prompt_path("fr-FR").read_text(encoding="utf-8"))
 
 
-def _gguf(models_dir: Path) -> Path:
-    entry = load_catalog().preset_model("tiny", "llm")
-    return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
-
-
 @pytest.fixture(scope="module")
-def engine(models_dir: Path) -> LlamaCppChatEngine:
+def engine(tiny_llm_path: Path) -> LlamaCppChatEngine:
     # One thread: on a busy 2-core machine, two spin-wait on each other (minutes per reply).
-    return LlamaCppChatEngine(_gguf(models_dir), context_size=2048, threads=1, repeat_penalty=NO_PENALTY)
+    return LlamaCppChatEngine(tiny_llm_path, context_size=2048, threads=1, repeat_penalty=NO_PENALTY)
 
 
 def _messages(prompt: str) -> list[ChatMessage]:

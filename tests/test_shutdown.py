@@ -17,6 +17,7 @@ import httpx
 
 from lea_local.api.shutdown import Drain
 from tests.conftest import db_rows
+from tests.fixtures.messages import LONG_MESSAGE
 from tests.server import API_KEY, CHAT_PATH, LeaServer
 from tests.waiting import wait_for
 
@@ -138,7 +139,7 @@ def test_a_turn_that_finishes_within_the_grace_period_is_answered_and_stored(mak
 
 
 def test_a_turn_stopped_during_its_prompts_evaluation_stops_there(make_server) -> None:
-    # A message of about 3,500 tokens: many seconds of evaluation on a CPU. The SIGTERM comes
+    # LONG_MESSAGE: many seconds of evaluation on a CPU. The SIGTERM comes
     # while it is evaluated; llama.cpp stops within a batch (llm/abort.py), not after it all.
     lea = make_server(
         {
@@ -149,9 +150,8 @@ def test_a_turn_stopped_during_its_prompts_evaluation_stops_there(make_server) -
             "LEA_CHAT_TIMEOUT_SECONDS": "3600",
         }
     )
-    message = " ".join(f"La maison numéro {i} a une toiture refaite en {1990 + i % 30}." for i in range(150))
     with ThreadPoolExecutor(1) as pool, lea.client() as client:
-        answer = pool.submit(lea.chat, client, message + " Résume.")
+        answer = pool.submit(lea.chat, client, LONG_MESSAGE)
         wait_for(lambda: generating(lea), "the turn's prompt evaluated", while_possible=lambda: not answer.done())
         sigterm(lea, while_possible=lambda: not answer.done())
         response = answer.result()
