@@ -58,6 +58,15 @@ def sigterm(lea: LeaServer, *, while_possible) -> None:
     wait_for(lambda: refused(lea), "new connections refused during the drain", while_possible=while_possible)
 
 
+def sigterm_once_generating(lea: LeaServer, message: str) -> httpx.Response:
+    """A turn's answer, sent SIGTERM once the LLM has taken it (its prompt about to be evaluated)."""
+    with ThreadPoolExecutor(1) as pool, lea.client() as client:
+        answer = pool.submit(lea.chat, client, message)
+        wait_for(lambda: generating(lea), "the turn generating", while_possible=lambda: not answer.done())
+        sigterm(lea, while_possible=lambda: not answer.done())
+        return answer.result()
+
+
 def exit_status(lea: LeaServer) -> int:
     assert lea.process is not None
     return lea.process.wait(timeout=EXIT_GUARD_SECONDS)
@@ -123,11 +132,7 @@ def test_turns_still_running_after_the_grace_period_get_503_and_store_nothing(ma
 
 def test_a_turn_that_finishes_within_the_grace_period_is_answered_and_stored(make_server) -> None:
     lea = make_server({**SETTINGS, "LEA_SHUTDOWN_GRACE_SECONDS": "300", "LEA_LLM_MAX_REPLY_TOKENS": "48"})
-    with ThreadPoolExecutor(1) as pool, lea.client() as client:
-        answer = pool.submit(lea.chat, client, LONG_ASK)
-        wait_for(lambda: generating(lea), "the turn generating", while_possible=lambda: not answer.done())
-        sigterm(lea, while_possible=lambda: not answer.done())
-        response = answer.result()
+    response = sigterm_once_generating(lea, LONG_ASK)
 
     assert response.status_code == 200, response.text
     reply = response.json()["response"]
@@ -150,11 +155,7 @@ def test_a_turn_stopped_during_its_prompts_evaluation_stops_there(make_server) -
             "LEA_CHAT_TIMEOUT_SECONDS": "3600",
         }
     )
-    with ThreadPoolExecutor(1) as pool, lea.client() as client:
-        answer = pool.submit(lea.chat, client, LONG_MESSAGE)
-        wait_for(lambda: generating(lea), "the turn's prompt evaluated", while_possible=lambda: not answer.done())
-        sigterm(lea, while_possible=lambda: not answer.done())
-        response = answer.result()
+    response = sigterm_once_generating(lea, LONG_MESSAGE)
 
     assert response.status_code == 503, response.text
     check_refusal(response.json())
