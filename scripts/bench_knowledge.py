@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -113,6 +114,9 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    # The bundled encoder spreads a question over the cores (OpenMP): its time depends on them.
+    threads = os.environ.get("OMP_NUM_THREADS", "all")
+    print(f"{os.cpu_count()} cores, encoder threads: {threads}")
     rng = random.Random(args.seed)
     words = vocabulary(rng, VOCABULARY)
     weights = zipf_weights(len(words))
