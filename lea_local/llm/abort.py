@@ -10,6 +10,10 @@ callback is libc's `strlen`, given a two-byte buffer: it returns 0 ("go on") whi
 two NULs, and 1 ("abort") once its first byte is set, which a bool return reads as is. No Python
 runs while llama.cpp computes (6.8 tokens/s in that test, 59 idle). A watcher thread sets the byte
 when the turn's cancel event is set.
+
+llama.h documents the abort as working "only with CPU execution": with layers offloaded to a GPU,
+the graph already handed to it finishes first (a batch there is quick; the CPU is where prompts
+take tens of seconds).
 """
 
 from __future__ import annotations
