@@ -74,10 +74,14 @@ class Deadline:
 
 
 @contextmanager
-def on_cancel(cancel: threading.Event, action: Callable[[], None], poll_seconds: float) -> Iterator[None]:
+def on_cancel(cancel: threading.Event | None, action: Callable[[], None], poll_seconds: float) -> Iterator[None]:
     """While inside, `action()` runs once, from a watcher thread, within `poll_seconds` of `cancel`
     being set: what stops a blocking call that cannot look at `cancel` itself (a socket read,
-    llama.cpp's decode). Never after the block is left; leaving does not wait for the watcher."""
+    llama.cpp's decode). Never after the block is left; leaving does not wait for the watcher.
+    Without a `cancel` (work nothing can end), nothing is watched."""
+    if cancel is None:
+        yield
+        return
     done = False
     lock = threading.Lock()
 

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -148,9 +148,10 @@ def open_response(
     if request_id is not None:  # the engine server (llama-server, another lea-local) logs it too
         request["headers"] = {**(request.get("headers") or {}), "X-Request-ID": request_id}
     try:
-        with client.stream(method, path, **request) as response, ExitStack() as watching:
-            if cancel is not None:
-                watching.enter_context(on_cancel(cancel, _shut_down(response), CANCEL_POLL_SECONDS))
+        with (
+            client.stream(method, path, **request) as response,
+            on_cancel(cancel, _shut_down(response), CANCEL_POLL_SECONDS),
+        ):
             check_response(response, engine)
             yield response
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

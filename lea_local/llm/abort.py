@@ -58,7 +58,7 @@ class DecodeAbort:
     def watching(self, cancel: threading.Event | None) -> Iterator[None]:
         """While inside, setting `cancel` makes the context's current and next decodes abort. The
         flag is lowered on the way out, when no decode can be running (the engine's lock is held)."""
-        if cancel is None or self._callback is None:
+        if self._callback is None:
             yield
             return
         try:
