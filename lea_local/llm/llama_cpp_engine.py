@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -150,34 +151,33 @@ class LlamaCppChatEngine:
                 stream=True,
                 **sampling,
             )
-            try:
-                with self._abort.watching(cancel):
-                    try:
-                        for chunk in stream:
-                            if cancel is not None and cancel.is_set():
-                                raise GenerationCancelled(
-                                    "generation cancelled", completion_tokens=self.count_text_tokens(repetition.text)
-                                )
-                            choice = chunk["choices"][0]
-                            if choice["text"]:
-                                if repetition.feed(choice["text"]):
-                                    # A loop: the rest would only repeat it, so it is never generated.
-                                    log.info("llm.loop_stopped", extra={"event": "llm.loop_stopped"})
-                                    break
-                                if on_text is not None:
-                                    on_text(choice["text"])
-                            if choice.get("finish_reason"):
-                                finish_reason = choice["finish_reason"]
-                    except RuntimeError as exc:  # llama-cpp-python's "llama_decode returned 2"
-                        if not self._abort.raised:
-                            raise
-                        # `cancel` was set while llama.cpp computed (a long prompt's evaluation).
-                        raise GenerationCancelled(
-                            "generation cancelled during evaluation",
-                            completion_tokens=self.count_text_tokens(repetition.text),
-                        ) from exc
-            finally:
-                stream.close()  # stops llama.cpp at once when we leave early
+            # Closing the stream stops llama.cpp at once when we leave early (after the abort
+            # flag is lowered).
+            with contextlib.closing(stream), self._abort.watching(cancel):
+                try:
+                    for chunk in stream:
+                        if cancel is not None and cancel.is_set():
+                            raise GenerationCancelled(
+                                "generation cancelled", completion_tokens=self.count_text_tokens(repetition.text)
+                            )
+                        choice = chunk["choices"][0]
+                        if choice["text"]:
+                            if repetition.feed(choice["text"]):
+                                # A loop: the rest would only repeat it, so it is never generated.
+                                log.info("llm.loop_stopped", extra={"event": "llm.loop_stopped"})
+                                break
+                            if on_text is not None:
+                                on_text(choice["text"])
+                        if choice.get("finish_reason"):
+                            finish_reason = choice["finish_reason"]
+                except RuntimeError as exc:  # llama-cpp-python's "llama_decode returned 2"
+                    if not self._abort.raised:
+                        raise
+                    # `cancel` was set while llama.cpp computed (a long prompt's evaluation).
+                    raise GenerationCancelled(
+                        "generation cancelled during evaluation",
+                        completion_tokens=self.count_text_tokens(repetition.text),
+                    ) from exc
         generated = repetition.text
         return ChatReply(
             text=repetition.kept_text(),
