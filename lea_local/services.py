@@ -151,7 +151,8 @@ class Services:
                 close()  # a remote engine's HTTP connections
 
 
-def _resolve_in_preset(catalog: Catalog, preset: str | None, models_dir: Path, kind: str, engine: str) -> Path:
+def preset_model_path(catalog: Catalog, preset: str | None, models_dir: Path, kind: str, engine: str) -> Path:
+    """The file (or directory) the `engine` of `kind` loads from `preset`'s installed models."""
     assert preset is not None
     entry = catalog.preset_model(preset, kind, engine)  # type: ignore[arg-type]
     if not entry.is_installed(models_dir):
@@ -187,7 +188,7 @@ def resolve_model_paths(settings: Settings, catalog: Catalog | None = None) -> M
         is_local, path, engine = local[kind]
         if not is_local:
             return None
-        return path or _resolve_in_preset(catalog, preset, settings.models_dir, kind, engine)
+        return path or preset_model_path(catalog, preset, settings.models_dir, kind, engine)
 
     return ModelPaths(preset=preset, llm=resolved("llm"), asr=resolved("asr"), tts=resolved("tts"))
 

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from lea_local.catalog import load_catalog
+from lea_local.services import preset_model_path
 from lea_local.store.conversations import create_database_engine
 from lea_local.store.schema import upgrade_schema
 from tests.postgres import PostgresCluster
@@ -36,8 +37,7 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_llm_path(models_dir: Path) -> Path:
     """The tiny preset's GGUF chat model (SmolLM2-135M-Instruct), for tests of the llama.cpp engine."""
-    entry = load_catalog().preset_model("tiny", "llm", "llama-cpp")
-    return entry.path_of(models_dir, next(f.name for f in entry.files if f.name.endswith(".gguf")))
+    return preset_model_path(load_catalog(), "tiny", models_dir, "llm", "llama-cpp")
 
 
 @pytest.fixture(scope="session")
