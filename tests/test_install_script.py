@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.server import REPO
 
 
 def test_a_first_install_on_a_disk_too_small_stops_at_once_and_leaves_nothing(tmp_path):
