@@ -19,7 +19,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.server import REPO
+
 # Schemes that never leave the browser.
 LOCAL_SCHEMES = ("data:", "blob:", "about:", "chrome-error:", "chrome:")
 

@@ -15,9 +15,7 @@ from lea_local.services import preset_model_path
 from lea_local.store.conversations import create_database_engine
 from lea_local.store.schema import upgrade_schema
 from tests.postgres import PostgresCluster
-from tests.server import LeaServer
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.server import REPO, LeaServer
 
 
 @pytest.fixture(scope="session")

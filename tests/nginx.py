@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 
 from lea_local.server_process import free_port
+from tests.server import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "deploy" / "nginx" / "lea-local.conf"
 SETTINGS = (
     "LEA_NGINX_SERVER_NAME",

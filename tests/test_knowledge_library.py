@@ -27,8 +27,8 @@ from lea_local.knowledge.extract import extract
 from lea_local.knowledge.french import Thesaurus, analyse_query, fold, terms
 from lea_local.knowledge.library import safe_file_name
 from tests.conftest import Database
+from tests.server import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "fixtures" / "knowledge" / "corpus"
 
 HANDBOOK = """# Manuel du bureau

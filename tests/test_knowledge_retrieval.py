@@ -28,8 +28,8 @@ from tests.fixtures.knowledge.corpus import (
     paragraphs,
     shared_content_words,
 )
+from tests.server import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 # The target is recall@3 >= 0.9 over all questions. Measured (95 questions, 41 of them
 # paraphrased with no content word in common with their passage), with the default retrieval
 # (multilingual-e5-small, the lexical ranking breaking near-ties): direct 1.00, paraphrased 0.41,

@@ -31,13 +31,12 @@ from lea_local.store.session_locks import PostgresSessionLocks
 from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.conftest import db_query, db_rows
 from tests.postgres import PostgresCluster
-from tests.server import API_KEY, VOICE_PATH, LeaServer
+from tests.server import API_KEY, REPO, VOICE_PATH, LeaServer
 from tests.waiting import wait_for, wait_for_async
 
 # The newest revision, which `lea-local db upgrade` brings every database to.
 HEAD_REVISION = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
-REPO = Path(__file__).resolve().parent.parent
 HEADERS = {"X-API-Key": API_KEY}
 ERASE_PATH = "/api/external/agent/erase"
 
