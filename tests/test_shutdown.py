@@ -48,6 +48,8 @@ def refused(lea: LeaServer) -> bool:
         httpx.get(f"{lea.url}/ready", timeout=5)
     except httpx.ConnectError:
         return True
+    except httpx.RemoteProtocolError:
+        return False  # accepted just before the listening socket closed, then dropped: ask again
     return False
 
 
