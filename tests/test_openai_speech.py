@@ -90,7 +90,7 @@ def test_pcm_is_24_khz_whatever_the_voice_rate(client) -> None:
     """The voice speaks at 22 050 Hz and pcm carries no header: it must be resampled to 24 kHz.
     Left at 22 050 Hz and read at 24 kHz, it would last 8% less than the same speech as WAV
     (whose header tells its rate). Piper's durations vary by a few % from call to call: medians
-    of three calls each."""
+    of five calls each (two medians of three once differed by 4.2%)."""
 
     def median_seconds(response_format: str) -> float:
         runs = [
@@ -100,9 +100,9 @@ def test_pcm_is_24_khz_whatever_the_voice_rate(client) -> None:
                 ).content,
                 response_format,
             )
-            for _ in range(3)
+            for _ in range(5)
         ]
-        return sorted(runs)[1]
+        return sorted(runs)[2]
 
     assert 0.96 <= median_seconds("pcm") / median_seconds("wav") <= 1.04
 
