@@ -204,6 +204,11 @@ class Settings(BaseSettings):
     knowledge_dir: Path | None = None
     """The agency's documents Léa answers from (lea_local/knowledge). Unset: `<data_dir>/knowledge`.
     Replicas that share a database share this directory too."""
+    knowledge_thesaurus: Path | None = None
+    """The agency's own vocabulary, added to the shipped real-estate thesaurus: lines `a, b, c`
+    (said for one another) or `a, b => c` (a question with a or b also looks for c), as in
+    lea_local/knowledge/thesaurus-fr.txt. Read again when it changes, no reindex. Unset:
+    `<data_dir>/thesaurus.txt`, when it exists."""
     knowledge_enabled: bool = True
     """Search the knowledge base on each turn and give Léa the best passages. false: no retrieval."""
     knowledge_passages: int = Field(default=3, ge=1, le=20)
@@ -285,6 +290,10 @@ class Settings(BaseSettings):
     @property
     def effective_knowledge_dir(self) -> Path:
         return self.knowledge_dir or self.data_dir / "knowledge"
+
+    @property
+    def effective_knowledge_thesaurus(self) -> Path:
+        return self.knowledge_thesaurus or self.data_dir / "thesaurus.txt"
 
     def require_api_keys(self) -> list[bytes]:
         """The accepted keys as bytes, or a SettingsError that says how to set one."""

@@ -11,12 +11,14 @@ words are what it is about.
 A question is then expanded with the domain thesaurus (`thesaurus-fr.txt`, shipped in the
 package): a user who asks about the "rétribution" of an "agent" finds the passage that says
 "commission" and "courtier". The expansions are searched apart and weigh less than the user's
-own terms.
+own terms. The agency can add its own vocabulary in a file of the same format (`AgencyThesaurus`,
+LEA_KNOWLEDGE_THESAURUS): its words for things the documents name otherwise.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 import unicodedata
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import snowballstemmer
+
+log = logging.getLogger(__name__)
 
 THESAURUS = Path(__file__).with_name("thesaurus-fr.txt")
 
@@ -184,6 +188,55 @@ class Thesaurus:
 @functools.lru_cache(maxsize=1)
 def default_thesaurus() -> Thesaurus:
     return Thesaurus.load()
+
+
+class AgencyThesaurus:
+    """The shipped thesaurus followed by the agency's own lines (a file in the same format),
+    read again whenever that file changes: a rule written there counts from the next search, with
+    no reindex (only questions are expanded). Without the file, the shipped thesaurus alone. A
+    file that cannot be read (not UTF-8, unreadable) is logged and the version before it stays.
+    Cheap to ask on every search: one stat of the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._current = default_thesaurus()
+
+    def current(self) -> Thesaurus:
+        stamp = self._stamp_now()
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    self._current = self._read(stamp)
+                    self._stamp = stamp
+        return self._current
+
+    def _stamp_now(self) -> tuple | None:
+        """What says the file changed (None: there is none); an error is its own stamp, so
+        that it is logged once, not at every search."""
+        try:
+            status = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            return ("unreadable", str(error))
+        return (status.st_mtime_ns, status.st_size, status.st_ino)
+
+    def _read(self, stamp: tuple | None) -> Thesaurus:
+        if stamp is None:
+            if self._stamp is not None:
+                log.info("knowledge: agency thesaurus %s removed; the shipped thesaurus alone", self.path)
+            return default_thesaurus()
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            log.error("knowledge: agency thesaurus %s unreadable (%s); the rules read before stay", self.path, error)
+            return self._current
+        combined = Thesaurus([*THESAURUS.read_text(encoding="utf-8").splitlines(), *lines])
+        own = len(combined) - len(default_thesaurus())
+        log.info("knowledge: agency thesaurus %s read, rules of its own: %d", self.path, own)
+        return combined
 
 
 def analyse_query(text: str, thesaurus: Thesaurus | None = None) -> AnalysedQuery:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from lea_local.knowledge.chunking import SECTION_SEPARATOR
-from lea_local.knowledge.french import analyse_query, default_thesaurus, terms
+from lea_local.knowledge.french import Thesaurus, analyse_query, terms
 from lea_local.llm.base import ChatMessage
 
 if TYPE_CHECKING:
@@ -70,6 +70,9 @@ class PassageSearch(Protocol):
     def term_counts(self, words: Sequence[str], cap: int) -> dict[str, int]: ...
 
     def documents(self) -> list[Document]: ...
+
+    @property
+    def thesaurus(self) -> Thesaurus: ...
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class _TermWeights:
         held = set(terms(f"{passage.title}\n{passage.section}\n{passage.text}"))
         if self.coverage(query, held) >= MIN_COVERAGE:
             return True
-        return any(set(phrase.terms) <= held for phrase in analyse_query(query).expansions)
+        return any(set(phrase.terms) <= held for phrase in analyse_query(query, self.knowledge.thesaurus).expansions)
 
     def coverage(self, query: str, held: set[str]) -> float:
         """The share of the question's terms (idf-weighed) that a passage's terms hold."""
@@ -144,7 +147,7 @@ class _TermWeights:
         if not wanted:
             return 0.0
         self.weigh(wanted)
-        thesaurus = default_thesaurus()
+        thesaurus = self.knowledge.thesaurus
         total = found = 0.0
         for term in wanted:
             weight = self.idf(term)

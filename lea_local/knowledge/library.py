@@ -36,7 +36,7 @@ from lea_local.knowledge.chunking import Chunk, chunk_document
 from lea_local.knowledge.dense import DenseIndex
 from lea_local.knowledge.encoder import TextEncoder, shared_e5_encoder
 from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, extract
-from lea_local.knowledge.french import Thesaurus, analyse_query
+from lea_local.knowledge.french import AgencyThesaurus, Thesaurus, analyse_query, default_thesaurus
 from lea_local.knowledge.fusion import DENSE_FUSION, WORDS_FUSION, HybridIndex
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
 from lea_local.knowledge.passage_cache import StampedPassageCache
@@ -162,9 +162,20 @@ def sentence_encoder(settings: Settings) -> TextEncoder:
 def knowledge_base_for(settings: Settings, engine: Engine) -> KnowledgeBase:
     """The knowledge base as configured (LEA_KNOWLEDGE_*, LEA_EMBEDDING_*), in `engine`'s database."""
     encoder = sentence_encoder(settings) if settings.knowledge_retrieval == "dense" else None
-    return KnowledgeBase(
-        engine, settings.effective_knowledge_dir, retrieval=settings.knowledge_retrieval, encoder=encoder
+    knowledge = KnowledgeBase(
+        engine,
+        settings.effective_knowledge_dir,
+        retrieval=settings.knowledge_retrieval,
+        encoder=encoder,
+        agency_thesaurus=settings.effective_knowledge_thesaurus,
     )
+    if settings.knowledge_thesaurus is not None and not settings.knowledge_thesaurus.exists():
+        log.warning(
+            "knowledge: LEA_KNOWLEDGE_THESAURUS %s does not exist: the shipped thesaurus alone until it does",
+            settings.knowledge_thesaurus,
+        )
+    knowledge.thesaurus  # noqa: B018 - the agency's file read (and logged) at start, not at the first turn
+    return knowledge
 
 
 class KnowledgeBase:
@@ -178,9 +189,12 @@ class KnowledgeBase:
         *,
         retrieval: Retrieval = "dense",
         encoder: TextEncoder | None = None,
+        agency_thesaurus: Path | None = None,
     ) -> None:
         """`encoder`: the sentence encoder of `dense` retrieval (unset: the bundled
-        multilingual-e5-small; see `sentence_encoder` for the configured one)."""
+        multilingual-e5-small; see `sentence_encoder` for the configured one). `thesaurus`: the
+        questions' expansions (unset: the shipped thesaurus, with the agency's own lines from the
+        file `agency_thesaurus` when there is one, read again whenever it changes)."""
         self.engine = engine
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -192,7 +206,9 @@ class KnowledgeBase:
         else:
             self._index = HybridIndex(self._lexical, None, WORDS_FUSION)
         self._thesaurus = thesaurus
+        self._agency_thesaurus = AgencyThesaurus(agency_thesaurus) if agency_thesaurus is not None else None
         self._term_counts = _TermCounts()
+        self._counted_with: Thesaurus | None = None
         self._writes = threading.Lock()
 
     # --- reading ---------------------------------------------------------------------------
@@ -211,13 +227,20 @@ class KnowledgeBase:
             raise DocumentNotFound(f"document {document_id} not found")
         return _document(row)
 
+    @property
+    def thesaurus(self) -> Thesaurus:
+        """What expands questions now (the agency's file is read again when it changes)."""
+        if self._thesaurus is not None:
+            return self._thesaurus
+        return self._agency_thesaurus.current() if self._agency_thesaurus is not None else default_thesaurus()
+
     @_outage_is_unavailable
     def search(self, query: str, limit: int = 5, *, lexical_only: bool = False) -> list[Passage]:
         """The passages that best answer `query`, best first ([] when it has no searchable word):
         the lexical and semantic rankings fused (fusion.py), or with `lexical_only` only the
         passages that hold the query's terms or their thesaurus synonyms (what words alone find;
         `term_counts` counts them for grounding)."""
-        analysed = analyse_query(query, self._thesaurus)
+        analysed = analyse_query(query, self.thesaurus)
         if analysed.empty or limit < 1:
             return []
         with self.engine.connect() as connection:
@@ -248,13 +271,17 @@ class KnowledgeBase:
         """How many passages each word's lexical search finds (its thesaurus synonyms included),
         counted up to `cap`: what grounding weighs a question's terms by. Remembered until the
         documents change, so a turn asks the index only for words not seen since."""
+        thesaurus = self.thesaurus
         with self.engine.connect() as connection:
             known = self._term_counts.current(connection).counts
-            if len(known) > _MAX_TERM_COUNTS:  # words without end (random text) cannot fill memory
+            # Words without end (random text) cannot fill memory; a synonym the agency added
+            # counts from now on.
+            if len(known) > _MAX_TERM_COUNTS or thesaurus is not self._counted_with:
                 known.clear()
+                self._counted_with = thesaurus
             for word in words:
                 if (word, cap) not in known:
-                    analysed = analyse_query(word, self._thesaurus)
+                    analysed = analyse_query(word, thesaurus)
                     found = [] if analysed.empty else self._lexical.search(connection, analysed, cap)
                     known[(word, cap)] = len(found)
         return {word: known[(word, cap)] for word in words}

@@ -1,0 +1,170 @@
+"""The agency's own thesaurus (LEA_KNOWLEDGE_THESAURUS): a rule written in the file counts from
+the next search and the next turn, with no restart or reindex; an edited or removed file is
+followed; an unreadable one keeps the rules read before and is logged once. On the knowledge
+base itself (SQLite and PostgreSQL), then on the real server over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+
+from lea_local.knowledge import KnowledgeBase
+from tests.server import API_KEY, CHAT_PATH, LeaServer
+
+MEETINGS = """# Manuel du bureau
+
+## La réunion d'équipe
+
+La réunion d'équipe hebdomadaire a lieu le mardi à 8 h 30, dans la grande salle du deuxième
+étage. La présence de chaque courtier est attendue ; une absence se signale à la dirigeante.
+
+## Le stationnement
+
+Les places de stationnement à l'arrière de l'immeuble sont réservées aux clients.
+""".encode()
+
+# "Le caucus" is what this agency's brokers call the team meeting: no shipped rule knows it.
+JARGON_QUESTION = "À quelle heure commence le caucus ?"
+RULE = "caucus => réunion d'équipe  # ce que les courtiers appellent la réunion du mardi\n"
+MEETING_FACT = "le mardi à 8 h 30"
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    return tmp_path / "agence" / "thesaurus.txt"
+
+
+@pytest.fixture
+def knowledge(engine: Engine, tmp_path: Path, rules: Path) -> KnowledgeBase:
+    # Words only: what a rule changes is which passages hold the question's terms.
+    base = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="lexical", agency_thesaurus=rules)
+    base.add("manuel-bureau.md", MEETINGS)
+    return base
+
+
+def write(path: Path, text: str | bytes) -> None:
+    """Write the file as an editor would, and make sure its stamp moves even within one clock
+    tick (file times are coarse)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    if path.stat().st_mtime_ns <= before:
+        os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
+
+
+def found(knowledge: KnowledgeBase, question: str) -> list[str]:
+    return [p.text for p in knowledge.search(question, limit=3, lexical_only=True)]
+
+
+def test_a_rule_written_in_the_agency_file_counts_from_the_next_search(knowledge, rules):
+    assert found(knowledge, JARGON_QUESTION) == []
+    assert knowledge.term_counts(["caucus"], 50) == {"caucus": 0}
+
+    write(rules, RULE)
+    hits = found(knowledge, JARGON_QUESTION)
+    assert hits and MEETING_FACT in hits[0]
+    # Grounding weighs a question's terms by how many passages they find: the new synonym counts.
+    assert knowledge.term_counts(["caucus"], 50) == {"caucus": 1}
+    # The shipped rules still apply beside the agency's.
+    assert found(knowledge, "Où garer la voiture des clients ?") == found(knowledge, "stationnement")
+
+
+def test_an_edited_then_removed_file_is_followed(knowledge, rules):
+    write(rules, RULE)
+    assert found(knowledge, JARGON_QUESTION)
+
+    write(rules, "# plus de caucus : on dit la réunion du mardi\n")
+    assert found(knowledge, JARGON_QUESTION) == []
+
+    write(rules, RULE)
+    assert found(knowledge, JARGON_QUESTION)
+    rules.unlink()
+    assert found(knowledge, JARGON_QUESTION) == []
+    # Back to the shipped thesaurus alone, which still works.
+    assert found(knowledge, "rendez-vous hebdomadaire") == found(knowledge, "réunion hebdomadaire") != []
+
+
+def test_an_unreadable_file_keeps_the_rules_read_before_and_is_logged_once(knowledge, rules, caplog):
+    write(rules, RULE)
+    assert found(knowledge, JARGON_QUESTION)
+
+    write(rules, b"caucus => r\xe9union\n")  # Latin-1, not UTF-8
+    with caplog.at_level(logging.ERROR, logger="lea_local.knowledge.french"):
+        for _ in range(3):
+            hits = found(knowledge, JARGON_QUESTION)
+            assert hits and MEETING_FACT in hits[0]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert str(rules) in errors[0].getMessage() and "rules read before stay" in errors[0].getMessage()
+
+
+def test_an_explicit_thesaurus_is_not_overridden_by_the_agency_file(engine, tmp_path, rules):
+    """The evaluation scripts pass a thesaurus of their own; the agency's file does not change it."""
+    from lea_local.knowledge.french import Thesaurus
+
+    write(rules, RULE)
+    mine = Thesaurus(["zzyzx, xyzzy"])
+    base = KnowledgeBase(engine, tmp_path / "knowledge", mine, retrieval="lexical", agency_thesaurus=rules)
+    base.add("manuel-bureau.md", MEETINGS)
+    assert base.thesaurus is mine
+    assert found(base, JARGON_QUESTION) == []
+
+
+# --- over HTTP ----------------------------------------------------------------------------------
+
+HEADERS = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def lea(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LeaServer]:
+    data = tmp_path_factory.mktemp("agency-thesaurus")
+    settings = {
+        "LEA_KNOWLEDGE_THESAURUS": str(data / "partage" / "thesaurus.txt"),
+        "LEA_LOG_CONTENT": "true",  # the prompt the engine received is logged
+        "LEA_LLM_MAX_REPLY_TOKENS": "16",
+        "LEA_TTS_FOR_TEXT_CHAT": "false",
+        "LEA_REQUEST_TIMEOUT_SECONDS": "600",  # what is checked is the prompt, not its speed
+    }
+    server = LeaServer(data, models_dir, settings)
+    server.start()
+    yield server
+    server.stop()
+
+
+def turn(lea: LeaServer, client: httpx.Client, message: str) -> tuple[dict, str]:
+    """The turn's body and the user message the engine received."""
+    request_id = uuid.uuid4().hex
+    r = client.post(CHAT_PATH, json={"message": message}, headers={"X-Request-ID": request_id})
+    assert r.status_code == 200, r.text
+    prompts = [
+        e["prompt"] for e in lea.log_events() if e.get("event") == "llm.prompt" and e.get("request_id") == request_id
+    ]
+    assert len(prompts) == 1
+    return r.json(), prompts[0][-1]["content"]
+
+
+def test_a_turn_in_the_agencys_jargon_is_grounded_once_the_rule_is_written(lea):
+    rules = lea.data_dir / "partage" / "thesaurus.txt"
+    messages = lambda: [str(e.get("message", "")) for e in lea.log_events()]  # noqa: E731
+    assert any(f"LEA_KNOWLEDGE_THESAURUS {rules} does not exist" in m for m in messages())
+    with lea.client(headers=HEADERS) as client:
+        r = client.post("/api/knowledge/documents", files={"file": ("manuel-bureau.md", MEETINGS)})
+        assert r.status_code == 201, r.text
+
+        body, sent = turn(lea, client, JARGON_QUESTION)
+        assert body["sources"] == [] and MEETING_FACT not in sent
+
+        write(rules, RULE)
+        r = client.get("/api/knowledge/search", params={"q": JARGON_QUESTION, "limit": 1})
+        assert r.status_code == 200 and MEETING_FACT in r.json()["passages"][0]["text"]
+        body, sent = turn(lea, client, JARGON_QUESTION)
+        assert MEETING_FACT in sent and sent.endswith(JARGON_QUESTION)
+        assert [s["file"] for s in body["sources"]] == ["manuel-bureau.md"]
+    assert any(f"agency thesaurus {rules} read, rules of its own: 1" in m for m in messages())
