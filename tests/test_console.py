@@ -62,6 +62,8 @@ return {
   documents: [...by("documents").querySelectorAll("tr")].map((tr) => tr.textContent),
   documentsState: by("documents-state").textContent,
   results: [...by("document-results").children].map((li) => li.textContent),
+  thesaurus: by("thesaurus-text").value,
+  thesaurusState: by("thesaurus-state").textContent,
 };
 """
 
@@ -263,6 +265,20 @@ def test_documents_upload_list_search_delete(lea: LeaServer, tmp_path: Path) -> 
             while_possible=lambda: not state(b)["problem"] and "Aucun passage" not in state(b)["documentsState"],
         )
         assert "Thermopompe" in state(b)["results"][0] and "entretien annuel" in state(b)["results"][0]
+
+        # The agency's own vocabulary: a rule typed and saved here counts from the next search.
+        assert state(b)["thesaurus"] == "" and "Aucune règle" in state(b)["thesaurusState"]
+        by_testid(b, "thesaurus-text").send_keys("heat pump => thermopompe\nle, la\n")
+        by_testid(b, "thesaurus-save").click()
+        wait_for(
+            lambda: "1 règle(s)" in state(b)["thesaurusState"],
+            "the rules saved",
+            while_possible=lambda: not state(b)["problem"],
+        )
+        assert "Lignes sans règle : 2." in state(b)["thesaurusState"]
+        with lea.client(headers={"X-API-Key": API_KEY}) as client:
+            r = client.get("/api/knowledge/search", params={"q": "heat pump"})
+            assert "thermopompe" in r.json()["expansions"] and "Thermopompe" in r.json()["passages"][0]["section"]
         b.screenshot("console-1280-documents")
 
         by_testid(b, "document-delete").click()
@@ -273,6 +289,13 @@ def test_documents_upload_list_search_delete(lea: LeaServer, tmp_path: Path) -> 
         )
         nothing_stored_in_the_browser(b)
         assert b.outside_requests(lea.url) == []
+        by_testid(b, "thesaurus-text").clear()
+        by_testid(b, "thesaurus-save").click()
+        wait_for(
+            lambda: "Aucune règle" in state(b)["thesaurusState"],
+            "the rules emptied",
+            while_possible=lambda: not state(b)["problem"],
+        )
 
 
 def test_wrong_key_is_a_clear_message(lea: LeaServer) -> None:

@@ -18,6 +18,7 @@ from tests.server import API_KEY, LeaServer
 CORPUS = Path(__file__).parent / "fixtures" / "knowledge" / "corpus"
 HEADERS = {"X-API-Key": API_KEY}
 DOCUMENTS = "/api/knowledge/documents"
+THESAURUS = "/api/knowledge/thesaurus"
 SEARCH = "/api/knowledge/search"
 MAX_UPLOAD_BYTES = 200_000
 DOCUMENT_FIELDS = {"id", "file_name", "title", "format", "sha256", "size_bytes", "passages", "added_at", "updated_at"}
@@ -206,16 +207,24 @@ def test_bad_requests_get_400_or_404(client):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", DOCUMENTS), ("POST", DOCUMENTS), ("DELETE", f"{DOCUMENTS}/1"), ("GET", f"{SEARCH}?q=garde")],
+    [
+        ("GET", DOCUMENTS),
+        ("POST", DOCUMENTS),
+        ("DELETE", f"{DOCUMENTS}/1"),
+        ("GET", f"{SEARCH}?q=garde"),
+        ("GET", THESAURUS),
+        ("PUT", THESAURUS),
+    ],
 )
 def test_every_route_needs_the_api_key(lea, method, path):
     before = None
     with lea.client(headers=HEADERS) as client:
-        before = listed(client)
+        before = listed(client), client.get(THESAURUS).json()
     with lea.client() as anonymous:
         files = {"file": ("manuel-agence.md", b"# Titre\n\nTexte.")} if method == "POST" else None
-        assert_contract_error(anonymous.request(method, path, files=files), 401)
-        wrong = anonymous.request(method, path, files=files, headers={"Authorization": "Bearer wrong-key"})
+        body = {"text": "caucus => réunion"} if method == "PUT" else None
+        assert_contract_error(anonymous.request(method, path, files=files, json=body), 401)
+        wrong = anonymous.request(method, path, files=files, json=body, headers={"Authorization": "Bearer wrong-key"})
         assert_contract_error(wrong, 401)
     with lea.client(headers={"Authorization": f"Bearer {API_KEY}"}) as bearer:
-        assert listed(bearer) == before
+        assert (listed(bearer), bearer.get(THESAURUS).json()) == before

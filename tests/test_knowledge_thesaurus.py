@@ -1,7 +1,8 @@
 """The agency's own thesaurus (LEA_KNOWLEDGE_THESAURUS): a rule written in the file counts from
 the next search and the next turn, with no restart or reindex; an edited or removed file is
 followed; an unreadable one keeps the rules read before and is logged once. On the knowledge
-base itself (SQLite and PostgreSQL), then on the real server over HTTP."""
+base itself (SQLite and PostgreSQL), then on the real server over HTTP, where the admin API reads
+and replaces the rules (GET/PUT /api/knowledge/thesaurus) and a search shows the expansions."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from lea_local.knowledge import KnowledgeBase
 from tests.server import API_KEY, CHAT_PATH, LeaServer
+from tests.test_knowledge_api import assert_contract_error
 
 MEETINGS = """# Manuel du bureau
 
@@ -120,6 +122,7 @@ def test_an_explicit_thesaurus_is_not_overridden_by_the_agency_file(engine, tmp_
 # --- over HTTP ----------------------------------------------------------------------------------
 
 HEADERS = {"X-API-Key": API_KEY}
+THESAURUS = "/api/knowledge/thesaurus"
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +141,15 @@ def lea(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
     server.stop()
 
 
+@pytest.fixture
+def rules_file(lea: LeaServer) -> Iterator[Path]:
+    """The server's agency thesaurus (LEA_KNOWLEDGE_THESAURUS), absent before and after each test."""
+    path = lea.data_dir / "partage" / "thesaurus.txt"
+    path.unlink(missing_ok=True)
+    yield path
+    path.unlink(missing_ok=True)
+
+
 def turn(lea: LeaServer, client: httpx.Client, message: str) -> tuple[dict, str]:
     """The turn's body and the user message the engine received."""
     request_id = uuid.uuid4().hex
@@ -150,8 +162,8 @@ def turn(lea: LeaServer, client: httpx.Client, message: str) -> tuple[dict, str]
     return r.json(), prompts[0][-1]["content"]
 
 
-def test_a_turn_in_the_agencys_jargon_is_grounded_once_the_rule_is_written(lea):
-    rules = lea.data_dir / "partage" / "thesaurus.txt"
+def test_a_turn_in_the_agencys_jargon_is_grounded_once_the_rule_is_written(lea, rules_file):
+    rules = rules_file
     messages = lambda: [str(e.get("message", "")) for e in lea.log_events()]  # noqa: E731
     assert any(f"LEA_KNOWLEDGE_THESAURUS {rules} does not exist" in m for m in messages())
     with lea.client(headers=HEADERS) as client:
@@ -168,3 +180,37 @@ def test_a_turn_in_the_agencys_jargon_is_grounded_once_the_rule_is_written(lea):
         assert MEETING_FACT in sent and sent.endswith(JARGON_QUESTION)
         assert [s["file"] for s in body["sources"]] == ["manuel-bureau.md"]
     assert any(f"agency thesaurus {rules} read, rules of its own: 1" in m for m in messages())
+
+
+def test_the_admin_api_reads_and_replaces_the_agencys_rules(lea, rules_file):
+    with lea.client(headers=HEADERS) as client:
+        r = client.get(THESAURUS)
+        assert r.status_code == 200 and r.json() == {"success": True, "text": "", "rules": 0, "lines_without_rule": []}
+        r = client.post("/api/knowledge/documents", files={"file": ("manuel-bureau.md", MEETINGS)})
+        assert r.status_code == 201, r.text
+        r = client.get("/api/knowledge/search", params={"q": JARGON_QUESTION})
+        shipped = r.json()["expansions"]  # "heure" has shipped synonyms
+        assert "reunion d equipe" not in shipped
+
+        text = RULE + "le, la, les\n# une note\n"
+        r = client.put(THESAURUS, json={"text": text})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"success": True, "text": text, "rules": 1, "lines_without_rule": [2]}
+        assert rules_file.read_text(encoding="utf-8") == text
+        assert client.get(THESAURUS).json()["text"] == text
+        r = client.get("/api/knowledge/search", params={"q": JARGON_QUESTION, "limit": 1})
+        assert r.json()["expansions"] == [*shipped, "reunion d equipe"]
+        assert MEETING_FACT in r.json()["passages"][0]["text"]
+        body, sent = turn(lea, client, JARGON_QUESTION)
+        assert MEETING_FACT in sent and [s["file"] for s in body["sources"]] == ["manuel-bureau.md"]
+
+        # Bad bodies change nothing.
+        for bad in ({"text": 5}, {}, {"rules": "caucus => réunion"}):
+            assert_contract_error(client.put(THESAURUS, json=bad), 400)
+        assert_contract_error(client.put(THESAURUS, content=b"caucus => r\xe9union"), 400)
+        assert_contract_error(client.put(THESAURUS, json={"text": "a, b\n" * 250_000}), 413)
+        assert rules_file.read_text(encoding="utf-8") == text
+
+        r = client.put(THESAURUS, json={"text": ""})
+        assert r.status_code == 200 and r.json()["rules"] == 0
+        assert client.get("/api/knowledge/search", params={"q": JARGON_QUESTION}).json()["expansions"] == shipped

@@ -1,5 +1,6 @@
 """The knowledge base's admin API, behind the agent API's key: upload, list and delete the
-agency's documents, and search their passages as a turn would (`lea_local.knowledge`).
+agency's documents, search their passages as a turn would (`lea_local.knowledge`), and read or
+replace the agency's own thesaurus rules.
 
 Documents are read, indexed and deleted in worker threads: extracting a PDF and writing its
 passages must not hold the event loop. A rejected file (encrypted PDF, a zip that is no DOCX,
@@ -13,7 +14,7 @@ from typing import Annotated
 
 import anyio.to_thread
 import msgspec
-from litestar import delete, get, post
+from litestar import delete, get, post, put
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
@@ -24,10 +25,12 @@ from lea_local.api.errors import ApiError
 from lea_local.api.schemas import ErrorResponse
 from lea_local.api.validation import is_blank
 from lea_local.knowledge.extract import DocumentRejected
+from lea_local.knowledge.french import AgencyThesaurus, Thesaurus, lines_without_rule
 from lea_local.knowledge.library import Document, DocumentNotFound, KnowledgeBase, Passage
 from lea_local.services import Services
 
 MAX_SEARCH_RESULTS = 50
+MAX_THESAURUS_CHARS = 1_000_000
 
 
 class KnowledgeDocument(msgspec.Struct):
@@ -68,6 +71,25 @@ class SearchResponse(msgspec.Struct):
     query: str
     passages: list[KnowledgePassage]
     """Best first."""
+    expansions: list[str] = msgspec.field(default_factory=list)
+    """The thesaurus entries (shipped or the agency's) the query was also searched with, accents
+    folded: what shows that a rule applies."""
+
+
+class ThesaurusRules(msgspec.Struct):
+    text: str
+    """The agency's rules, one a line: `a, b, c` (said for one another) or `a, b => c` (a question
+    with a or b also looks for c); `#` starts a comment. Replaces the rules there were."""
+
+
+class ThesaurusResponse(msgspec.Struct):
+    success: bool
+    text: str
+    rules: int
+    """How many rules the text makes (beside the shipped thesaurus' own)."""
+    lines_without_rule: list[int]
+    """Numbers of the lines that say something but make no rule (only stop words, or nothing on
+    one side of `=>`)."""
 
 
 @dataclass
@@ -190,8 +212,47 @@ async def search_knowledge(
         detail = "q is required and must not be blank" if q is None or len(q) <= max_chars else "q is too long"
         raise ApiError(status_code=400, detail=f"{detail} (at most {max_chars} characters)")
     query = q.strip()
-    passages = await anyio.to_thread.run_sync(_knowledge(services).search, query, limit)
-    return SearchResponse(success=True, query=query, passages=[_passage(p) for p in passages])
+    knowledge = _knowledge(services)
+
+    def search() -> tuple[list[Passage], list[str]]:
+        return knowledge.search(query, limit), knowledge.expansions(query)
+
+    passages, expansions = await anyio.to_thread.run_sync(search)
+    return SearchResponse(success=True, query=query, passages=[_passage(p) for p in passages], expansions=expansions)
 
 
-knowledge_routes = [add_document, list_documents, remove_document, search_knowledge]
+def _agency_thesaurus(services: Services) -> AgencyThesaurus:
+    thesaurus = _knowledge(services).agency_thesaurus
+    if thesaurus is None:
+        raise ApiError(status_code=503, detail="this server has no agency thesaurus")
+    return thesaurus
+
+
+def _thesaurus_response(text: str) -> ThesaurusResponse:
+    return ThesaurusResponse(
+        success=True, text=text, rules=len(Thesaurus(text.splitlines())), lines_without_rule=lines_without_rule(text)
+    )
+
+
+@get("/thesaurus", summary="The agency's own thesaurus rules (LEA_KNOWLEDGE_THESAURUS)", responses=_errors())
+async def read_thesaurus(services: NamedDependency[Services]) -> ThesaurusResponse:
+    text = await anyio.to_thread.run_sync(_agency_thesaurus(services).text)
+    return _thesaurus_response(text)
+
+
+@put(
+    "/thesaurus",
+    summary="Replace the agency's own thesaurus rules: they count from the next search, no reindex",
+    responses=_errors(
+        {400: 'The body is not {"text": string}', 413: f"The text is longer than {MAX_THESAURUS_CHARS} characters"}
+    ),
+)
+async def replace_thesaurus(data: ThesaurusRules, services: NamedDependency[Services]) -> ThesaurusResponse:
+    thesaurus = _agency_thesaurus(services)
+    if len(data.text) > MAX_THESAURUS_CHARS:
+        raise ApiError(status_code=413, detail=f"the thesaurus is longer than {MAX_THESAURUS_CHARS} characters")
+    await anyio.to_thread.run_sync(thesaurus.replace, data.text)
+    return _thesaurus_response(data.text)
+
+
+knowledge_routes = [add_document, list_documents, remove_document, search_knowledge, read_thesaurus, replace_thesaurus]

@@ -1,8 +1,10 @@
-// Léa's documents (the knowledge base's admin API): upload, list, delete, search.
+// Léa's documents (the knowledge base's admin API): upload, list, delete, search, and the
+// agency's own vocabulary (its thesaurus rules).
 
 import { ApiProblem, callApi } from "./api.js";
 
 const DOCUMENTS = "/api/knowledge/documents";
+const THESAURUS = "/api/knowledge/thesaurus";
 
 function cell(text) {
   const td = document.createElement("td");
@@ -24,6 +26,12 @@ export class DocumentsPanel {
     document.getElementById("search-form").addEventListener("submit", (event) => {
       event.preventDefault();
       this.search(document.getElementById("document-query").value);
+    });
+    this.thesaurus = document.getElementById("thesaurus-text");
+    this.thesaurusState = document.getElementById("thesaurus-state");
+    document.getElementById("thesaurus-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.saveThesaurus();
     });
   }
 
@@ -47,7 +55,22 @@ export class DocumentsPanel {
       this.state.textContent = documents.length
         ? `${documents.length} document(s) indexé(s).`
         : "Aucun document : Léa répond sans sources.";
+      this.showThesaurus(await callApi(THESAURUS));
     }, { listing: true });
+  }
+
+  showThesaurus({ text, rules, lines_without_rule: without }) {
+    this.thesaurus.value = text;
+    const counted = rules ? `${rules} règle(s) de l'agence.` : "Aucune règle de l'agence.";
+    const unread = without.length ? ` Lignes sans règle : ${without.join(", ")}.` : "";
+    this.thesaurusState.textContent = counted + unread;
+  }
+
+  saveThesaurus() {
+    return this.guarded(async () => {
+      const saved = await callApi(THESAURUS, { method: "PUT", body: { text: this.thesaurus.value } });
+      this.showThesaurus(saved);
+    });
   }
 
   row(doc) {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import threading
 import unicodedata
@@ -190,6 +191,17 @@ def default_thesaurus() -> Thesaurus:
     return Thesaurus.load()
 
 
+def lines_without_rule(text: str) -> list[int]:
+    """The 1-based numbers of the lines that say something but make no rule (only stop words,
+    an arrow with nothing on one side): what an agency's thesaurus file should be told about."""
+    found = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line and not len(Thesaurus([line])):
+            found.append(number)
+    return found
+
+
 class AgencyThesaurus:
     """The shipped thesaurus followed by the agency's own lines (a file in the same format),
     read again whenever that file changes: a rule written there counts from the next search, with
@@ -202,6 +214,23 @@ class AgencyThesaurus:
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self._current = default_thesaurus()
+
+    def text(self) -> str:
+        """The file as it is ("" without one)."""
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+    def replace(self, text: str) -> None:
+        """Write the file whole, atomically (a search reads the old rules or the new, never half)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, self.path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def current(self) -> Thesaurus:
         stamp = self._stamp_now()

@@ -234,6 +234,15 @@ class KnowledgeBase:
             return self._thesaurus
         return self._agency_thesaurus.current() if self._agency_thesaurus is not None else default_thesaurus()
 
+    def expansions(self, query: str) -> list[str]:
+        """The thesaurus entries `query` is also searched with (accents folded)."""
+        return [phrase.text for phrase in analyse_query(query, self.thesaurus).expansions]
+
+    @property
+    def agency_thesaurus(self) -> AgencyThesaurus | None:
+        """The agency's own rules (None when this knowledge base was given a thesaurus)."""
+        return self._agency_thesaurus if self._thesaurus is None else None
+
     @_outage_is_unavailable
     def search(self, query: str, limit: int = 5, *, lexical_only: bool = False) -> list[Passage]:
         """The passages that best answer `query`, best first ([] when it has no searchable word):
