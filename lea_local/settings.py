@@ -208,7 +208,8 @@ class Settings(BaseSettings):
     """The agency's own vocabulary, added to the shipped real-estate thesaurus: lines `a, b, c`
     (said for one another) or `a, b => c` (a question with a or b also looks for c), as in
     lea_local/knowledge/thesaurus-fr.txt. Read again when it changes, no reindex. Unset:
-    `<data_dir>/thesaurus.txt`, when it exists."""
+    `.thesaurus.txt` in the knowledge directory (shared by replicas like the documents; a hidden
+    name, so that it is never taken for a document), when it exists."""
     knowledge_enabled: bool = True
     """Search the knowledge base on each turn and give Léa the best passages. false: no retrieval."""
     knowledge_passages: int = Field(default=3, ge=1, le=20)
@@ -293,7 +294,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_knowledge_thesaurus(self) -> Path:
-        return self.knowledge_thesaurus or self.data_dir / "thesaurus.txt"
+        return self.knowledge_thesaurus or self.effective_knowledge_dir / ".thesaurus.txt"
 
     def require_api_keys(self) -> list[bytes]:
         """The accepted keys as bytes, or a SettingsError that says how to set one."""

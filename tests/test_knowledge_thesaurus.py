@@ -17,6 +17,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from lea_local.knowledge import KnowledgeBase
+from lea_local.knowledge.french import Thesaurus
+from lea_local.knowledge.library import knowledge_base_for
+from lea_local.settings import Settings
 from tests.server import API_KEY, CHAT_PATH, LeaServer
 from tests.test_knowledge_api import assert_contract_error
 
@@ -109,14 +112,26 @@ def test_an_unreadable_file_keeps_the_rules_read_before_and_is_logged_once(knowl
 
 def test_an_explicit_thesaurus_is_not_overridden_by_the_agency_file(engine, tmp_path, rules):
     """The evaluation scripts pass a thesaurus of their own; the agency's file does not change it."""
-    from lea_local.knowledge.french import Thesaurus
-
     write(rules, RULE)
     mine = Thesaurus(["zzyzx, xyzzy"])
     base = KnowledgeBase(engine, tmp_path / "knowledge", mine, retrieval="lexical", agency_thesaurus=rules)
     base.add("manuel-bureau.md", MEETINGS)
     assert base.thesaurus is mine
     assert found(base, JARGON_QUESTION) == []
+
+
+def test_by_default_the_rules_live_hidden_in_the_knowledge_directory(engine, tmp_path):
+    """Shared by replicas like the documents, and never taken for one by a reindex."""
+    settings = Settings(data_dir=tmp_path / "data", knowledge_retrieval="lexical")
+    knowledge = knowledge_base_for(settings, engine)
+    knowledge.add("manuel-bureau.md", MEETINGS)
+    assert knowledge.agency_thesaurus is not None
+    knowledge.agency_thesaurus.replace(RULE)
+    assert (tmp_path / "data" / "knowledge" / ".thesaurus.txt").read_text(encoding="utf-8") == RULE
+    assert found(knowledge, JARGON_QUESTION)
+    report = knowledge.reindex()
+    assert report.unchanged == ["manuel-bureau.md"] and not (report.added or report.rejected)
+    assert [d.file_name for d in knowledge.documents()] == ["manuel-bureau.md"]
 
 
 # --- over HTTP ----------------------------------------------------------------------------------
