@@ -19,7 +19,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Body, Parameter
+from litestar.params import Body, JSONBody, Parameter
 
 from lea_local.api.errors import ApiError
 from lea_local.api.schemas import ErrorResponse
@@ -247,7 +247,7 @@ async def read_thesaurus(services: NamedDependency[Services]) -> ThesaurusRespon
         {400: 'The body is not {"text": string}', 413: f"The text is longer than {MAX_THESAURUS_CHARS} characters"}
     ),
 )
-async def replace_thesaurus(data: ThesaurusRules, services: NamedDependency[Services]) -> ThesaurusResponse:
+async def replace_thesaurus(data: JSONBody[ThesaurusRules], services: NamedDependency[Services]) -> ThesaurusResponse:
     thesaurus = _agency_thesaurus(services)
     if len(data.text) > MAX_THESAURUS_CHARS:
         raise ApiError(status_code=413, detail=f"the thesaurus is longer than {MAX_THESAURUS_CHARS} characters")
