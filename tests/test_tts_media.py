@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 import time
 
+import httpx
 import numpy as np
 import soundfile as sf
 
 from lea_local.tts.encode import encode_audio
 from tests.audio import BROWSER_FORMATS, CLIP, encode
-from tests.server import API_KEY, VOICE_PATH
+from tests.server import API_KEY, VOICE_PATH, LeaServer
 
 HEADERS = {"X-API-Key": API_KEY}
 
@@ -268,3 +270,33 @@ def test_a_range_on_audio_in_progress_waits_for_it_then_answers_206(make_server)
         tail = client.get(body["assistant_audio_url"], headers={"Range": "bytes=1024-"})
     samples, rate = sf.read(io.BytesIO(r.content + tail.content))
     assert len(samples) / rate > 3
+
+
+def test_audio_asked_of_a_replica_still_starting_is_503_not_404(tmp_path, models_dir):
+    """The audio may be another replica's (shared directory): a starting one says "retry" (nginx
+    then moves the GET on), never "not found". Kept starting by a remote voice that does not answer."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        silent = probe.getsockname()[1]
+    lea = LeaServer(
+        tmp_path / "starting",
+        models_dir,
+        {"LEA_TTS_URL": f"http://127.0.0.1:{silent}/v1", "LEA_REMOTE_WAIT_SECONDS": "120"},
+    )
+    lea.spawn()
+    try:
+        name = "a" * 32 + ".mp3"
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, lea.log_text()[-2000:]
+            try:
+                r = httpx.get(f"{lea.url}/media/tts/{name}", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert httpx.get(f"{lea.url}/ready", timeout=5).status_code == 503  # still starting
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        body = r.json()
+        assert body["success"] is False and body["error"] == body["detail"] and "starting" in body["error"]
+    finally:
+        lea.kill()

@@ -24,7 +24,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from lea_local.api.errors import ApiError
+from lea_local.api.errors import ApiError, still_starting
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ErrorResponse
 from lea_local.settings import Settings
@@ -193,7 +193,11 @@ async def _follow_shared(
 )
 async def tts_audio(name: FromPath[str], request: Request, state: State) -> Response:
     runtime = state.runtime
-    speech = runtime.services.speech if runtime.ready else None
+    if not runtime.ready or runtime.services is None:
+        # 503, not 404: the audio may well exist (another replica's, in the shared directory);
+        # nginx moves a GET on to the next replica, a client retries after Retry-After.
+        raise still_starting()
+    speech = runtime.services.speech
     if speech is None:
         raise _not_found()
     timeout = runtime.services.settings.tts_stream_timeout_seconds
