@@ -25,7 +25,7 @@ from lea_local.api.errors import ApiError
 from lea_local.api.schemas import ErrorResponse
 from lea_local.api.validation import is_blank
 from lea_local.knowledge.extract import DocumentRejected
-from lea_local.knowledge.french import AgencyThesaurus, Thesaurus, lines_without_rule
+from lea_local.knowledge.french import AgencyThesaurus, Thesaurus
 from lea_local.knowledge.library import Document, DocumentNotFound, KnowledgeBase, Passage
 from lea_local.services import Services
 
@@ -229,9 +229,8 @@ def _agency_thesaurus(services: Services) -> AgencyThesaurus:
 
 
 def _thesaurus_response(text: str) -> ThesaurusResponse:
-    return ThesaurusResponse(
-        success=True, text=text, rules=len(Thesaurus(text.splitlines())), lines_without_rule=lines_without_rule(text)
-    )
+    rules = Thesaurus(text.splitlines())
+    return ThesaurusResponse(success=True, text=text, rules=len(rules), lines_without_rule=rules.lines_without_rule)
 
 
 @get("/thesaurus", summary="The agency's own thesaurus rules (LEA_KNOWLEDGE_THESAURUS)", responses=_errors())

@@ -135,7 +135,10 @@ class Thesaurus:
 
     def __init__(self, lines: Iterable[str]) -> None:
         self._rules: list[_Rule] = []
-        for raw in lines:
+        self.lines_without_rule: list[int] = []
+        """1-based numbers of the lines that say something but make no rule (only stop words, or
+        nothing on one side of `=>`): what an agency's own file should be told about."""
+        for number, raw in enumerate(lines, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -146,6 +149,8 @@ class Thesaurus:
                 triggers = adds = self._phrases(line)
             if triggers and adds:
                 self._rules.append(_Rule(triggers, adds))
+            else:
+                self.lines_without_rule.append(number)
         # Each trigger under its first term: `expand` looks only at the rules a question's terms
         # can start (grounding expands every term of every candidate passage's question: a scan
         # of all the rules each time cost a turn about 60 ms).
@@ -189,17 +194,6 @@ class Thesaurus:
 @functools.lru_cache(maxsize=1)
 def default_thesaurus() -> Thesaurus:
     return Thesaurus.load()
-
-
-def lines_without_rule(text: str) -> list[int]:
-    """The 1-based numbers of the lines that say something but make no rule (only stop words,
-    an arrow with nothing on one side): what an agency's thesaurus file should be told about."""
-    found = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if line and not len(Thesaurus([line])):
-            found.append(number)
-    return found
 
 
 class AgencyThesaurus:
