@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
     from lea_local.api.app import create_asgi_app
     from lea_local.api.shutdown import DrainingServer
     from lea_local.catalog import ModelsNotInstalled
-    from lea_local.logs import configure_logging
+    from lea_local.runtime.logs import configure_logging
     from lea_local.services import resolve_model_paths
     from lea_local.settings import Settings, SettingsError
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from lea_local.bench import main as bench_main
+        from lea_local.tools.bench import main as bench_main
 
         return bench_main(rest)
     if rest:

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lea_local.inference_queue import InferenceQueue, QueueFull
-from lea_local.llm.base import ChatEngine, ChatMessage, GenerationCancelled, PromptRejected
+from lea_local.llm.base import ChatEngine, ChatMessage, PromptRejected
 from lea_local.llm.context import PromptTooLong
-from lea_local.observability import count
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
+from lea_local.runtime.observability import count
 from lea_local.turns import EngineFailure
 
 log = logging.getLogger(__name__)

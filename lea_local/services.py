@@ -15,14 +15,14 @@ from pydantic import SecretStr
 
 from lea_local.asr.base import SpeechRecognizer
 from lea_local.catalog import Catalog, load_catalog, resolve_installed_preset
-from lea_local.hardware import physical_cores
-from lea_local.inference_queue import InferenceQueue, QueueFull, Slot
 from lea_local.knowledge import KnowledgeBase
 from lea_local.knowledge.grounding import TurnGrounding
 from lea_local.knowledge.library import knowledge_base_for
 from lea_local.llm.base import ChatEngine
 from lea_local.locales import asr_vocabulary, system_prompt_path
-from lea_local.remote_http import loggable_url
+from lea_local.runtime.hardware import physical_cores
+from lea_local.runtime.inference_queue import InferenceQueue, QueueFull, Slot
+from lea_local.runtime.remote_http import loggable_url
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
 from lea_local.tts.audio_store import TtsAudioStore

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.knowledge.grounding import GroundedMessage, Source, TurnGrounding
-from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply, GenerationCancelled
+from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply
 from lea_local.llm.context import HISTORY_CHARS_PER_TOKEN, CountingTokens, PromptTooLong, fit_growing_history
 from lea_local.llm.reply_cleaner import clean_reply
-from lea_local.observability import count
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
+from lea_local.runtime.observability import count
 from lea_local.store.conversations import (
     ConversationContext,
     ConversationStore,

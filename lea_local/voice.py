@@ -13,9 +13,9 @@ import anyio.to_thread
 
 from lea_local.asr.base import NoSpeech, SpeechRecognizer, Transcript
 from lea_local.asr.decode import DecodedAudio, decode_audio
-from lea_local.inference_queue import InferenceQueue, QueueFull
-from lea_local.llm.base import GenerationCancelled
-from lea_local.observability import count
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
+from lea_local.runtime.observability import count
 from lea_local.store.conversations import ConversationNotFound
 from lea_local.turns import ChatTurns, EngineFailure, TurnResult
 

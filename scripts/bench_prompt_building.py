@@ -25,10 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lea_local.inference_queue import InferenceQueue  # noqa: E402
 from lea_local.llm.base import ChatMessage  # noqa: E402
 from lea_local.llm.context import fit_to_context  # noqa: E402
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine  # noqa: E402
+from lea_local.runtime.inference_queue import InferenceQueue  # noqa: E402
 from lea_local.services import read_system_prompt, resolve_model_paths  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
 from lea_local.store.conversations import ConversationStore, TurnRecord, utcnow  # noqa: E402

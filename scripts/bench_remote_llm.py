@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lea_local.llm.base import ChatMessage  # noqa: E402
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine  # noqa: E402
 from lea_local.llm.remote_engine import RemoteChatEngine  # noqa: E402
-from lea_local.server_process import free_port  # noqa: E402
 from lea_local.services import read_system_prompt  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
+from lea_local.tools.server_process import free_port  # noqa: E402
 
 DEFAULT_MODEL = "models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTEXT = 2048

@@ -44,7 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lea_local.server_process import free_port  # noqa: E402
+from lea_local.tools.server_process import free_port  # noqa: E402
 from scripts.load_test import Attempt, LoadPlan, percentile, run_sessions  # noqa: E402
 from tests.server import LeaServer  # noqa: E402
 

@@ -31,11 +31,11 @@ import anyio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lea_local.hardware import physical_cores  # noqa: E402
-from lea_local.inference_queue import InferenceQueue  # noqa: E402
 from lea_local.knowledge.grounding import TurnGrounding  # noqa: E402
 from lea_local.knowledge.library import KnowledgeBase, Retrieval  # noqa: E402
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine  # noqa: E402
+from lea_local.runtime.hardware import physical_cores  # noqa: E402
+from lea_local.runtime.inference_queue import InferenceQueue  # noqa: E402
 from lea_local.services import read_system_prompt  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
 from lea_local.store.conversations import ConversationStore  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from lea_local.server_process import free_port
+from lea_local.tools.server_process import free_port
 from tests.server import REPO
 
 TEMPLATE = REPO / "deploy" / "nginx" / "lea-local.conf"

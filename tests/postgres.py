@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from lea_local.server_process import free_port
+from lea_local.tools.server_process import free_port
 
 
 def postgres_bin_dir() -> Path:

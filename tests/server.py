@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from lea_local.server_process import ServerProcess
+from lea_local.tools.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-6c1f0d2a9b"

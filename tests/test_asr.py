@@ -14,7 +14,7 @@ import pytest
 
 from lea_local.asr.base import NoSpeech
 from lea_local.asr.decode import decode_audio
-from lea_local.llm.base import GenerationCancelled
+from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.services import build_recognizer
 from lea_local.settings import Settings
 from tests.audio import CLIP, FIXTURES, chords, hum, manifest, noise, normalise_words, tone

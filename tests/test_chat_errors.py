@@ -120,7 +120,7 @@ def test_wrong_method_is_405(server):
 def test_an_error_after_a_stream_began_is_its_last_event_with_the_routes_status(raised, status, message, caplog):
     """Narrow: the event a streamed turn ends with, for each kind of error (api/streaming.py)."""
     from lea_local.api.streaming import error_event
-    from lea_local.inference_queue import QueueFull
+    from lea_local.runtime.inference_queue import QueueFull
     from lea_local.store.conversations import ConversationNotFound
     from lea_local.turns import EngineFailure
 

@@ -24,8 +24,8 @@ from lea_local.knowledge import KnowledgeBase, tables
 from lea_local.knowledge import remote_encoder as remote_module
 from lea_local.knowledge.encoder import EncoderOffline, shared_e5_encoder
 from lea_local.knowledge.remote_encoder import PASSAGE_BATCH, RemoteEncoder
-from lea_local.remote_http import RemoteEngineError
-from lea_local.server_process import free_port
+from lea_local.runtime.remote_http import RemoteEngineError
+from lea_local.tools.server_process import free_port
 from tests.fixtures.knowledge.guide import GUIDE, PARAPHRASE
 from tests.server import API_KEY, LeaServer
 from tests.waiting import wait_for

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from lea_local.llm import abort
-from lea_local.llm.base import ChatMessage, GenerationCancelled
+from lea_local.llm.base import ChatMessage
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
+from lea_local.runtime.cancellation import GenerationCancelled
 from tests.fixtures.messages import LONG_MESSAGE
 from tests.waiting import wait_for
 

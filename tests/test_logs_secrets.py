@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lea_local.logs import JsonFormatter
+from lea_local.runtime.logs import JsonFormatter
 from tests.server import API_KEY, CHAT_PATH
 
 

@@ -8,7 +8,7 @@ import re
 import secrets
 import socket
 
-from lea_local.observability import UNMATCHED_ROUTE, method_label, route_label
+from lea_local.runtime.observability import UNMATCHED_ROUTE, method_label, route_label
 from tests.server import CHAT_PATH
 
 _SERIES = re.compile(r"^(lea_http_[a-z_]+)(\{[^}]*\})? ", re.MULTILINE)

@@ -20,10 +20,10 @@ import pytest
 
 from lea_local.llm.base import ChatMessage
 from lea_local.llm.remote_engine import RemoteChatEngine, estimate_prompt_tokens
-from lea_local.remote_http import EngineUnavailable, RemoteEngineError
-from lea_local.server_process import free_port
+from lea_local.runtime.remote_http import EngineUnavailable, RemoteEngineError
 from lea_local.services import read_system_prompt
 from lea_local.settings import Settings
+from lea_local.tools.server_process import free_port
 from tests.audio import BROWSER_FORMATS, CLIP, CLIP_KEY_WORDS, encode, normalise_words
 from tests.server import API_KEY, CHAT_PATH, VOICE_PATH, LeaServer
 from tests.waiting import wait_for

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lea_local.server_process import free_port
+from lea_local.tools.server_process import free_port
 from lea_local.tts.audio_store import AudioState, TtsAudioStore
 from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.conftest import db_rows

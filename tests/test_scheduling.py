@@ -10,8 +10,8 @@ import time
 import anyio
 import pytest
 
-from lea_local.inference_queue import Deadline, InferenceQueue, QueueFull, Slot, admit, current_deadline
-from lea_local.llm.base import GenerationCancelled
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFull, Slot, admit, current_deadline
 
 
 async def _hold(queue: InferenceQueue, release: threading.Event) -> None:

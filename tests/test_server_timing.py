@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from lea_local.observability import server_timing
+from lea_local.runtime.observability import server_timing
 from tests.server import API_KEY, CHAT_PATH, VOICE_PATH, LeaServer
 from tests.test_agent_streams import events_of
 from tests.waiting import wait_for

@@ -34,7 +34,7 @@ from lea_local.api.openai import openai_router
 from lea_local.api.shutdown import Drain
 from lea_local.api.voice import chat_voice, chat_voice_stream
 from lea_local.asr.decode import keep_temp_dir_clean
-from lea_local.observability import Metrics, RequestLogMiddleware
+from lea_local.runtime.observability import Metrics, RequestLogMiddleware
 from lea_local.services import Services, build_services
 from lea_local.settings import Settings
 from lea_local.store.conversations import utcnow
@@ -205,7 +205,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
                 middleware=[openapi_pages_middleware()],
             ),
         ),
-        logging_config=None,  # lea_local.logs configures logging (JSON lines)
+        logging_config=None,  # lea_local.runtime.logs configures logging (JSON lines)
         debug=False,
     )
 

@@ -25,9 +25,9 @@ from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ChatRequest, ChatResponse, sources_of, usage_of
 from lea_local.api.streaming import event_stream_operation, open_stream, sse_response
 from lea_local.api.validation import clean_identifier, clean_message, strictly
-from lea_local.inference_queue import current_deadline
 from lea_local.llm.reply_cleaner import ReplyStream
-from lea_local.observability import request_timings_ms
+from lea_local.runtime.inference_queue import current_deadline
+from lea_local.runtime.observability import request_timings_ms
 from lea_local.services import Services
 from lea_local.turns import TurnResult
 

@@ -17,8 +17,8 @@ from litestar import Request
 
 from lea_local.api.errors import ApiError
 from lea_local.api.shutdown import SHUTDOWN, Drain, shutting_down
-from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
-from lea_local.llm.base import GenerationCancelled
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import Deadline, InferenceQueue, admit, current_deadline
 
 
 @asynccontextmanager

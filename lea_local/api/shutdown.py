@@ -23,7 +23,7 @@ from litestar import Request
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from lea_local.api.errors import ApiError, error_response
-from lea_local.inference_queue import Deadline
+from lea_local.runtime.inference_queue import Deadline
 
 log = logging.getLogger(__name__)
 

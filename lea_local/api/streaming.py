@@ -28,8 +28,8 @@ from litestar.response import Stream
 
 from lea_local.api.deadline import ended_error
 from lea_local.api.errors import ApiError, status_and_message
-from lea_local.inference_queue import Deadline, InferenceQueue, admit, current_deadline
-from lea_local.llm.base import GenerationCancelled
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import Deadline, InferenceQueue, admit, current_deadline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -27,7 +27,7 @@ from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import VoiceChatResponse, sources_of, usage_of
 from lea_local.api.streaming import open_stream, sse_response
 from lea_local.api.validation import clean_identifier, parse_conversation_id
-from lea_local.inference_queue import current_deadline
+from lea_local.runtime.inference_queue import current_deadline
 from lea_local.services import Services
 from lea_local.tts.speech import SpeechJob
 

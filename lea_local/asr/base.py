@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lea_local.llm.base import GenerationCancelled
+from lea_local.runtime.cancellation import GenerationCancelled
 
 SAMPLE_RATE = 16_000
 

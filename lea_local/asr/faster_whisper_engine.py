@@ -20,7 +20,7 @@ from lea_local.asr.base import (
     raise_if_cancelled,
     transcript_of,
 )
-from lea_local.hardware import cuda_device_count
+from lea_local.runtime.hardware import cuda_device_count
 
 # Whisper's context holds 448 tokens: the prompt (at most 223 tokens of initial prompt, plus the
 # start-of-transcript sequence) and the output share it.

@@ -14,7 +14,7 @@ import numpy as np
 
 from lea_local.asr.base import SAMPLE_RATE, Transcript, TranscriptSegment, raise_if_cancelled, transcript_of
 from lea_local.asr.languages import LANGUAGE_NAMES
-from lea_local.remote_http import RemoteEngineError, make_client, request_json, wait_for_server
+from lea_local.runtime.remote_http import RemoteEngineError, make_client, request_json, wait_for_server
 
 log = logging.getLogger(__name__)
 

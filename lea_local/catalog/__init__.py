@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from lea_local.hardware import has_nvidia_gpu
+from lea_local.runtime.hardware import has_nvidia_gpu
 
 log = logging.getLogger(__name__)
 

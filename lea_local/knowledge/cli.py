@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from lea_local.inference_queue import QueueFull
+    from lea_local.runtime.inference_queue import QueueFull
     from lea_local.store.conversations import StoreUnavailable
 
     try:

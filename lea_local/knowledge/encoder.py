@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lea_local.remote_http import EngineUnavailable
+from lea_local.runtime.remote_http import EngineUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from lea_local.knowledge.encoder import EncoderOffline
-from lea_local.remote_http import EngineUnavailable, RemoteEngineError, loggable_url, make_client, request_json
+from lea_local.runtime.remote_http import EngineUnavailable, RemoteEngineError, loggable_url, make_client, request_json
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,3 @@
-from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply, GenerationCancelled
+from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply
 
-__all__ = ["ChatEngine", "ChatMessage", "ChatReply", "GenerationCancelled"]
+__all__ = ["ChatEngine", "ChatMessage", "ChatReply"]

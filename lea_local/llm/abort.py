@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from lea_local.inference_queue import on_cancel
+from lea_local.runtime.cancellation import on_cancel
 
 log = logging.getLogger(__name__)
 

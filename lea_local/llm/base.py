@@ -25,15 +25,6 @@ class ChatReply:
     finish_reason: Literal["stop", "length", "cancelled"]
 
 
-class GenerationCancelled(Exception):
-    """The caller gave up (client gone, timeout): generation stopped early, after
-    `completion_tokens` tokens (None when no generation had started)."""
-
-    def __init__(self, message: str, *, completion_tokens: int | None = None) -> None:
-        super().__init__(message)
-        self.completion_tokens = completion_tokens
-
-
 class PromptRejected(ValueError):
     """The model's chat template refuses these messages (some templates require roles to
     alternate user/assistant, or allow only one system message): the caller's input, not a failure."""

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lea_local.llm.abort import DecodeAbort
-from lea_local.llm.base import ChatMessage, ChatReply, GenerationCancelled, PromptRejected
+from lea_local.llm.base import ChatMessage, ChatReply, PromptRejected
 from lea_local.llm.context import PromptTooLong
 from lea_local.llm.prompt_cache import PromptCache
 from lea_local.llm.repetition import RepetitionDetector
+from lea_local.runtime.cancellation import GenerationCancelled
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 import httpx
 
-from lea_local.llm.base import ChatMessage, ChatReply, GenerationCancelled
+from lea_local.llm.base import ChatMessage, ChatReply
 from lea_local.llm.context import PromptTooLong
 from lea_local.llm.repetition import RepetitionDetector
-from lea_local.remote_http import (
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.remote_http import (
     RemoteEngineError,
     loggable_url,
     make_client,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from lea_local.remote_http import make_client, open_response, wait_for_server
+from lea_local.runtime.remote_http import make_client, open_response, wait_for_server
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from lea_local.inference_queue import InferenceQueue, QueueFull
 from lea_local.locales import Locale
-from lea_local.observability import count, count_rejection
+from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
+from lea_local.runtime.observability import count, count_rejection
 from lea_local.tts.audio_store import HEARTBEAT_SECONDS, PartialAudio, TtsAudioStore
 from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.database_audio_store import DatabaseAudioStore, DatabasePartialAudio

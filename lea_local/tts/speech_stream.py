@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lea_local.inference_queue import InferenceQueue, current_deadline
-from lea_local.llm.base import GenerationCancelled
-from lea_local.observability import count
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import InferenceQueue, current_deadline
+from lea_local.runtime.observability import count
 from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.encode import AudioFormat, encoder_command
 from lea_local.tts.normalize import normalize_for_speech

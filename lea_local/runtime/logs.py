@@ -40,7 +40,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", secrets: list[str] | None = None) -> None:
-    from lea_local.observability import RequestIdFilter
+    from lea_local.runtime.observability import RequestIdFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets))

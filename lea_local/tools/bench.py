@@ -32,10 +32,10 @@ import httpx
 import numpy as np
 
 from lea_local.asr.decode import decode_audio
-from lea_local.server_process import ServerProcess
 from lea_local.settings import Settings
+from lea_local.tools.server_process import ServerProcess
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CLIP = REPO / "tests" / "fixtures" / "audio" / "fr" / "picovoice_cheetah_test_fr_v2.2.wav"
 TEXT_MESSAGE = "Quels documents faut-il réunir pour mettre en vente un appartement ?"
 SPEECH_TEXT = (

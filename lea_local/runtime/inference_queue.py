@@ -28,8 +28,8 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from lea_local.llm.base import GenerationCancelled
-from lea_local.observability import count_rejection, record_stage, record_wait
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.observability import count_rejection, record_stage, record_wait
 
 T = TypeVar("T")
 
@@ -71,34 +71,6 @@ class Deadline:
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
-
-
-@contextmanager
-def on_cancel(cancel: threading.Event | None, action: Callable[[], None], poll_seconds: float) -> Iterator[None]:
-    """While inside, `action()` runs once, from a watcher thread, within `poll_seconds` of `cancel`
-    being set: what stops a blocking call that cannot look at `cancel` itself (a socket read,
-    llama.cpp's decode). Never after the block is left; leaving does not wait for the watcher.
-    Without a `cancel` (work nothing can end), nothing is watched."""
-    if cancel is None:
-        yield
-        return
-    done = False
-    lock = threading.Lock()
-
-    def watch() -> None:
-        while not done:
-            if cancel.wait(poll_seconds):
-                with lock:
-                    if not done:
-                        action()
-                return
-
-    threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
-    try:
-        yield
-    finally:
-        with lock:
-            done = True
 
 
 # The deadline of the request being served, for the queues its work goes through. A reply's

@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from lea_local.inference_queue import QueueFull, on_cancel
-from lea_local.llm.base import GenerationCancelled
-from lea_local.observability import current_request_id
+from lea_local.runtime.cancellation import GenerationCancelled, on_cancel
+from lea_local.runtime.inference_queue import QueueFull
+from lea_local.runtime.observability import current_request_id
 
 log = logging.getLogger(__name__)
 
