@@ -1,4 +1,4 @@
-"""The server called exactly as ImmoAssist calls it (shared/contract/immoassist-client.md): its
+"""The server called exactly as ImmoAssist calls it (docs/contract/immoassist-client.md): its
 two health paths, its 60 s / 90 s timeouts, the recording always named `recording.webm`
 whatever the container, `;codecs=opus` types, `user_email=""`, `detail` shown on errors,
 `usage` read into its "Logs IA" panel, Bearer keys, and the browser's Range requests on the

@@ -1,5 +1,5 @@
 """ImmoAssist's "integrated" mode, run against lea-local exactly as ImmoAssist runs it against
-OpenAI (shared/contract/immoassist-client.md): the official SDK built as
+OpenAI (docs/contract/immoassist-client.md): the official SDK built as
 `AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))`, its base URL taken from `OPENAI_BASE_URL`;
 the voice flow Whisper (`whisper-1`, language "fr", the browser's `recording.webm`) → chat
 completion (streamed, its Québec system prompt and platform context, max_tokens 256,

@@ -1,4 +1,4 @@
-"""Wire types of the ImmoAssist agent contract (shared/contract/agent-api.fr.md)."""
+"""Wire types of the ImmoAssist agent contract (docs/contract/agent-api.fr.md)."""
 
 from __future__ import annotations
 
