@@ -1,6 +1,6 @@
 """The server's settings: one typed object read from the environment (and an optional `.env`).
 
-Every field is documented in the README with its environment variable and default.
+Every field is documented in docs/configuration.md with its environment variable and default.
 """
 
 from __future__ import annotations

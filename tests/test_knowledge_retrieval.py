@@ -33,7 +33,7 @@ from tests.server import REPO
 # The target is recall@3 >= 0.9 over all questions. Measured (95 questions, 41 of them
 # paraphrased with no content word in common with their passage), with the default retrieval
 # (multilingual-e5-small, the lexical ranking breaking near-ties): direct 1.00, paraphrased 0.41,
-# all 0.75; the target is NOT met, and the README says so. These bounds guard what is reached
+# all 0.75; the target is NOT met, and docs/measuring.md says so. These bounds guard what is reached
 # against regressions: direct questions, and the paraphrased ones, which the encoder reaches.
 MIN_RECALL_AT_3_DIRECT = 0.95
 MIN_RECALL_AT_3_PARAPHRASED = 0.35

@@ -8,7 +8,7 @@ database). That turn still answers its caller normally (its reply was produced b
 erasure took effect), and an erasure that answers success has left nothing behind, also in the
 database's files on SQLite (deleted rows are overwritten and the write-ahead log is emptied).
 PostgreSQL keeps deleted rows' old versions until VACUUM reuses their space, and in its
-write-ahead log and backups: that part is the database administrator's (see the README).
+write-ahead log and backups: that part is the database administrator's (see docs/scaling-out.md).
 """
 
 from __future__ import annotations
