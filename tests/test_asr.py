@@ -11,8 +11,10 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import pytest
+import torch
 
-from lea_local.asr.base import NoSpeech
+from lea_local.asr import faster_whisper_engine
+from lea_local.asr.base import NoSpeech, TranscriptSegment, transcript_of
 from lea_local.asr.decode import decode_audio
 from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.services import build_recognizer
@@ -104,12 +106,35 @@ NOT_SPEECH = {
 }
 
 
+# Whisper's fallback temperature samples: whether a sound that defeats greedy decoding comes out
+# as words is a random draw (the hummed vowel did in 4 draws of 6 before sampled text over a
+# window Whisper takes for silence was dropped). Each sound is judged over several draws.
+DRAWS = 6
+
+
 @pytest.mark.parametrize("sound", NOT_SPEECH)
 @pytest.mark.parametrize("engine", ["default_recognizer", "openai_recognizer"])
-def test_tones_noise_and_music_are_no_speech_not_invented_words(engine, sound, request):
+def test_tones_noise_and_music_are_no_speech_not_invented_words(engine, sound, request, monkeypatch):
     recognizer = request.getfixturevalue(engine)
+    samples = NOT_SPEECH[sound]()
+    for draw in range(DRAWS if engine == "default_recognizer" else 1):
+        monkeypatch.setattr(faster_whisper_engine, "SAMPLING_SEED", draw)
+        torch.manual_seed(draw)
+        with pytest.raises(NoSpeech):
+            text = recognizer.transcribe(samples).text
+            print(f"\n{engine}, {sound}, draw {draw}: {text!r}")
+
+
+def test_text_sampled_over_a_window_whisper_takes_for_silence_is_no_speech():
+    def segment(text: str, temperature: float, no_speech_prob: float) -> TranscriptSegment:
+        return TranscriptSegment(0, 0, 0.0, 2.4, text, (), temperature, -0.4, 1.3, no_speech_prob)
+
     with pytest.raises(NoSpeech):
-        recognizer.transcribe(NOT_SPEECH[sound]())
+        transcript_of([segment(" Les autorités de la Lévis", 0.2, 0.65)], "fr", 10.0)
+    # Greedy text is kept whatever the probability (Whisper drops it only when also unlikely),
+    # and so is sampled text over a window Whisper hears speech in.
+    assert transcript_of([segment(" Oui.", 0.0, 0.65)], "fr", 10.0).text == "Oui."
+    assert transcript_of([segment(" Bonjour.", 0.2, 0.1)], "fr", 10.0).text == "Bonjour."
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +176,10 @@ def test_cancelled_while_transcribing_stops_after_the_current_segment(default_re
     with pytest.raises(GenerationCancelled):
         default_recognizer.transcribe(long_speech, cancel=cancel)
     assert len(segments_decoded) == 1
-    assert segments_decoded[0].end < 30 < len(long_speech) / 16_000 - 30
+    # At least one whole 30-s window was left undecoded. The segment's end is in the recording's
+    # time, after the voice filter's cuts are put back: it can pass 30 s (35.5 s on one machine,
+    # where Silero VAD cut the pauses differently), so it is compared with the audio's length.
+    assert segments_decoded[0].end < len(long_speech) / 16_000 - 30
 
 
 @pytest.fixture(scope="module")

@@ -84,13 +84,25 @@ class Transcript:
     """In order; their texts, stripped and joined with spaces, are `text`."""
 
 
+# Whisper's own reading of a window: above this probability, it holds no speech.
+NO_SPEECH_PROBABILITY = 0.6
+
+
+def invented_over_silence(segment: TranscriptSegment) -> bool:
+    """Text sampled for a window that Whisper itself takes for no speech: its greedy decoding
+    failed (a loop, or too unlikely), and the fallback's random draw invents words ("Les
+    autorités de la Lévis…" over a hummed vowel, in 4 draws of 6). Whisper keeps such text
+    unless it is also unlikely (avg_logprob < -1), so the verdict hung on the draw."""
+    return segment.temperature > 0 and segment.no_speech_prob > NO_SPEECH_PROBABILITY
+
+
 def transcript_of(raw_segments: list[TranscriptSegment], language: str | None, audio_seconds: float) -> Transcript:
     """The transcript of an engine's segments: empty ones dropped, ids renumbered from 0 as
-    OpenAI's, times kept inside the recording (Whisper's last timestamp may overshoot its end).
-    Raises NoSpeech when no text is left."""
+    OpenAI's, times kept inside the recording (Whisper's last timestamp may overshoot its end),
+    text invented over silence dropped. Raises NoSpeech when no text is left."""
     segments = []
     for segment in raw_segments:
-        if not segment.text.strip():
+        if not segment.text.strip() or invented_over_silence(segment):
             continue
         end = min(max(segment.end, 0.0), audio_seconds)
         start = min(max(segment.start, 0.0), end)

@@ -27,6 +27,7 @@ from lea_local.runtime.hardware import cuda_device_count
 CONTEXT_TOKENS = 448
 PROMPT_TOKENS_MAX = CONTEXT_TOKENS // 2 - 1
 SOT_TOKENS = 4
+SAMPLING_SEED = 0
 
 
 class FasterWhisperRecognizer:
@@ -93,12 +94,17 @@ class FasterWhisperRecognizer:
         language: str | None = None,
         temperature: float | None = None,
     ) -> Transcript:
+        import ctranslate2
+
         prompt = self.initial_prompt if initial_prompt is None else initial_prompt
         audio_seconds = len(samples) / SAMPLE_RATE
         options = self.decoding_options(audio_seconds, prompt, language=language, temperature=temperature)
         found: list[TranscriptSegment] = []
         with self._lock:
             raise_if_cancelled(cancel)
+            # The fallback temperature samples: a fixed seed makes one recording give one
+            # transcript on a machine, run after run.
+            ctranslate2.set_random_seed(SAMPLING_SEED)
             segments, info = self._model.transcribe(samples, **options)
             # The generator is lazy: each window is decoded when its first segment is asked for,
             # here, inside the lock and the worker thread; a cancelled request stops between them.
