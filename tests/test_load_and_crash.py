@@ -9,12 +9,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 
 from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.server import API_KEY, CHAT_PATH, REPO, VOICE_PATH, LeaServer
+from tests.waiting import wait_for
 
 
 def test_load_at_concurrency_24_for_two_minutes_answers_in_budget_or_refuses_at_once(tmp_path, models_dir):
@@ -73,12 +73,17 @@ def test_sigkill_mid_turns_leaves_a_clean_database(tmp_path, models_dir):
     workers = [threading.Thread(target=keep_talking, args=(i,)) for i in range(4)]
     for w in workers:
         w.start()
-    time.sleep(6)
+    # Killed once a turn has completed (an event, not a clock: on a slow machine six seconds
+    # once passed with none), while the other clients' turns are still under way.
+    wait_for(
+        lambda: bool(answered),
+        "a turn answered before the kill",
+        while_possible=lambda: lea.process.poll() is None and any(w.is_alive() for w in workers),
+    )
     lea.kill()  # SIGKILL: no shutdown, no flush
     stop.set()
     for w in workers:
         w.join()
-    assert answered, "no turn completed before the kill"
 
     copy = tmp_path / "after-kill"
     shutil.copytree(lea.data_dir, copy)  # the files exactly as the kill left them
