@@ -91,7 +91,7 @@ def _db(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from lea_local.settings import Settings
-    from lea_local.store.conversations import create_database_engine
+    from lea_local.store.database import create_database_engine
     from lea_local.store.schema import upgrade_schema
 
     try:

@@ -20,14 +20,8 @@ from lea_local.llm.reply_cleaner import clean_reply
 from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
 from lea_local.runtime.observability import count
-from lea_local.store.conversations import (
-    ConversationContext,
-    ConversationStore,
-    StoredMessage,
-    StoreUnavailable,
-    TurnRecord,
-    utcnow,
-)
+from lea_local.store.conversations import ConversationContext, ConversationStore, StoredMessage, TurnRecord
+from lea_local.store.database import StoreUnavailable, utcnow
 from lea_local.store.session_locks import SessionLocks
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lea_local.knowledge.grounding import TurnGrounding  # noqa: E402
 from lea_local.knowledge.library import KnowledgeBase, Retrieval  # noqa: E402
-from lea_local.store.conversations import create_database_engine  # noqa: E402
+from lea_local.store.database import create_database_engine  # noqa: E402
 from lea_local.store.schema import upgrade_schema  # noqa: E402
 
 WORDS_PER_PAGE = 400

@@ -31,7 +31,8 @@ from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine  # noqa: E402
 from lea_local.runtime.inference_queue import InferenceQueue  # noqa: E402
 from lea_local.services import read_system_prompt, resolve_model_paths  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
-from lea_local.store.conversations import ConversationStore, TurnRecord, utcnow  # noqa: E402
+from lea_local.store.conversations import ConversationStore, TurnRecord  # noqa: E402
+from lea_local.store.database import utcnow  # noqa: E402
 from lea_local.turns import ChatTurns  # noqa: E402
 
 QUESTION = "Pour le T3 de la rue Garibaldi, quels diagnostics faut-il fournir avant la signature du compromis ?"

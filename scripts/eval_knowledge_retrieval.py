@@ -43,7 +43,7 @@ from lea_local.knowledge import tables  # noqa: E402
 from lea_local.knowledge.french import Thesaurus  # noqa: E402
 from lea_local.knowledge.library import KnowledgeBase, Passage, Retrieval, sentence_encoder  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
-from lea_local.store.conversations import create_database_engine  # noqa: E402
+from lea_local.store.database import create_database_engine  # noqa: E402
 from lea_local.store.schema import upgrade_schema  # noqa: E402
 from tests.fixtures.knowledge.corpus import (  # noqa: E402
     CORPUS,

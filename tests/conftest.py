@@ -12,7 +12,7 @@ from sqlalchemy.pool import NullPool
 
 from lea_local.catalog import load_catalog
 from lea_local.services import preset_model_path
-from lea_local.store.conversations import create_database_engine
+from lea_local.store.database import create_database_engine
 from lea_local.store.schema import upgrade_schema
 from tests.postgres import PostgresCluster
 from tests.server import REPO, LeaServer

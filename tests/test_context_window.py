@@ -12,7 +12,8 @@ from lea_local.llm.base import ChatMessage
 from lea_local.llm.context import HISTORY_CHARS_PER_TOKEN, PromptTooLong, fit_growing_history, fit_to_context
 from lea_local.locales import system_prompt_path
 from lea_local.runtime.inference_queue import InferenceQueue
-from lea_local.store.conversations import HISTORY_PAGE, ConversationStore, TurnRecord, utcnow
+from lea_local.store.conversations import HISTORY_PAGE, ConversationStore, TurnRecord
+from lea_local.store.database import utcnow
 from lea_local.turns import ChatTurns
 from tests.conftest import db_rows
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from lea_local.store.conversations import create_database_engine
+from lea_local.store.database import create_database_engine
 from lea_local.store.schema import upgrade_schema
 from lea_local.tts.audio_store import AudioIncomplete, AudioState
 from lea_local.tts.database_audio_store import DatabaseAudioStore

@@ -25,7 +25,8 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-from lea_local.store.conversations import ConversationStore, StoreUnavailable, create_database_engine
+from lea_local.store.conversations import ConversationStore
+from lea_local.store.database import StoreUnavailable, create_database_engine
 from lea_local.store.schema import MIGRATIONS, alembic_config, upgrade_schema
 from lea_local.store.session_locks import PostgresSessionLocks
 from tests.audio import BROWSER_FORMATS, CLIP, encode

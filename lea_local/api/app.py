@@ -37,7 +37,7 @@ from lea_local.asr.decode import keep_temp_dir_clean
 from lea_local.runtime.observability import Metrics, RequestLogMiddleware
 from lea_local.services import Services, build_services
 from lea_local.settings import Settings
-from lea_local.store.conversations import utcnow
+from lea_local.store.database import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from lea_local.asr.decode import AudioRejected
 from lea_local.llm.context import PromptTooLong
 from lea_local.runtime.inference_queue import QueueFull
 from lea_local.runtime.observability import method_label, route_label
-from lea_local.store.conversations import ConversationNotFound, StoreUnavailable
+from lea_local.store.conversations import ConversationNotFound
+from lea_local.store.database import StoreUnavailable
 from lea_local.turns import EngineFailure
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 
 class ApiError(HTTPException):
     """An error the API answers with its own status and message."""
+
+
+def _is_ours(exc: HTTPException) -> bool:
+    """Raised by our routes with a message for the client (not Litestar's own)."""
+    from lea_local.api.openai.errors import OpenAIError
+
+    return isinstance(exc, (ApiError, OpenAIError))
 
 
 def still_starting() -> ApiError:
@@ -45,6 +53,7 @@ def error_response(
     exc: Exception | None = None,
 ) -> Response:
     """The error in the shape of the API the request went to."""
+    # Imported here: lea_local.api.openai loads its routes, and they import this module.
     from lea_local.api.openai.errors import is_openai_path, openai_error_body
 
     if request is not None and is_openai_path(request.url.path):
@@ -88,11 +97,11 @@ def _validation_param(exc: ValidationException) -> str | None:
 def _http_exception(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         message = _validation_message(exc)
-    elif isinstance(exc, NotFoundException) and not isinstance(exc, ApiError) and exc.detail in ("Not Found", ""):
+    elif isinstance(exc, NotFoundException) and not _is_ours(exc) and exc.detail in ("Not Found", ""):
         message = f"No such route: {request.method} {request.url.path}"
     elif isinstance(exc, MethodNotAllowedException):
         message = f"Method {request.method} is not allowed on {request.url.path}"
-    elif exc.status_code >= 500 and not isinstance(exc, ApiError):
+    elif exc.status_code >= 500 and not _is_ours(exc):
         # Litestar's own 500s (ImproperlyConfiguredException…) carry internal details: file paths.
         log.error("internal error on %s %s", method_label(request.method), route_label(request.scope), exc_info=exc)
         message = "Internal server error"

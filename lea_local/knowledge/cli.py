@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _open() -> KnowledgeBase:
     from lea_local.settings import Settings
-    from lea_local.store.conversations import create_database_engine
+    from lea_local.store.database import create_database_engine
     from lea_local.store.schema import upgrade_schema
 
     settings = Settings()
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from lea_local.runtime.inference_queue import QueueFull
-    from lea_local.store.conversations import StoreUnavailable
+    from lea_local.store.database import StoreUnavailable
 
     try:
         knowledge = _open()

@@ -41,7 +41,7 @@ from lea_local.knowledge.fusion import DENSE_FUSION, WORDS_FUSION, HybridIndex
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
 from lea_local.knowledge.passage_cache import StampedPassageCache
 from lea_local.knowledge.vectors import VectorIndex
-from lea_local.store.conversations import _outage_is_unavailable, utcnow
+from lea_local.store.database import outage_is_unavailable, utcnow
 
 if TYPE_CHECKING:
     from lea_local.settings import Settings
@@ -213,13 +213,13 @@ class KnowledgeBase:
 
     # --- reading ---------------------------------------------------------------------------
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def documents(self) -> list[Document]:
         with self.engine.connect() as connection:
             rows = connection.execute(select(tables.documents).order_by(tables.documents.c.file_name))
             return [_document(row) for row in rows]
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def document(self, document_id: int) -> Document:
         with self.engine.connect() as connection:
             row = connection.execute(select(tables.documents).where(tables.documents.c.id == document_id)).first()
@@ -243,7 +243,7 @@ class KnowledgeBase:
         """The agency's own rules (None when this knowledge base was given a thesaurus)."""
         return self._agency_thesaurus if self._thesaurus is None else None
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def search(self, query: str, limit: int = 5, *, lexical_only: bool = False) -> list[Passage]:
         """The passages that best answer `query`, best first ([] when it has no searchable word):
         the lexical and semantic rankings fused (fusion.py), or with `lexical_only` only the
@@ -275,7 +275,7 @@ class KnowledgeBase:
         semantic = self._index.semantic
         return semantic.encoder.name if isinstance(semantic, DenseIndex) else None
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def term_counts(self, words: Sequence[str], cap: int) -> dict[str, int]:
         """How many passages each word's lexical search finds (its thesaurus synonyms included),
         counted up to `cap`: what grounding weighs a question's terms by. Remembered until the
@@ -295,7 +295,7 @@ class KnowledgeBase:
                     known[(word, cap)] = len(found)
         return {word: known[(word, cap)] for word in words}
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def closeness(self, query: str) -> dict[int, float]:
         """Passage id → how close in meaning the sentence encoder finds it to `query` (its
         best-window cosine, compared with the encoder's close_similarity); {} without one."""
@@ -307,7 +307,7 @@ class KnowledgeBase:
 
     # --- writing ---------------------------------------------------------------------------
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def add(self, file_name: str, data: bytes) -> Document:
         """Store a document (a new one, or a new version of the one with this name); the same
         content again changes nothing. DocumentRejected, and nothing changed, for a bad file."""
@@ -341,7 +341,7 @@ class KnowledgeBase:
         log.info("knowledge: stored %s (%d passages)", name, document.passages)
         return document
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def remove(self, document_id: int) -> Document:
         """Delete a document: its file, its rows and every one of its passages."""
         with self._writes:
@@ -367,7 +367,7 @@ class KnowledgeBase:
         log.info("knowledge: removed %s", document.file_name)
         return document
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def reindex(self) -> ReindexReport:
         """Make the index match the directory: new and changed files (by sha256) indexed,
         vanished ones forgotten, unreadable ones reported and their old passages dropped."""

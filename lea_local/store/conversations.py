@@ -7,20 +7,17 @@ by Alembic migrations (`lea_local/store/migrations/`) when the store opens.
 
 On PostgreSQL (`postgresql+psycopg://…`) several lea-local processes share one store: the
 session locks (`session_locks`) then live in the database too. A database that cannot be
-reached raises StoreUnavailable (the API answers 503) as soon as the connection is refused or
-times out, and the next call reconnects by itself.
+reached raises StoreUnavailable (`database.outage_is_unavailable`; the API answers 503) as soon as
+the connection is refused or times out, and the next call reconnects by itself.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     DateTime,
@@ -31,17 +28,18 @@ from sqlalchemy import (
     String,
     Text,
     and_,
-    create_engine,
     delete,
-    event,
     func,
     or_,
     select,
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
+
+from lea_local.store.database import CONNECT_TIMEOUT_SECONDS, create_database_engine, is_outage, outage_is_unavailable
+from lea_local.store.schema import upgrade_schema
 
 if TYPE_CHECKING:
     from lea_local.store.session_locks import SessionLocks
@@ -50,13 +48,6 @@ log = logging.getLogger(__name__)
 
 # Messages read per query when the newest history is loaded backwards.
 HISTORY_PAGE = 32
-
-# Seconds to wait for a connection to a database server (PostgreSQL) before answering 503,
-# unless the URL sets its own `connect_timeout`.
-CONNECT_TIMEOUT_SECONDS = 5
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class Base(DeclarativeBase):
@@ -119,41 +110,6 @@ class DatabaseUnreachable(RuntimeError):
     """At start-up: the conversation database could not be reached within the wait."""
 
 
-class StoreUnavailable(Exception):
-    """The conversation database cannot be reached (down, restarting, unreachable): the caller
-    answers 503 with `Retry-After`; nothing of the turn was stored."""
-
-    retry_after = 5
-
-    def __init__(self) -> None:
-        super().__init__("the conversation database is unavailable; try again in a few seconds")
-
-
-def _is_outage(exc: sa_exc.SQLAlchemyError) -> bool:
-    """A failure of the connection or the server, not of the statement."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    # OperationalError: refused, reset or timed-out connections, a server shutting down, a locked
-    # SQLite file; TimeoutError: no pooled connection came free in time.
-    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError))
-
-
-def _outage_is_unavailable(method: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except sa_exc.SQLAlchemyError as exc:
-            if not _is_outage(exc):
-                raise
-            # The driver's message only: SQLAlchemy's own would quote the statement's parameters.
-            cause = getattr(exc, "orig", None) or exc
-            log.warning("the conversation database is unreachable: %s", str(cause).strip().split("\n")[0])
-            raise StoreUnavailable() from exc
-
-    return wrapper
-
-
 @dataclass(frozen=True)
 class StoredMessage:
     role: str
@@ -193,36 +149,6 @@ class TurnRecord:
     audio_file: str | None = None
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL: readers do not block the writer. synchronous=FULL: a committed turn survives a crash.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    # Deleted rows are overwritten with zeros, not just unlinked: erased text leaves the file.
-    cursor.execute("PRAGMA secure_delete=ON")
-    cursor.close()
-
-
-def create_database_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
-    # pool_pre_ping: connections left from before a database restart are replaced, not used.
-    # hide_parameters: an error never carries message texts into the logs.
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
-
-
 def _stored(rows) -> list[StoredMessage]:
     return [StoredMessage(role, content, created_at, id) for id, role, content, created_at in rows]
 
@@ -231,8 +157,6 @@ class ConversationStore:
     """Blocking API: call it from a worker thread, not the event loop."""
 
     def __init__(self, engine: Engine) -> None:
-        from lea_local.store.schema import upgrade_schema
-
         self.engine = engine
         upgrade_schema(engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -248,7 +172,7 @@ class ConversationStore:
             try:
                 return cls(engine)
             except sa_exc.SQLAlchemyError as exc:
-                if not _is_outage(exc):
+                if not is_outage(exc):
                     engine.dispose()
                     raise
                 # The driver's first line names the host and the failure, never the password.
@@ -277,7 +201,7 @@ class ConversationStore:
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         return PostgresSessionLocks(conninfo, timeout)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def session_of(self, conversation_id: int) -> str:
         """The session a conversation belongs to (ConversationNotFound if none)."""
         with self._sessions() as db:
@@ -286,7 +210,7 @@ class ConversationStore:
                 raise ConversationNotFound(f"conversation {conversation_id} not found")
             return row.session_id
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def context_for(
         self, session_id: str, conversation_id: int | None, history_chars: int | None = None
     ) -> ConversationContext:
@@ -324,7 +248,7 @@ class ConversationStore:
             history, complete = self._newest(db, row.id, None, history_chars)
             return ConversationContext(session_id, row.id, history, complete)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def older_messages(
         self, conversation_id: int, before_id: int, min_chars: int
     ) -> tuple[tuple[StoredMessage, ...], bool]:
@@ -357,7 +281,7 @@ class ConversationStore:
                 return tuple(reversed(found)), True
             before_id = page[-1].id
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def record_turn(self, turn: TurnRecord) -> int:
         """Store both messages of a turn in one transaction; returns the conversation id
         (created here for a new conversation)."""
@@ -408,7 +332,7 @@ class ConversationStore:
             )
             return conversation.id
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def counts(self) -> tuple[int, int]:
         """(conversations, messages) stored."""
         with self._sessions() as db:
@@ -417,7 +341,7 @@ class ConversationStore:
                 db.scalar(select(func.count()).select_from(MessageRow)) or 0,
             )
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def expired_sessions(self, older_than: datetime) -> list[str]:
         """Sessions that have a conversation last updated before `older_than`."""
         with self._sessions() as db:
@@ -425,7 +349,7 @@ class ConversationStore:
                 db.scalars(select(ConversationRow.session_id).where(ConversationRow.updated_at < older_than).distinct())
             )
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def sessions_of_user(self, user_id: str) -> list[str]:
         """Sessions with a conversation where this user spoke (or that names them)."""
         with self._sessions() as db:
@@ -438,7 +362,7 @@ class ConversationStore:
                 )
             )
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def erase(
         self, *, session_id: str | None = None, user_id: str | None = None, older_than: datetime | None = None
     ) -> Erased:

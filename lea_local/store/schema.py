@@ -21,6 +21,8 @@ from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+from lea_local.store.database import sqlite_pragmas
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"
 """The schema lea-local created before it had migrations."""
@@ -41,13 +43,11 @@ def _transactional_sqlite(engine: Engine) -> Engine:
     """An engine whose transactions cover DDL too. Python's sqlite3 commits before every
     CREATE/ALTER on its own; SQLAlchemy's documented recipe (BEGIN emitted by us) makes a whole
     upgrade one transaction, so a crash halfway leaves the previous schema whole."""
-    from lea_local.store.conversations import _sqlite_pragmas
-
     migrating = create_engine(engine.url, poolclass=NullPool)
 
     @event.listens_for(migrating, "connect")
     def _connect(dbapi_connection, record) -> None:
-        _sqlite_pragmas(dbapi_connection, record)
+        sqlite_pragmas(dbapi_connection, record)
         dbapi_connection.isolation_level = None
 
     @event.listens_for(migrating, "begin")

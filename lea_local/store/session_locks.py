@@ -25,7 +25,7 @@ from typing import Protocol
 import anyio
 import psycopg
 
-from lea_local.store.conversations import StoreUnavailable
+from lea_local.store.database import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 # token_urlsafe(24) gives 32 characters of [A-Za-z0-9_-]: 192 random bits. A reply's audio may
 # have one file per sentence too (a streamed turn's), named after it: "<reply's>-<index>.mp3".
-_NAME = re.compile(r"[A-Za-z0-9_-]{32}(?:-\d{1,4})?\.(?:mp3|ogg|wav)")
-_REPLY_NAME = re.compile(r"([A-Za-z0-9_-]{32})\.(mp3|ogg|wav)")
+AUDIO_NAME = re.compile(r"[A-Za-z0-9_-]{32}(?:-\d{1,4})?\.(?:mp3|ogg|wav)")
+REPLY_AUDIO_NAME = re.compile(r"([A-Za-z0-9_-]{32})\.(mp3|ogg|wav)")
 
 PARTIAL_SUFFIX = ".part"
 FAILED_SUFFIX = ".failed"
@@ -237,7 +237,7 @@ class TtsAudioStore:
     def resolve(self, name: str) -> Path | None:
         """The file for a public name, or None: malformed names (traversal included), missing
         files and expired files all look the same."""
-        if not _NAME.fullmatch(name):
+        if not AUDIO_NAME.fullmatch(name):
             return None
         path = self.directory / name
         try:
@@ -265,7 +265,7 @@ class TtsAudioStore:
         """Where a public name's audio stands in the shared directory; None: unknown, erased or
         expired. Checked in the order the writer renames (partial, then complete or failed), so
         that a rename between two checks cannot make existing audio look missing."""
-        if not _NAME.fullmatch(name):
+        if not AUDIO_NAME.fullmatch(name):
             return None
         if self._fresh(self.directory / f"{name}{PARTIAL_SUFFIX}"):
             return AudioState.PARTIAL
@@ -316,10 +316,10 @@ class TtsAudioStore:
         it; returns files deleted."""
         deleted = 0
         for name in names:
-            if not _NAME.fullmatch(name):
+            if not AUDIO_NAME.fullmatch(name):
                 continue
             paths = [self.directory / name]
-            if reply := _REPLY_NAME.fullmatch(name):  # the name's characters are not glob patterns
+            if reply := REPLY_AUDIO_NAME.fullmatch(name):  # the name's characters are not glob patterns
                 paths += [self.directory / f"{name}{PARTIAL_SUFFIX}", self.directory / f"{name}{FAILED_SUFFIX}"]
                 paths += self.directory.glob(f"{reply.group(1)}-*.{reply.group(2)}")
             for path in paths:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from lea_local.store.conversations import _outage_is_unavailable
+from lea_local.store.database import outage_is_unavailable
 from lea_local.tts.audio_store import (
-    _NAME,
-    _REPLY_NAME,
+    AUDIO_NAME,
+    REPLY_AUDIO_NAME,
     AudioState,
     FollowedStep,
     StoredAudio,
@@ -206,10 +206,10 @@ class DatabaseAudioStore:
             )
             db.execute(chunk_table.insert().values(name=name, seq=0, data=data))
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def read(self, name: str) -> StoredAudio | None:
         """The complete audio of a public name, or None (malformed, unknown, unfinished or expired)."""
-        if not _NAME.fullmatch(name):
+        if not AUDIO_NAME.fullmatch(name):
             return None
         with self.engine.connect() as db:
             entry = db.execute(
@@ -227,9 +227,9 @@ class DatabaseAudioStore:
         tag = hashlib.blake2b(f"{name}:{entry.size}:{entry.touched_at}".encode(), digest_size=12).hexdigest()
         return StoredAudio(data=data, modified=entry.touched_at, etag=f'"{tag}"')
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def state(self, name: str) -> AudioState | None:
-        if not _NAME.fullmatch(name):
+        if not AUDIO_NAME.fullmatch(name):
             return None
         with self.engine.connect() as db:
             entry = db.execute(
@@ -247,7 +247,7 @@ class DatabaseAudioStore:
         (`follow_audio`; a sign of life: a new chunk or a heartbeat)."""
         return follow_audio(functools.partial(self._follow_step, name), stall_timeout)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def _follow_step(self, name: str, next_seq: int) -> FollowedStep:
         """The chunks from `next_seq` on (a chunk number), where the audio stands, and its
         (size, heartbeats)."""
@@ -273,16 +273,16 @@ class DatabaseAudioStore:
         state = AudioState.COMPLETE if entry.state == "complete" else AudioState.PARTIAL
         return b"".join(chunks), next_seq + len(chunks), state, seen
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def delete(self, names: list[str]) -> int:
         """Delete these entries, each reply's sentence entries with it; returns entries deleted."""
-        wanted = [name for name in names if _NAME.fullmatch(name)]
+        wanted = [name for name in names if AUDIO_NAME.fullmatch(name)]
         if not wanted:
             return 0
         with self.engine.begin() as db:
             return _delete_entries(db, wanted)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     def sweep(self) -> int:
         """Delete entries untouched for longer than the TTL (a killed replica's partial entries
         included: a live one's heartbeat keeps its own fresh); returns how many."""
@@ -296,7 +296,7 @@ class DatabaseAudioStore:
 
 
 def _delete_entries(db: Connection, names: list[str]) -> int:
-    sentence_patterns = [f"{m.group(1)}-%.{m.group(2)}" for name in names if (m := _REPLY_NAME.fullmatch(name))]
+    sentence_patterns = [f"{m.group(1)}-%.{m.group(2)}" for name in names if (m := REPLY_AUDIO_NAME.fullmatch(name))]
     condition = audio_table.c.name.in_(names)
     for pattern in sentence_patterns:  # the name's characters hold no LIKE wildcard but "_"
         condition = condition | audio_table.c.name.like(pattern.replace("_", r"\_"), escape="\\")

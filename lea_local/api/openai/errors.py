@@ -5,9 +5,8 @@ AuthenticationError, RateLimitError…)."""
 from __future__ import annotations
 
 import msgspec
+from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
-
-from lea_local.api.errors import ApiError
 
 OPENAI_PREFIX = "/v1/"
 
@@ -27,8 +26,10 @@ _TYPES = {
 }
 
 
-class OpenAIError(ApiError):
-    """An error of the /v1 routes that names the parameter at fault and OpenAI's code for it."""
+class OpenAIError(HTTPException):
+    """An error of the /v1 routes that names the parameter at fault and OpenAI's code for it.
+    Answered like `lea_local.api.errors.ApiError` (its own status and message), without importing
+    that module: it imports this one to shape every /v1 error."""
 
     def __init__(self, status_code: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(status_code=status_code, detail=message)
