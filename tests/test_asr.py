@@ -21,13 +21,15 @@ from lea_local.services import build_recognizer
 from lea_local.settings import Settings
 from tests.audio import CLIP, FIXTURES, chords, hum, manifest, noise, normalise_words, tone
 
-# Measured on this project's 2-core machine: faster-whisper base, int8, greedy, no vocabulary
-# prompt: WER 0.282 over the 15 clips before decoding was bounded, 0.280 after (openai-whisper,
-# same weights: 0.289). The bound leaves room for CPU-dependent rounding in int8 kernels, not for
-# a regression in decoding or language settings. A locale's vocabulary prompt moves it (the
-# clips are general French, not real estate): 0.286 with fr-CA's, 0.289 with fr-FR's.
-WER_BOUND = 0.29
-WER_BOUND_WITH_VOCABULARY = 0.30
+# faster-whisper base, int8, greedy, over the 15 clips (454 words; one word is 0.0022), with the
+# locked versions. Without a vocabulary prompt: 0.280 where the bound was first set, 0.286 on an
+# AMD EPYC with AVX-512 (and the same with CTranslate2 forced to AVX2), 0.326 on another machine
+# of CI's kind (int8 kernels differ from CPU to CPU). With fr-CA's vocabulary prompt (the clips
+# are general French, not real estate): 0.286, 0.300 and 0.308. Each bound is the highest figure
+# measured plus 0.02 (9 words): room for another CPU's rounding, none for a wrong language or a
+# broken decoding (these clips decoded as English: 0.971; as Spanish: 0.976).
+WER_BOUND = 0.35
+WER_BOUND_WITH_VOCABULARY = 0.33
 WHISPER_CONTEXT_TOKENS = 448
 
 
@@ -70,7 +72,7 @@ def test_default_engine_word_error_rate_on_human_french_speech(default_recognize
 def test_word_error_rate_with_the_default_locale_vocabulary(default_recognizer):
     """As the server runs it: the fr-CA vocabulary prompt barely moves general French."""
     wer = word_error_rate(default_recognizer)
-    print(f"\nfaster-whisper base WER with the fr-CA vocabulary prompt: {wer:.3f}")
+    print(f"\nfaster-whisper base WER with the fr-CA vocabulary prompt: {wer:.3f} (bound {WER_BOUND_WITH_VOCABULARY})")
     assert wer <= WER_BOUND_WITH_VOCABULARY
 
 
