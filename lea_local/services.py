@@ -146,9 +146,8 @@ class Services:
     def close(self) -> None:
         self.store.close()
         for engine in (self.chat_engine, self.recognizer, self.speech.synthesizer if self.speech else None):
-            close = getattr(engine, "remote", False) and getattr(engine, "close", None)
-            if close:
-                close()  # a remote engine's HTTP connections
+            if engine is not None:
+                engine.close()  # a remote engine's HTTP connections
 
 
 def preset_model_path(catalog: Catalog, preset: str | None, models_dir: Path, kind: str, engine: str) -> Path:
@@ -283,7 +282,7 @@ def overlap_generation(settings: Settings, engine: ChatEngine) -> bool:
         return settings.tts_overlap == "during_generation"
     # Measured on a 2-core CPU: overlapping slows the LLM by more than speech gains. A remote
     # LLM computes elsewhere: nothing to fight over.
-    return bool(getattr(engine, "on_gpu", False) or getattr(engine, "remote", False)) and not settings.tts_use_cuda
+    return (engine.on_gpu or engine.remote) and not settings.tts_use_cuda
 
 
 def _knowledge_retrieval(settings: Settings) -> str:
@@ -322,7 +321,7 @@ def build_services(settings: Settings) -> Services:
         extra={
             "llm": engine.model_name,
             "context": engine.context_size,
-            "gpu_layers": getattr(engine, "gpu_layers", None),
+            "gpu_layers": engine.gpu_layers,
             "provider": engine.provider,
             "asr": recognizer.model_name,
             "tts": synthesizer.voice_name,
@@ -330,21 +329,19 @@ def build_services(settings: Settings) -> Services:
     )
     share = settings.engines_share_cpu
     if share is None:
-        share = not (
-            getattr(engine, "on_gpu", False) or getattr(recognizer, "device", "cpu") == "cuda" or settings.tts_use_cuda
-        )
+        share = not (engine.on_gpu or recognizer.on_gpu or settings.tts_use_cuda)
     cpu = Slot(1) if share else None
 
-    def local_slot(component: object) -> Slot | None:
+    def local_slot(component: ChatEngine | SpeechRecognizer | SpeechSynthesizer) -> Slot | None:
         """The shared CPU slot for an engine computing here; a remote one has its own."""
-        return None if getattr(component, "remote", False) else cpu
+        return None if component.remote else cpu
 
     overlap = overlap_generation(settings, engine)
     llm_queue = InferenceQueue(
         "language model",
         max_waiting=settings.llm_queue_size,
         slot=local_slot(engine),
-        concurrency=settings.llm_parallel if getattr(engine, "remote", False) else 1,
+        concurrency=settings.llm_parallel if engine.remote else 1,
         stage="llm",
     )
     turns = ChatTurns(

@@ -290,6 +290,15 @@ class FailingEngine:
     provider = "llama-cpp"
     model_name = "failing"
     context_size = 2048
+    remote = False
+    on_gpu = False
+    gpu_layers = None
+
+    def prompt_cache_stats(self):
+        return None
+
+    def close(self):
+        pass
 
     def count_prompt_tokens(self, messages):
         return 10

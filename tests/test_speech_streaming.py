@@ -37,6 +37,15 @@ class EchoEngine:
     provider = "llama-cpp"
     model_name = "echo"
     context_size = 2048
+    remote = False
+    on_gpu = False
+    gpu_layers = None
+
+    def prompt_cache_stats(self):
+        return None
+
+    def close(self):
+        pass
 
     def count_prompt_tokens(self, messages):
         return sum(len(m.content) for m in messages) // 4 + 1

@@ -86,9 +86,8 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             return
         for queue in services.queues():
             app_metrics.track_queue(queue.name, lambda q=queue: q.depth)
-        prompt_cache_stats = getattr(services.chat_engine, "prompt_cache_stats", None)
-        if prompt_cache_stats is not None:
-            app_metrics.track_prompt_cache(prompt_cache_stats)
+        if not services.chat_engine.remote:  # a remote server's prompt cache is its own
+            app_metrics.track_prompt_cache(services.chat_engine.prompt_cache_stats)
         runtime.ready = True
         log.info("ready", extra={"event": "ready", "models": services.model_names(), **timings})
 

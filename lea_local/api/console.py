@@ -31,7 +31,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from lea_local import __version__
 from lea_local.api.auth import require_api_key
 from lea_local.api.openapi import error_responses
+from lea_local.asr.base import SpeechRecognizer
+from lea_local.llm.base import ChatEngine
 from lea_local.settings import Settings
+from lea_local.tts.base import SpeechSynthesizer
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
 CONSOLE_PATH = "/console"
@@ -170,10 +173,10 @@ class ConsoleStatus(msgspec.Struct):
     queues: list[QueueStatus]
 
 
-def _device(engine: object, on_gpu: bool) -> str:
-    if getattr(engine, "remote", False):
+def _device(engine: ChatEngine | SpeechRecognizer | SpeechSynthesizer) -> str:
+    if engine.remote:
         return "remote"
-    return "gpu" if on_gpu else "cpu"
+    return "gpu" if engine.on_gpu else "cpu"
 
 
 @get(
@@ -190,11 +193,11 @@ def console_status(state: State) -> ConsoleStatus:
         return ConsoleStatus(
             success=True, ready=False, version=__version__, locale=settings.locale, models={}, devices={}, queues=[]
         )
-    devices = {"llm": _device(services.chat_engine, bool(getattr(services.chat_engine, "on_gpu", False)))}
+    devices = {"llm": _device(services.chat_engine)}
     if services.recognizer is not None:
-        devices["asr"] = _device(services.recognizer, getattr(services.recognizer, "device", "cpu") == "cuda")
+        devices["asr"] = _device(services.recognizer)
     if services.speech is not None:
-        devices["tts"] = _device(services.speech.synthesizer, settings.tts_use_cuda)
+        devices["tts"] = _device(services.speech.synthesizer)
     return ConsoleStatus(
         success=True,
         ready=True,

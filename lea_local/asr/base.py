@@ -117,6 +117,14 @@ class SpeechRecognizer(Protocol):
     model_name: str
     language: str | None
     """The spoken language (a Whisper code such as "fr"); None: detected per recording."""
+    remote: bool
+    """Computed by another server: its queue needs no local CPU."""
+    on_gpu: bool
+    """Computes on a GPU of this machine (False for a remote engine)."""
+
+    def close(self) -> None:
+        """Release a remote engine's HTTP connections; nothing for a local engine."""
+        ...
 
     def transcribe(
         self,

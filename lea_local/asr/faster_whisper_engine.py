@@ -31,6 +31,8 @@ SAMPLING_SEED = 0
 
 
 class FasterWhisperRecognizer:
+    remote = False
+
     def __init__(
         self,
         model_dir: Path,
@@ -84,6 +86,13 @@ class FasterWhisperRecognizer:
             initial_prompt=prompt or None,
             condition_on_previous_text=False,
         )
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device == "cuda"
+
+    def close(self) -> None:
+        """Nothing to release: the model lives as long as the process."""
 
     def transcribe(
         self,

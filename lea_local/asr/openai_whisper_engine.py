@@ -52,6 +52,8 @@ class _CancellableModel:
 
 
 class OpenAIWhisperRecognizer:
+    remote = False
+
     def __init__(
         self,
         checkpoint: Path,
@@ -100,6 +102,13 @@ class OpenAIWhisperRecognizer:
             initial_prompt=prompt or None,
             verbose=None,
         )
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device == "cuda"
+
+    def close(self) -> None:
+        """Nothing to release: the model lives as long as the process."""
 
     def transcribe(
         self,

@@ -47,6 +47,7 @@ class RemoteSpeechRecognizer:
     """`SpeechRecognizer` over HTTP; one request per recording (cancelled while it waits)."""
 
     remote = True
+    on_gpu = False
 
     def __init__(
         self,

@@ -36,6 +36,24 @@ class ChatEngine(Protocol):
     model_name: str
     context_size: int
     """Tokens the prompt and the reply share."""
+    remote: bool
+    """Computed by another server: speech may overlap generation, and the LLM queue needs no
+    local CPU (nor the slot the local engines share)."""
+    on_gpu: bool
+    """Computes on a GPU of this machine (False for a remote engine)."""
+    gpu_layers: int | None
+    """Layers offloaded to the GPU, for the start-up log; None when not this process's to say
+    (a remote engine)."""
+
+    def prompt_cache_stats(self) -> dict[str, int] | None:
+        """The prompt cache's counters (`PromptCache.stats`), for /metrics; None when there is
+        none here (off, or a remote engine's)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds for the server's lifetime beyond its model: a remote
+        engine's HTTP connections. Nothing for a local engine."""
+        ...
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Exact size, in tokens, of the prompt these messages make (chat template included)."""

@@ -37,6 +37,7 @@ def default_gpu_layers() -> int:
 
 class LlamaCppChatEngine:
     provider = "llama-cpp"
+    remote = False
 
     def __init__(
         self,
@@ -118,6 +119,9 @@ class LlamaCppChatEngine:
     def prompt_cache_stats(self) -> dict[str, int] | None:
         """The prompt cache's counters (`PromptCache.stats`), None when it is off."""
         return self._prompt_cache.stats() if self._prompt_cache is not None else None
+
+    def close(self) -> None:
+        """Nothing to release: the model lives as long as the process."""
 
     def count_text_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0

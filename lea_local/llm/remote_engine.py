@@ -86,6 +86,8 @@ class RemoteChatEngine:
 
     remote = True
     """Computes elsewhere: speech may overlap generation, and the LLM queue needs no local CPU."""
+    on_gpu = False
+    gpu_layers = None
 
     def __init__(
         self,
@@ -333,6 +335,10 @@ class RemoteChatEngine:
             completion_tokens=completion_tokens,
             finish_reason="length" if finish_reason == "length" and not repetition.fired else "stop",
         )
+
+    def prompt_cache_stats(self) -> None:
+        """The server's prompt cache is its own (not in this process's /metrics)."""
+        return None
 
     def close(self) -> None:
         self._client.close()

@@ -12,6 +12,14 @@ import numpy as np
 class SpeechSynthesizer(Protocol):
     voice_name: str
     sample_rate: int
+    remote: bool
+    """Computed by another server: its queue needs no local CPU."""
+    on_gpu: bool
+    """Computes on a GPU of this machine (False for a remote engine)."""
+
+    def close(self) -> None:
+        """Release a remote engine's HTTP connections; nothing for a local engine."""
+        ...
 
     def synthesize(self, text: str, *, speed: float = 1.0) -> Iterator[np.ndarray]:
         """Speech for already-normalised text: mono int16 chunks, one per sentence, as soon as

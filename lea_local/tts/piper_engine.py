@@ -14,12 +14,15 @@ _ESPEAK_LOCK = threading.Lock()
 
 
 class PiperSynthesizer:
+    remote = False
+
     def __init__(self, voice_path: Path, *, use_cuda: bool = False, length_scale: float | None = None) -> None:
         from piper import PiperVoice, SynthesisConfig
 
         if not voice_path.is_file():
             raise FileNotFoundError(f"Piper voice not found: {voice_path}")
         self._voice = PiperVoice.load(voice_path, use_cuda=use_cuda)
+        self.on_gpu = use_cuda
         self._config = SynthesisConfig(length_scale=length_scale)
         # The voice's own pace (its .onnx.json), which `speed` divides.
         self._length_scale = length_scale or self._voice.config.length_scale
@@ -33,3 +36,6 @@ class PiperSynthesizer:
         with _ESPEAK_LOCK:
             for chunk in self._voice.synthesize(text, config):
                 yield chunk.audio_int16_array
+
+    def close(self) -> None:
+        """Nothing to release: the voice lives as long as the process."""

@@ -26,6 +26,7 @@ class RemoteSpeechSynthesizer:
     """`SpeechSynthesizer` over HTTP: one request per text; thread-safe."""
 
     remote = True
+    on_gpu = False
     sample_rate = PCM_SAMPLE_RATE
 
     def __init__(
