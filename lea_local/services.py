@@ -20,6 +20,8 @@ from lea_local.knowledge.grounding import TurnGrounding
 from lea_local.knowledge.library import knowledge_base_for
 from lea_local.llm.base import ChatEngine
 from lea_local.locales import asr_vocabulary, system_prompt_path
+from lea_local.pipeline.turns import ChatTurns
+from lea_local.pipeline.voice import VoiceTurns
 from lea_local.runtime.hardware import physical_cores
 from lea_local.runtime.inference_queue import InferenceQueue, QueueFull, Slot
 from lea_local.runtime.remote_http import loggable_url
@@ -30,8 +32,6 @@ from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.database_audio_store import DatabaseAudioStore
 from lea_local.tts.speech import SpeechService
 from lea_local.tts.voices import VoiceRegistry, installed_piper_voices
-from lea_local.turns import ChatTurns
-from lea_local.voice import VoiceTurns
 
 log = logging.getLogger(__name__)
 

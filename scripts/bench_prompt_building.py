@@ -28,12 +28,12 @@ sys.path.insert(0, str(REPO))
 from lea_local.llm.base import ChatMessage  # noqa: E402
 from lea_local.llm.context import fit_to_context  # noqa: E402
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine  # noqa: E402
+from lea_local.pipeline.turns import ChatTurns  # noqa: E402
 from lea_local.runtime.inference_queue import InferenceQueue  # noqa: E402
 from lea_local.services import read_system_prompt, resolve_model_paths  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
 from lea_local.store.conversations import ConversationStore, TurnRecord  # noqa: E402
 from lea_local.store.database import utcnow  # noqa: E402
-from lea_local.turns import ChatTurns  # noqa: E402
 
 QUESTION = "Pour le T3 de la rue Garibaldi, quels diagnostics faut-il fournir avant la signature du compromis ?"
 ANSWER = (
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-history comparison")
     args = parser.parse_args()
     fits = LastFit()
-    turns_log = logging.getLogger("lea_local.turns")
+    turns_log = logging.getLogger("lea_local.pipeline.turns")
     turns_log.setLevel(logging.INFO)
     turns_log.addHandler(fits)
     turns_log.propagate = False

@@ -34,12 +34,12 @@ sys.path.insert(0, str(REPO))
 from lea_local.knowledge.grounding import TurnGrounding  # noqa: E402
 from lea_local.knowledge.library import KnowledgeBase, Retrieval  # noqa: E402
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine  # noqa: E402
+from lea_local.pipeline.turns import ChatTurns, TurnRequest  # noqa: E402
 from lea_local.runtime.hardware import physical_cores  # noqa: E402
 from lea_local.runtime.inference_queue import InferenceQueue  # noqa: E402
 from lea_local.services import read_system_prompt  # noqa: E402
 from lea_local.settings import Settings  # noqa: E402
 from lea_local.store.conversations import ConversationStore  # noqa: E402
-from lea_local.turns import ChatTurns  # noqa: E402
 from tests.fixtures.knowledge.corpus import CORPUS, Question, fold, load_questions  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def main() -> int:
             turns = build_turns(engine, data, grounded, settings, args.retrieval)
             for question in questions:
                 started = time.perf_counter()
-                result = anyio.run(lambda q=question: turns.take_turn(q.question))  # noqa: B023
+                result = anyio.run(lambda q=question: turns.take_turn(TurnRequest(q.question)))  # noqa: B023
                 hit = contains_fact(result.reply, question.fact)
                 results[grounded].append(hit)
                 if question.paraphrased:

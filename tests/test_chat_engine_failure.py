@@ -11,7 +11,7 @@ from lea_local.runtime.inference_queue import InferenceQueue
 from lea_local.services import Services
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
-from lea_local.turns import ChatTurns
+from lea_local.pipeline.turns import ChatTurns
 from tests.server import API_KEY, CHAT_PATH
 
 

@@ -122,7 +122,7 @@ def test_an_error_after_a_stream_began_is_its_last_event_with_the_routes_status(
     from lea_local.api.streaming import error_event
     from lea_local.runtime.inference_queue import QueueFull
     from lea_local.store.conversations import ConversationNotFound
-    from lea_local.turns import EngineFailure
+    from lea_local.pipeline.errors import EngineFailure
 
     errors = {
         "engine": EngineFailure("language model"),

@@ -14,7 +14,7 @@ from lea_local.locales import system_prompt_path
 from lea_local.runtime.inference_queue import InferenceQueue
 from lea_local.store.conversations import HISTORY_PAGE, ConversationStore, TurnRecord
 from lea_local.store.database import utcnow
-from lea_local.turns import ChatTurns
+from lea_local.pipeline.turns import ChatTurns
 from tests.conftest import db_rows
 
 
@@ -145,7 +145,7 @@ def test_build_prompt_reads_and_counts_only_the_newest_history(tmp_path, caplog,
         temperature=0,
     )
     context = store.context_for("s", None, turns.history_chars)
-    with caplog.at_level(logging.INFO, logger="lea_local.turns"):
+    with caplog.at_level(logging.INFO, logger="lea_local.pipeline.turns"):
         prompt = turns.build_prompt(context, "Et ensuite ?")
     budget = WordEngine.context_size - 24
     whole = fit_to_context(turns.system_prompt, history, prompt[-1], count_tokens=words, budget=budget)

@@ -14,13 +14,13 @@ import pytest
 from litestar.testing import TestClient
 
 from lea_local.api.app import create_app
-from lea_local.completions import MAX_CHARS_PER_TOKEN
+from lea_local.pipeline.completions import MAX_CHARS_PER_TOKEN
 from lea_local.llm.base import ChatReply
 from lea_local.runtime.inference_queue import InferenceQueue
 from lea_local.services import Services
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
-from lea_local.turns import ChatTurns
+from lea_local.pipeline.turns import ChatTurns
 from tests.conftest import db_rows
 from tests.server import API_KEY, LeaServer
 

@@ -27,7 +27,7 @@ from lea_local.tts.encode import encode_audio
 from lea_local.tts.piper_engine import PiperSynthesizer
 from lea_local.tts.sentences import SentenceSplitter, split_sentences
 from lea_local.tts.speech import SpeechService
-from lea_local.turns import ChatTurns
+from lea_local.pipeline.turns import ChatTurns
 from tests.server import API_KEY
 
 

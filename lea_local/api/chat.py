@@ -26,10 +26,10 @@ from lea_local.api.schemas import ChatRequest, ChatResponse, sources_of, usage_o
 from lea_local.api.streaming import event_stream_operation, open_stream, sse_response
 from lea_local.api.validation import clean_identifier, clean_message, strictly
 from lea_local.llm.reply_cleaner import ReplyStream
+from lea_local.pipeline.turns import TurnRequest, TurnResult
 from lea_local.runtime.inference_queue import current_deadline
 from lea_local.runtime.observability import request_timings_ms
 from lea_local.services import Services
-from lea_local.turns import TurnResult
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,14 @@ async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDep
     turns, speech = services.turns, services.speech
     settings = services.settings
     async with request_deadline(request, settings.turn_timeout("chat"), services.turn_stages("chat")) as deadline:
-        cancel = deadline.cancel
+        turn = TurnRequest(message, session_id=session_id, conversation_id=data.conversation_id, cancel=deadline.cancel)
         if settings.tts_for_text_chat and speech is not None:
             result, audio_name = await speech.speak(
-                lambda on_text, audio_name: turns.take_turn(
-                    message,
-                    session_id=session_id,
-                    conversation_id=data.conversation_id,
-                    on_text=on_text,
-                    audio_name=audio_name,
-                    cancel=cancel,
-                ),
+                lambda on_text, audio_name: turns.take_turn(turn, on_text=on_text, audio_name=audio_name),
                 lambda result: result.reply,
             )
         else:
-            result = await turns.take_turn(
-                message, session_id=session_id, conversation_id=data.conversation_id, cancel=cancel
-            )
+            result = await turns.take_turn(turn)
             audio_name = None
     return ChatResponse(
         success=True,
@@ -159,27 +150,17 @@ async def chat_stream(data: JSONBody[ChatRequest], request: Request, services: N
     async def work(emit: Emit) -> None:
         deadline = current_deadline.get()
         cancel = deadline.cancel if deadline is not None else None
+        turn = TurnRequest(message, session_id=session_id, conversation_id=data.conversation_id, cancel=cancel)
         reply = StreamedReply(emit)
         if settings.tts_for_text_chat and speech is not None:
             result, audio_name = await speech.speak(
                 lambda on_text, audio_name: turns.take_turn(
-                    message,
-                    session_id=session_id,
-                    conversation_id=data.conversation_id,
-                    on_text=reply.feeding(on_text),
-                    audio_name=audio_name,
-                    cancel=cancel,
+                    turn, on_text=reply.feeding(on_text), audio_name=audio_name
                 ),
                 lambda result: result.reply,
             )
         else:
-            result = await turns.take_turn(
-                message,
-                session_id=session_id,
-                conversation_id=data.conversation_id,
-                on_text=reply.feeding(None),
-                cancel=cancel,
-            )
+            result = await turns.take_turn(turn, on_text=reply.feeding(None))
             audio_name = None
         reply.finish(result.reply)
         emit(done_event(request, services, result, audio_name))

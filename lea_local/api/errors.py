@@ -21,11 +21,11 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from lea_local.asr.base import NoSpeech
 from lea_local.asr.decode import AudioRejected
 from lea_local.llm.context import PromptTooLong
+from lea_local.pipeline.errors import EngineFailure
 from lea_local.runtime.inference_queue import QueueFull
 from lea_local.runtime.observability import method_label, route_label
 from lea_local.store.conversations import ConversationNotFound
 from lea_local.store.database import StoreUnavailable
-from lea_local.turns import EngineFailure
 
 log = logging.getLogger(__name__)
 

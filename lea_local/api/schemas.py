@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 if TYPE_CHECKING:
-    from lea_local.turns import TurnResult
+    from lea_local.pipeline.turns import TurnResult
 
 SessionId = Annotated[str, msgspec.Meta(max_length=128, description="Session id (reused, or created when absent)")]
 

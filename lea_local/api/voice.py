@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from litestar import Request, post
@@ -27,6 +27,7 @@ from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import VoiceChatResponse, sources_of, usage_of
 from lea_local.api.streaming import open_stream, sse_response
 from lea_local.api.validation import clean_identifier, parse_conversation_id
+from lea_local.pipeline.turns import TurnRequest
 from lea_local.runtime.inference_queue import current_deadline
 from lea_local.services import Services
 from lea_local.tts.speech import SpeechJob
@@ -44,16 +45,7 @@ class VoiceForm:
     user_email: str | None = None
 
 
-@dataclass(frozen=True)
-class _VoiceInput:
-    audio: bytes
-    session_id: str | None
-    conversation_id: int | None
-    user_id: str | None
-    user_email: str | None
-
-
-async def _voice_input(data: VoiceForm, services: Services) -> _VoiceInput:
+async def _voice_input(data: VoiceForm, services: Services) -> TurnRequest:
     settings = services.settings
     upload = data.audio or data.file
     if upload is None:
@@ -61,7 +53,7 @@ async def _voice_input(data: VoiceForm, services: Services) -> _VoiceInput:
     audio = await upload.read(settings.max_upload_bytes + 1)
     if len(audio) > settings.max_upload_bytes:
         raise ApiError(status_code=413, detail=f"the recording is larger than {settings.max_upload_bytes} bytes")
-    return _VoiceInput(
+    return TurnRequest(
         audio=audio,
         session_id=clean_identifier(data.session_id, "session_id"),
         conversation_id=parse_conversation_id(data.conversation_id),
@@ -86,18 +78,9 @@ async def chat_voice(
     assert services.voice is not None and services.speech is not None
     voice = services.voice
     async with request_deadline(request, settings.turn_timeout("voice"), services.turn_stages("voice")) as deadline:
-        cancel = deadline.cancel
+        turn = replace(form, cancel=deadline.cancel)
         result, audio_name = await services.speech.speak(
-            lambda on_text, audio_name: voice.take_voice_turn(
-                form.audio,
-                session_id=form.session_id,
-                conversation_id=form.conversation_id,
-                user_id=form.user_id,
-                user_email=form.user_email,
-                on_text=on_text,
-                audio_name=audio_name,
-                cancel=cancel,
-            ),
+            lambda on_text, audio_name: voice.take_voice_turn(turn, on_text=on_text, audio_name=audio_name),
             lambda result: result.turn.reply,
         )
     return VoiceChatResponse(
@@ -144,14 +127,9 @@ async def chat_voice_stream(
             if job is not None:  # its pieces' files are announced as they are written, from now on
                 forwarding.append(asyncio.create_task(_forward_sentence_audio(job, emit, request, services)))
             return voice.take_voice_turn(
-                form.audio,
-                session_id=form.session_id,
-                conversation_id=form.conversation_id,
-                user_id=form.user_id,
-                user_email=form.user_email,
+                replace(form, cancel=deadline.cancel if deadline is not None else None),
                 on_text=reply.feeding(on_text),
                 audio_name=audio_name,
-                cancel=deadline.cancel if deadline is not None else None,
                 on_transcript=lambda text: emit({"transcription": text}),
             )
 

@@ -33,12 +33,12 @@ from lea_local.api.openai.schemas import (
     Usage,
 )
 from lea_local.api.streaming import SSE_HEADERS, event_stream_operation, open_stream
-from lea_local.completions import ChatCompletions, Completion, CompletionRequest, ContextLengthExceeded
 from lea_local.llm.base import ChatMessage, PromptRejected
+from lea_local.pipeline.completions import ChatCompletions, Completion, CompletionRequest
+from lea_local.pipeline.errors import ContextLengthExceeded, EngineFailure
 from lea_local.runtime.inference_queue import InferenceQueue, current_deadline
 from lea_local.services import Services
 from lea_local.settings import Settings
-from lea_local.turns import EngineFailure
 
 log = logging.getLogger(__name__)
 

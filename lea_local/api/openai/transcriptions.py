@@ -21,8 +21,8 @@ from lea_local.api.openai.errors import OpenAIError, openai_error_responses
 from lea_local.asr.decode import AudioRejected
 from lea_local.asr.languages import LANGUAGE_NAMES, language_name
 from lea_local.asr.subtitles import to_srt, to_vtt
+from lea_local.pipeline.transcriptions import Transcriber, Transcription, TranscriptionOptions
 from lea_local.services import Services
-from lea_local.transcriptions import Transcriber, Transcription, TranscriptionOptions
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 RESPONSE_FORMATS: tuple[ResponseFormat, ...] = ("json", "text", "srt", "vtt", "verbose_json")

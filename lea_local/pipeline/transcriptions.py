@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from lea_local.asr.base import NoSpeech, Transcript, TranscriptSegment
 from lea_local.asr.decode import DecodedAudio
+from lea_local.pipeline.voice import VoiceTurns
 from lea_local.runtime.observability import count
-from lea_local.voice import VoiceTurns
 
 log = logging.getLogger(__name__)
 

@@ -6,18 +6,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio.to_thread
 
 from lea_local.asr.base import NoSpeech, SpeechRecognizer, Transcript
 from lea_local.asr.decode import DecodedAudio, decode_audio
+from lea_local.pipeline.errors import EngineFailure
+from lea_local.pipeline.turns import ChatTurns, TurnRequest, TurnResult
 from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
 from lea_local.runtime.observability import count
 from lea_local.store.conversations import ConversationNotFound
-from lea_local.turns import ChatTurns, EngineFailure, TurnResult
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +86,19 @@ class VoiceTurns:
 
     async def take_voice_turn(
         self,
-        audio: bytes,
+        request: TurnRequest,
         *,
-        session_id: str | None = None,
-        conversation_id: int | None = None,
-        user_id: str | None = None,
-        user_email: str | None = None,
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
-        cancel: threading.Event | None = None,
         on_transcript: Callable[[str], None] | None = None,
     ) -> VoiceTurnResult:
-        """Raises AudioRejected, NoSpeech, ConversationNotFound, QueueFull, EngineFailure;
-        stores nothing unless the whole turn succeeded. `on_transcript` receives the
-        transcription before the reply is generated (a streamed turn shows it at once)."""
+        """The conversation turn on `request.audio`'s transcription (`ChatTurns.take_turn`'s
+        `on_text` and `audio_name`). Raises AudioRejected, NoSpeech, ConversationNotFound,
+        QueueFull, EngineFailure; stores nothing unless the whole turn succeeded.
+        `on_transcript` receives the transcription before the reply is generated (a streamed
+        turn shows it at once)."""
+        assert request.audio is not None
+        session_id, conversation_id = request.session_id, request.conversation_id
         if conversation_id is not None:
             # Fail on a wrong conversation before spending decoding and transcription on it.
             owner = await anyio.to_thread.run_sync(self.chat.store.session_of, conversation_id)
@@ -106,10 +106,10 @@ class VoiceTurns:
                 raise ConversationNotFound(f"conversation {conversation_id} not found for this session")
         # The session is held from decoding on: an erasure of it, or of this user, that arrives
         # while the recording is decoded or transcribed waits for the turn and erases it too.
-        async with self.chat.session(session_id, conversation_id, user_id) as session_id:
+        async with self.chat.session(request) as session_id:
             # The queues record each stage's engine time and wait in the request's log line.
-            decoded = await self.decode_queue.run(self._decode, audio)
-            transcript = await self.asr_queue.run(self._transcribe, decoded, cancel)
+            decoded = await self.decode_queue.run(self._decode, request.audio)
+            transcript = await self.asr_queue.run(self._transcribe, decoded, request.cancel)
             count("audio_transcribed", decoded.seconds)
             log.info(
                 "transcribed",
@@ -124,14 +124,9 @@ class VoiceTurns:
             if on_transcript is not None:
                 on_transcript(transcript.text)
             turn = await self.chat.take_turn_in_session(
-                transcript.text,
-                session_id=session_id,
-                conversation_id=conversation_id,
-                user_id=user_id,
-                user_email=user_email,
-                audio_seconds=decoded.seconds,
+                replace(request, message=transcript.text, session_id=session_id),
                 on_text=on_text,
                 audio_name=audio_name,
-                cancel=cancel,
+                audio_seconds=decoded.seconds,
             )
         return VoiceTurnResult(transcript.text, turn)

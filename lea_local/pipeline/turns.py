@@ -1,4 +1,5 @@
-"""The conversation turn shared by text and voice chat: history → prompt → LLM → stored turn."""
+"""The conversation turn shared by text and voice chat: history → prompt → LLM → stored turn;
+what a route asks of a turn (`TurnRequest`) and what it answers (`TurnResult`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import anyio
@@ -17,6 +18,7 @@ from lea_local.knowledge.grounding import GroundedMessage, Source, TurnGrounding
 from lea_local.llm.base import ChatEngine, ChatMessage, ChatReply
 from lea_local.llm.context import HISTORY_CHARS_PER_TOKEN, CountingTokens, PromptTooLong, fit_growing_history
 from lea_local.llm.reply_cleaner import clean_reply
+from lea_local.pipeline.errors import EngineFailure
 from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
 from lea_local.runtime.observability import count
@@ -33,11 +35,25 @@ log = logging.getLogger(__name__)
 EMPTY_REPLY_FALLBACK = "Désolée, je n'ai pas su formuler de réponse. Pouvez-vous reformuler votre question ?"
 
 
-class EngineFailure(Exception):
-    """An engine raised: the turn fails with 500 and stores nothing."""
+@dataclass(frozen=True)
+class TurnRequest:
+    """One agent turn as a route asks for it, validated: a text message, or a voice recording
+    whose transcription becomes the message."""
 
-    def __init__(self, engine: str) -> None:
-        super().__init__(f"The {engine} failed to process the request")
+    message: str = field(default="", repr=False)
+    """The user's message; a voice turn's is its transcription, set once transcribed."""
+    audio: bytes | None = field(default=None, repr=False)
+    """A voice turn's recording (webm, ogg, wav…); None for a text turn."""
+    session_id: str | None = None
+    """None: a new session, or the named conversation's own."""
+    conversation_id: int | None = None
+    """None: the session's latest conversation (a new one for a new session)."""
+    user_id: str | None = None
+    """Who speaks, stored with the turn (a voice turn's)."""
+    user_email: str | None = None
+    cancel: threading.Event | None = None
+    """Set when the request ends (time budget spent, client gone): the engines stop and
+    nothing is stored."""
 
 
 @dataclass(frozen=True)
@@ -82,63 +98,47 @@ class ChatTurns:
 
     async def take_turn(
         self,
-        message: str,
+        request: TurnRequest,
         *,
-        session_id: str | None = None,
-        conversation_id: int | None = None,
-        user_id: str | None = None,
-        user_email: str | None = None,
-        audio_seconds: float | None = None,
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
-        cancel: threading.Event | None = None,
     ) -> TurnResult:
-        """Raises ConversationNotFound, PromptTooLong, QueueFull, GenerationCancelled; stores
-        nothing unless the whole turn succeeded."""
-        async with self.session(session_id, conversation_id, user_id) as session_id:
+        """`on_text` receives the reply's raw text as it is written; `audio_name` is the reply's
+        speech, stored with the turn. Raises ConversationNotFound, PromptTooLong, QueueFull,
+        GenerationCancelled, EngineFailure; stores nothing unless the whole turn succeeded."""
+        async with self.session(request) as session_id:
             return await self.take_turn_in_session(
-                message,
-                session_id=session_id,
-                conversation_id=conversation_id,
-                user_id=user_id,
-                user_email=user_email,
-                audio_seconds=audio_seconds,
-                on_text=on_text,
-                audio_name=audio_name,
-                cancel=cancel,
+                replace(request, session_id=session_id), on_text=on_text, audio_name=audio_name
             )
 
     @asynccontextmanager
-    async def session(
-        self, session_id: str | None, conversation_id: int | None, user_id: str | None
-    ) -> AsyncIterator[str]:
+    async def session(self, request: TurnRequest) -> AsyncIterator[str]:
         """The turn's session (a new one when none is given), held for the turn: turns of one
         session run one after the other, and an erasure of the session or of the user waits
         for the turn to be stored (a voice turn holds it from decoding on)."""
+        session_id = request.session_id
         if session_id is None:
-            if conversation_id is None:
+            if request.conversation_id is None:
                 session_id = str(uuid.uuid4())
             else:  # a conversation named without its session continues in its own session
-                session_id = await anyio.to_thread.run_sync(self.store.session_of, conversation_id)
-        async with self.session_locks.turn(session_id, user_id):
+                session_id = await anyio.to_thread.run_sync(self.store.session_of, request.conversation_id)
+        async with self.session_locks.turn(session_id, request.user_id):
             yield session_id
 
     async def take_turn_in_session(
         self,
-        message: str,
+        request: TurnRequest,
         *,
-        session_id: str,
-        conversation_id: int | None = None,
-        user_id: str | None = None,
-        user_email: str | None = None,
-        audio_seconds: float | None = None,
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
-        cancel: threading.Event | None = None,
+        audio_seconds: float | None = None,
     ) -> TurnResult:
-        """`take_turn` inside a session already held (`session`)."""
+        """`take_turn` inside its session, already held (`session`: `request.session_id`);
+        `audio_seconds`: a voice turn's recording, stored with the turn."""
+        session_id, message, cancel = request.session_id, request.message, request.cancel
+        assert session_id is not None
         context = await anyio.to_thread.run_sync(
-            self.store.context_for, session_id, conversation_id, self.history_chars
+            self.store.context_for, session_id, request.conversation_id, self.history_chars
         )
         user_at = utcnow()
         passages = await self._retrieve(message, context)
@@ -160,8 +160,8 @@ class ChatTurns:
             model=self.engine.model_name,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
-            user_id=user_id,
-            user_email=user_email,
+            user_id=request.user_id,
+            user_email=request.user_email,
             audio_seconds=audio_seconds,
             audio_file=audio_name,
         )

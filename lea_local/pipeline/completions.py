@@ -1,5 +1,5 @@
 """The stateless completion behind the OpenAI-compatible API: the caller's messages → prompt
-check → the LLM queue → the model's reply. The sibling of `turns.py` without its memory: no
+check → the LLM queue → the model's reply. The sibling of `turns` without its memory: no
 history is read, nothing is stored, the system prompt is the caller's, and the reply is the
 model's raw text (no clean-up), as OpenAI-compatible servers answer."""
 
@@ -13,10 +13,10 @@ from typing import Literal
 
 from lea_local.llm.base import ChatEngine, ChatMessage, PromptRejected
 from lea_local.llm.context import PromptTooLong
+from lea_local.pipeline.errors import ContextLengthExceeded, EngineFailure
 from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
 from lea_local.runtime.observability import count
-from lea_local.turns import EngineFailure
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,6 @@ log = logging.getLogger(__name__)
 # than this many characters per token of context cannot fit, and are refused without being
 # tokenised (a 10 MB body would hold the engine's thread for seconds).
 MAX_CHARS_PER_TOKEN = 32
-
-
-class ContextLengthExceeded(Exception):
-    """The messages leave no room for a reply in the model's context window."""
 
 
 @dataclass(frozen=True)
