@@ -62,18 +62,23 @@ def _passages(blocks: list[str]) -> list[str]:
 
 def _split_long(block: str) -> list[str]:
     """A block of at most MAX_WORDS words, or its sentences grouped into such pieces."""
-    if len(block.split()) <= MAX_WORDS:
+    if len(_words(block)) <= MAX_WORDS:
         return [block]
     pieces: list[str] = []
     current: list[str] = []
     for sentence in _SENTENCE_END.split(block):
-        sentence_words = sentence.split()
-        while len(sentence_words) > MAX_WORDS:  # one endless sentence: cut between words
+        sentence_words = _words(sentence)
+        start = 0
+        # One endless sentence: cut between words, each word copied once (slicing off the
+        # remainder on each pass was quadratic on run-on text).
+        while len(sentence_words) - start > MAX_WORDS:
             if current:
                 pieces.append(" ".join(current))
                 current = []
-            pieces.append(" ".join(sentence_words[:MAX_WORDS]))
-            sentence_words = sentence_words[MAX_WORDS:]
+            pieces.append(" ".join(sentence_words[start : start + MAX_WORDS]))
+            start += MAX_WORDS
+        if start:
+            sentence_words = sentence_words[start:]
         if current and len(current) + len(sentence_words) > MAX_WORDS:
             pieces.append(" ".join(current))
             current = []
@@ -81,3 +86,8 @@ def _split_long(block: str) -> list[str]:
     if current:
         pieces.append(" ".join(current))
     return pieces
+
+
+def _words(text: str) -> list[str]:
+    """The text's words (one place, so that a test can count the words the cut copies)."""
+    return text.split()
