@@ -13,18 +13,13 @@ from tests.server import REPO
 
 PACKAGE = REPO / "lea_local"
 
-# The pipeline package replaces these modules at the package root (turns, voice, completions,
-# transcriptions) while their move into it is under way: they count as its layer until then.
-# Drop this set once they are gone from the root.
-PENDING_PIPELINE_MODULES = {"turns", "voice", "completions", "transcriptions"}
-
 # Bottom to top. A unit is a subpackage of lea_local or a module at its root ("__init__" is the
 # package's own). A unit may import from the layers below its own, never from a higher one.
 LAYERS: list[set[str]] = [
     {"__init__", "settings", "locales"},  # configuration: what the environment and LEA_LOCALE select
     {"runtime"},  # queues and admission, cancellation, remote HTTP, metrics, logs, hardware
     {"catalog", "store", "llm", "asr", "tts", "knowledge"},  # models, stores, engines
-    {"pipeline"} | PENDING_PIPELINE_MODULES,  # turns: engines and stores joined
+    {"pipeline"},  # turns: engines and stores joined
     {"services"},  # the composition root: what lives as long as the server
     {"api"},  # HTTP only
     {"cli"},
@@ -46,7 +41,7 @@ TOOLS = "tools"
 TOOLS_IMPORTERS = {"cli"}
 
 # What may sit loose at the package root; everything else belongs in a subpackage.
-ROOT_MODULES = {"__init__", "__main__", "cli", "settings", "services", "locales"} | PENDING_PIPELINE_MODULES
+ROOT_MODULES = {"__init__", "__main__", "cli", "settings", "services", "locales"}
 
 
 @dataclass(frozen=True)
