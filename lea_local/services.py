@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ from lea_local.knowledge.grounding import TurnGrounding
 from lea_local.knowledge.library import knowledge_base_for
 from lea_local.llm.base import ChatEngine
 from lea_local.locales import asr_vocabulary, system_prompt_path
+from lea_local.pipeline.agent import AgentTurns
 from lea_local.pipeline.turns import ChatTurns
 from lea_local.pipeline.voice import VoiceTurns
 from lea_local.runtime.hardware import physical_cores
@@ -64,6 +65,16 @@ class Services:
     """The voices /v1/audio/speech speaks with (the speech service's, and other installed ones)."""
     knowledge: KnowledgeBase | None = None
     """The agency's documents (the admin API's); None on an engine server, which has no turns."""
+    agent: AgentTurns = field(init=False)
+    """The agent's turns, whole (its routes' one call): the turns, voice and speech above, joined."""
+
+    def __post_init__(self) -> None:
+        self.agent = AgentTurns(
+            turns=self.turns,
+            voice=self.voice,
+            speech=self.speech,
+            speak_text_turns=self.settings.tts_for_text_chat,
+        )
 
     def queues(self) -> list[InferenceQueue]:
         found = [self.llm_queue]

@@ -3,15 +3,15 @@
 The stream is server-sent events, the shape ImmoAssist's web app already reads from its own
 route: `data: {"delta": "…"}` per piece of the reply, then `data: {"done": true, …}` with what the
 JSON answer carries (and `response`, the stored text), or `data: {"error", "detail", "status"}`.
-The deltas joined are the stored reply: the raw text goes through `ReplyStream`, the stored text's
-cleaning as it is generated. Failures before the first event (busy, unknown conversation, bad
-input) are ordinary HTTP errors in the contract's shape."""
+The deltas joined are the stored reply: the turn (`lea_local.pipeline.agent`) cleans the raw text
+as it is generated, as the stored text is cleaned. Failures before the first event (busy, unknown
+conversation, bad input) are ordinary HTTP errors in the contract's shape."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, post
@@ -25,16 +25,22 @@ from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ChatRequest, ChatResponse, sources_of, usage_of
 from lea_local.api.streaming import event_stream_operation, open_stream, sse_response
 from lea_local.api.validation import clean_identifier, clean_message, strictly
-from lea_local.llm.reply_cleaner import ReplyStream
 from lea_local.pipeline.turns import TurnRequest, TurnResult
 from lea_local.runtime.inference_queue import current_deadline
 from lea_local.runtime.observability import request_timings_ms
 from lea_local.services import Services
-
-log = logging.getLogger(__name__)
+from lea_local.settings import Settings
 
 Event = dict[str, Any]
 Emit = Callable[[Event], None]
+
+
+def _text_turn(data: ChatRequest, settings: Settings) -> TurnRequest:
+    return TurnRequest(
+        message=clean_message(data.message, settings.max_message_chars),
+        session_id=clean_identifier(data.session_id, "session_id"),
+        conversation_id=data.conversation_id,
+    )
 
 
 @post(
@@ -47,20 +53,10 @@ Emit = Callable[[Event], None]
 )
 async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDependency[Services]) -> ChatResponse:
     data = await strictly(request, ChatRequest)  # `data` above gives the OpenAPI schema
-    message = clean_message(data.message, services.settings.max_message_chars)
-    session_id = clean_identifier(data.session_id, "session_id")
-    turns, speech = services.turns, services.speech
     settings = services.settings
+    turn = _text_turn(data, settings)
     async with request_deadline(request, settings.turn_timeout("chat"), services.turn_stages("chat")) as deadline:
-        turn = TurnRequest(message, session_id=session_id, conversation_id=data.conversation_id, cancel=deadline.cancel)
-        if settings.tts_for_text_chat and speech is not None:
-            result, audio_name = await speech.speak(
-                lambda on_text, audio_name: turns.take_turn(turn, on_text=on_text, audio_name=audio_name),
-                lambda result: result.reply,
-            )
-        else:
-            result = await turns.take_turn(turn)
-            audio_name = None
+        result = await services.agent.answer(replace(turn, cancel=deadline.cancel))
     return ChatResponse(
         success=True,
         response=result.reply,
@@ -68,7 +64,7 @@ async def chat(data: JSONBody[ChatRequest], request: Request, services: NamedDep
         conversation_id=result.conversation_id,
         model=result.model,
         provider=result.provider,
-        assistant_audio_url=audio_url(request, settings, audio_name),
+        assistant_audio_url=audio_url(request, settings, result.audio_name),
         usage=usage_of(result),
         sources=sources_of(result),
     )
@@ -84,50 +80,58 @@ AgentStreamOperation = event_stream_operation(
 )
 
 
-class StreamedReply:
-    """The reply's deltas for a streamed turn: raw LLM pieces in (from the LLM's thread), the
-    stored text out, piece by piece."""
+class AgentEvents:
+    """A streamed turn's events (`lea_local.pipeline.agent.TurnEvents`) as the agent's
+    server-sent events carry them."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, request: Request, settings: Settings) -> None:
         self._emit = emit
-        self._cleaner = ReplyStream()
+        self._request = request
+        self._settings = settings
 
-    def feeding(self, speech: Callable[[str], None] | None) -> Callable[[str], None]:
-        """The LLM's `on_text`: deltas to the client, and the raw text to `speech` when speech
-        is fed as the reply is written (overlap mode)."""
+    def delta(self, text: str) -> None:
+        self._emit({"delta": text})
 
-        def on_text(piece: str) -> None:
-            if speech is not None:
-                speech(piece)
-            if delta := self._cleaner.feed(piece):
-                self._emit({"delta": delta})
+    def transcription(self, text: str) -> None:
+        self._emit({"transcription": text})
 
-        return on_text
-
-    def finish(self, stored: str) -> None:
-        if rest := self._cleaner.finish(stored):
-            self._emit({"delta": rest})
-        if self._cleaner.retracted:
-            log.warning(
-                "the streamed reply differs from the stored one; the done event's response is the stored text",
-                extra={"event": "stream.retracted", "sent_chars": len(self._cleaner.sent), "stored_chars": len(stored)},
-            )
+    def spoken_piece(self, name: str, index: int) -> None:
+        self._emit({"audio_url": audio_url(self._request, self._settings, name), "index": index})
 
 
-def done_event(request: Request, services: Services, result: TurnResult, audio_name: str | None) -> Event:
-    return {
+def done_event(request: Request, settings: Settings, result: TurnResult) -> Event:
+    event: Event = {
         "done": True,
         "session_id": result.session_id,
         "conversation_id": result.conversation_id,
         "model": result.model,
         "provider": result.provider,
         "usage": msgspec.to_builtins(usage_of(result)),
-        "assistant_audio_url": audio_url(request, services.settings, audio_name),
+        "assistant_audio_url": audio_url(request, settings, result.audio_name),
         "response": result.reply,
         "sources": msgspec.to_builtins(sources_of(result)),
         # The stages' times (ms): the stream's headers left before they ran (see Server-Timing).
         "timings_ms": request_timings_ms(),
     }
+    if result.transcription is not None:  # a voice turn's
+        event["transcription"] = result.transcription
+    return event
+
+
+async def stream_turn(
+    request: Request, services: Services, turn: TurnRequest, kind: Literal["chat", "voice"]
+) -> Stream:
+    """The turn answered as server-sent events: its events as they happen, then `done`."""
+    settings = services.settings
+
+    async def work(emit: Emit) -> None:
+        deadline = current_deadline.get()
+        turn_until_deadline = replace(turn, cancel=deadline.cancel if deadline is not None else None)
+        result = await services.agent.answer(turn_until_deadline, AgentEvents(emit, request, settings))
+        emit(done_event(request, settings, result))
+
+    events = await open_stream(request, settings.turn_timeout(kind), services.turn_stages(kind), work)
+    return sse_response(events)
 
 
 @post(
@@ -142,28 +146,4 @@ def done_event(request: Request, services: Services, result: TurnResult, audio_n
 )
 async def chat_stream(data: JSONBody[ChatRequest], request: Request, services: NamedDependency[Services]) -> Stream:
     data = await strictly(request, ChatRequest)  # `data` above gives the OpenAPI schema
-    message = clean_message(data.message, services.settings.max_message_chars)
-    session_id = clean_identifier(data.session_id, "session_id")
-    turns, speech = services.turns, services.speech
-    settings = services.settings
-
-    async def work(emit: Emit) -> None:
-        deadline = current_deadline.get()
-        cancel = deadline.cancel if deadline is not None else None
-        turn = TurnRequest(message, session_id=session_id, conversation_id=data.conversation_id, cancel=cancel)
-        reply = StreamedReply(emit)
-        if settings.tts_for_text_chat and speech is not None:
-            result, audio_name = await speech.speak(
-                lambda on_text, audio_name: turns.take_turn(
-                    turn, on_text=reply.feeding(on_text), audio_name=audio_name
-                ),
-                lambda result: result.reply,
-            )
-        else:
-            result = await turns.take_turn(turn, on_text=reply.feeding(None))
-            audio_name = None
-        reply.finish(result.reply)
-        emit(done_event(request, services, result, audio_name))
-
-    events = await open_stream(request, settings.turn_timeout("chat"), services.turn_stages("chat"), work)
-    return sse_response(events)
+    return await stream_turn(request, services, _text_turn(data, services.settings), "chat")

@@ -67,6 +67,10 @@ class TurnResult:
     completion_tokens: int
     sources: tuple[Source, ...] = ()
     """The knowledge base's documents and sections the prompt carried passages of."""
+    audio_name: str | None = None
+    """The reply's speech, stored with the turn; None when the reply is not spoken."""
+    transcription: str | None = None
+    """A voice turn's: what was heard (the stored user message)."""
 
 
 class ChatTurns:
@@ -181,6 +185,7 @@ class ChatTurns:
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             sources=tuple(grounded.sources),
+            audio_name=audio_name,
         )
 
     async def _retrieve(self, message: str, context: ConversationContext) -> list[Passage]:

@@ -1,12 +1,12 @@
 """The voice turn: recording → decode (ffmpeg) → transcribe (Whisper) → the very same
-conversation turn as text chat. Speech for the reply is the caller's next step."""
+conversation turn as text chat. Speech for the reply is the agent turn's (`pipeline.agent`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import anyio.to_thread
@@ -21,12 +21,6 @@ from lea_local.runtime.observability import count
 from lea_local.store.conversations import ConversationNotFound
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VoiceTurnResult:
-    transcription: str
-    turn: TurnResult
 
 
 class VoiceTurns:
@@ -91,7 +85,7 @@ class VoiceTurns:
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
         on_transcript: Callable[[str], None] | None = None,
-    ) -> VoiceTurnResult:
+    ) -> TurnResult:
         """The conversation turn on `request.audio`'s transcription (`ChatTurns.take_turn`'s
         `on_text` and `audio_name`). Raises AudioRejected, NoSpeech, ConversationNotFound,
         QueueFull, EngineFailure; stores nothing unless the whole turn succeeded.
@@ -129,4 +123,4 @@ class VoiceTurns:
                 audio_name=audio_name,
                 audio_seconds=decoded.seconds,
             )
-        return VoiceTurnResult(transcript.text, turn)
+        return replace(turn, transcription=transcript.text)

@@ -23,8 +23,7 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -39,7 +38,6 @@ from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class SpeechFailed(Exception):
@@ -109,6 +107,11 @@ class SpeechJob:
         """The turn failed: no speech for it."""
         self.loop.call_soon_threadsafe(self._fail, reason)
         self.loop.call_soon_threadsafe(self.sentences.put_nowait, None)
+
+    def abandon(self) -> None:
+        """Its turn failed: the name was never handed out, and nothing is left of its audio."""
+        self.abandoned = True
+        self.cancel("the turn failed")
 
     # --- audio out --------------------------------------------------------------------------
 
@@ -250,38 +253,18 @@ class SpeechService:
         job.finish_text()
         return job.name
 
-    async def speak(
-        self,
-        run_turn: Callable[[Callable[[str], None] | None, str | None], Awaitable[T]],
-        reply_of: Callable[[T], str],
-        *,
-        sentence_files: bool = False,
-    ) -> tuple[T, str | None]:
-        """Run a turn and speak its reply; returns the turn's result and the audio name (None
-        when speech was skipped). `run_turn` receives the callback for streamed reply text (None
-        when speech starts after the reply) and the audio's name, to store with the turn.
-        `sentence_files`: see `start`."""
-        job = self.start(sentence_files=sentence_files)
-        try:
-            overlap = job is not None and self.overlap_generation
-            result = await run_turn(job.feed if overlap else None, job.name if job is not None else None)
-        except BaseException:
-            if job is not None:
-                job.abandoned = True
-                job.cancel("the turn failed")
-            raise
-        if job is None:
-            return result, None
+    def reply_written(self, job: SpeechJob, reply: str) -> None:
+        """The turn's reply is complete and stored: speak it whole (after-the-reply mode), or
+        end the text fed as it was written (overlap mode; `reply` is said when none was)."""
         if not self.overlap_generation:
-            job.feed(reply_of(result))
+            job.feed(reply)
             job.finish_text()
-            return result, job.name
+            return
         log.info(
             "reply complete; speech under way",
             extra={"event": "tts.overlap", "audio_bytes_before_reply_end": job._size},
         )
-        job.finish_text(fallback=reply_of(result))
-        return result, job.name
+        job.finish_text(fallback=reply)
 
     def erase(self, names: list[str]) -> int:
         """Stop the jobs and delete the files of these audio names; returns files deleted.
