@@ -218,6 +218,19 @@ class Settings(BaseSettings):
     """Budget, in tokens, of the passages (with their sources) put into a turn's prompt."""
     knowledge_max_upload_bytes: int = Field(default=20_000_000, ge=1)
     """Largest document accepted by the admin API (413 above)."""
+    knowledge_max_chars: int = Field(default=4_000_000, ge=1_000)
+    """Most characters of text one document may hold (refused above, 413, naming this setting):
+    1,000 pages of dense French prose (about 4,000 characters a page), the page cap's worth."""
+    knowledge_max_docx_xml_bytes: int = Field(default=50_000_000, ge=1_000_000)
+    """Most bytes a DOCX's XML parts may inflate to (refused above, before parsing): Word writes
+    about 10 bytes of XML a character of text, so a document at the character cap, plus its
+    styles (about 1 MB)."""
+    knowledge_max_extract_memory_bytes: int = Field(default=1_000_000_000, ge=200_000_000)
+    """Address space of the child process that reads a document (RLIMIT_AS, the parsing
+    libraries included; refused above): the server's own memory never holds the parse."""
+    knowledge_max_extract_seconds: int = Field(default=120, ge=1)
+    """CPU seconds the child process that reads a document may spend (RLIMIT_CPU; refused above);
+    it is also stopped after three times as long plus 10 s of wall-clock time."""
     knowledge_retrieval: Literal["dense", "words", "lexical"] = "dense"
     """How passages are found beside their words (lea_local/knowledge/fusion.py): `dense`, a
     multilingual sentence encoder (multilingual-e5-small; encodes each document when it is added);

@@ -4,6 +4,12 @@ Each format is read by a maintained library (markdown-it-py, BeautifulSoup, pypd
 what comes out is the document's title and its sections (the heading path, then the section's
 blocks of text: paragraphs, list items, table rows, PDF pages). A file that cannot be read
 raises DocumentRejected with a plain message; nothing here crashes on a bad file.
+
+A document may also be too large to take (ExtractionLimits: its pages, its characters, a DOCX's
+inflated XML): DocumentTooLarge names the setting it hit. The server does not run `extract` in
+its own process but in a child with memory and CPU limits (isolation.py): a small hostile file
+(a Markdown table of empty cells, a PDF whose pages share one endless content stream) can cost
+gigabytes or minutes in the libraries, which no check before them can foresee.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ FORMATS = {
 }
 
 # A DOCX is a zip: refuse one that would inflate past this (a zip bomb), before reading it.
+# Its XML has its own, lower cap (ExtractionLimits.max_docx_xml_bytes): images are not parsed.
 MAX_UNZIPPED_BYTES = 200_000_000
 # Plain text with more control characters than this share is binary, whatever its extension.
 MAX_CONTROL_SHARE = 0.01
@@ -38,6 +45,45 @@ _SPACES = re.compile(r"\s+")
 
 class DocumentRejected(ValueError):
     """The file cannot be taken into the knowledge base; the message says why, in plain words."""
+
+
+class DocumentTooLarge(DocumentRejected):
+    """The document passes a limit of ExtractionLimits (or of the child process extracting it);
+    `setting` is the variable that sets that limit, named in the message too."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(f"{message} ({setting})")
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """What one document may cost (the LEA_KNOWLEDGE_MAX_* settings; see settings.py for why
+    each default)."""
+
+    max_pages: int = 1_000
+    max_chars: int = 4_000_000
+    max_passages: int = 5_000
+    max_docx_xml_bytes: int = 50_000_000
+    max_memory_bytes: int = 1_000_000_000
+    """The child process's address space (RLIMIT_AS), libraries included."""
+    max_cpu_seconds: int = 120
+    """The child process's CPU time (RLIMIT_CPU); its wall-clock time is bounded from it."""
+
+    @classmethod
+    def from_settings(cls, settings) -> ExtractionLimits:
+        return cls(
+            max_chars=settings.knowledge_max_chars,
+            max_docx_xml_bytes=settings.knowledge_max_docx_xml_bytes,
+            max_memory_bytes=settings.knowledge_max_extract_memory_bytes,
+            max_cpu_seconds=settings.knowledge_max_extract_seconds,
+        )
+
+
+def too_many_chars(limits: ExtractionLimits) -> DocumentTooLarge:
+    return DocumentTooLarge(
+        f"the document holds more than {limits.max_chars:,} characters of text", "LEA_KNOWLEDGE_MAX_CHARS"
+    )
 
 
 @dataclass
@@ -70,23 +116,30 @@ def document_format(file_name: str) -> str:
     return found
 
 
-def extract(file_name: str, data: bytes) -> ExtractedDocument:
-    """The title and sections of a document, told apart by its extension."""
+def extract(file_name: str, data: bytes, limits: ExtractionLimits | None = None) -> ExtractedDocument:
+    """The title and sections of a document, told apart by its extension, in this process:
+    `limits` caps its pages, characters and DOCX XML, not the memory or CPU time it takes (run
+    it through isolation.extract_isolated for that)."""
+    limits = limits or ExtractionLimits()
     kind = document_format(file_name)
     if not data:
         raise DocumentRejected("the file is empty")
     stem = PurePath(file_name).stem
     reader = {"markdown": _markdown, "text": _text, "html": _html, "pdf": _pdf, "docx": _docx}[kind]
     try:
-        document = reader(data, stem)
-    except DocumentRejected:
+        document = reader(data, stem, limits)
+    except (DocumentRejected, MemoryError):
         raise
     except Exception as exc:  # a library's own error on a malformed file: a rejection, not a crash
+        if "memory allocation failed" in str(exc).lower():  # lxml's word for MemoryError
+            raise MemoryError(str(exc)) from exc
         log.info("could not read %s (%s): %s", file_name, kind, exc)
         raise DocumentRejected(f"not a readable {kind.upper()} file ({type(exc).__name__})") from exc
     document.sections = [s for s in document.sections if s.blocks]
     if not document.sections:
         raise DocumentRejected("no text found in the document")
+    if sum(len(block) for section in document.sections for block in section.blocks) > limits.max_chars:
+        raise too_many_chars(limits)
     return document
 
 
@@ -136,7 +189,7 @@ def _decode(data: bytes) -> str:
 # --- Markdown ------------------------------------------------------------------------------
 
 
-def _markdown(data: bytes, stem: str) -> ExtractedDocument:
+def _markdown(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument:
     from markdown_it import MarkdownIt
 
     source = _decode(data)
@@ -193,7 +246,7 @@ def _inline_text(token) -> str:
 _UNDERLINE = re.compile(r"^\s*(=+|-+)\s*$")
 
 
-def _text(data: bytes, stem: str) -> ExtractedDocument:
+def _text(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument:
     """Paragraphs are separated by blank lines; a line underlined with === or --- is a heading
     (level 1 or 2), as in Markdown's and reStructuredText's convention."""
     lines = _decode(data).splitlines()
@@ -229,7 +282,7 @@ _HTML_BLOCKS = {
 _HTML_HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 
 
-def _html(data: bytes, stem: str) -> ExtractedDocument:
+def _html(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument:
     from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, ProcessingInstruction, Tag
 
     if b"\x00" in data:
@@ -277,7 +330,7 @@ def _html(data: bytes, stem: str) -> ExtractedDocument:
 # --- PDF -----------------------------------------------------------------------------------
 
 
-def _pdf(data: bytes, stem: str) -> ExtractedDocument:
+def _pdf(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
 
@@ -287,7 +340,13 @@ def _pdf(data: bytes, stem: str) -> ExtractedDocument:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):  # an empty user password opens many PDFs
             raise DocumentRejected("the PDF is encrypted (password-protected): upload an unprotected copy")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages: list[str] = []
+        chars = 0
+        for page in reader.pages:  # page by page: stop as soon as the text passes the cap
+            pages.append(page.extract_text() or "")
+            chars += len(pages[-1])
+            if chars > limits.max_chars:
+                raise too_many_chars(limits)
     except (FileNotDecryptedError, DependencyError):
         raise DocumentRejected("the PDF is encrypted (password-protected): upload an unprotected copy") from None
     except PdfReadError as exc:
@@ -333,7 +392,7 @@ def _outline_starts(reader) -> dict[int, tuple[str, ...]]:
 _DOCX_HEADING = re.compile(r"^(?:heading|titre|überschrift)\s*(\d)$", re.IGNORECASE)
 
 
-def _docx(data: bytes, stem: str) -> ExtractedDocument:
+def _docx(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument:
     import docx
     from docx.opc.exceptions import PackageNotFoundError
     from docx.table import Table
@@ -342,12 +401,18 @@ def _docx(data: bytes, stem: str) -> ExtractedDocument:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
             inflated = sum(info.file_size for info in archive.infolist())
+            xml = sum(info.file_size for info in archive.infolist() if info.filename.endswith((".xml", ".rels")))
     except zipfile.BadZipFile:
         raise DocumentRejected("not a DOCX file (bad zip)") from None
     if "word/document.xml" not in names:
         raise DocumentRejected("not a DOCX file (a zip without a Word document inside)")
     if inflated > MAX_UNZIPPED_BYTES:
         raise DocumentRejected("the DOCX file inflates to more than 200 MB")
+    if xml > limits.max_docx_xml_bytes:
+        raise DocumentTooLarge(
+            f"the DOCX's XML inflates to {xml / 1e6:,.0f} MB, more than {limits.max_docx_xml_bytes / 1e6:,.0f} MB",
+            "LEA_KNOWLEDGE_MAX_DOCX_XML_BYTES",
+        )
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, KeyError, ValueError) as exc:

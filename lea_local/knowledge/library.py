@@ -6,7 +6,8 @@ the documents' rows, their passages and the passage index (index.py). The schema
 store's migrations: open the ConversationStore (or run `upgrade_schema`) first.
 
 A change is all or nothing: a document is read and cut into passages before anything is
-written; then its file and its rows are replaced together (the file is swapped in just before
+written (read in a child process with limits, isolation.py, and refused past the per-document
+caps of ExtractionLimits: DocumentTooLarge names the setting); then its file and its rows are replaced together (the file is swapped in just before
 the transaction commits, and swapped back if the commit fails). A rejected file changes nothing.
 
 Searches run concurrently (each on its own pooled connection). Writes are serialised: by a lock
@@ -35,10 +36,11 @@ from lea_local.knowledge import tables
 from lea_local.knowledge.chunking import Chunk, chunk_document
 from lea_local.knowledge.dense import DenseIndex
 from lea_local.knowledge.encoder import TextEncoder, shared_e5_encoder
-from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, extract
+from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, ExtractionLimits
 from lea_local.knowledge.french import AgencyThesaurus, Thesaurus, analyse_query, default_thesaurus
 from lea_local.knowledge.fusion import DENSE_FUSION, WORDS_FUSION, HybridIndex
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
+from lea_local.knowledge.isolation import extract_isolated
 from lea_local.knowledge.passage_cache import StampedPassageCache
 from lea_local.knowledge.vectors import VectorIndex
 from lea_local.store.database import outage_is_unavailable, utcnow
@@ -168,6 +170,7 @@ def knowledge_base_for(settings: Settings, engine: Engine) -> KnowledgeBase:
         retrieval=settings.knowledge_retrieval,
         encoder=encoder,
         agency_thesaurus=settings.effective_knowledge_thesaurus,
+        limits=ExtractionLimits.from_settings(settings),
     )
     if settings.knowledge_thesaurus is not None and not settings.knowledge_thesaurus.exists():
         log.warning(
@@ -190,12 +193,15 @@ class KnowledgeBase:
         retrieval: Retrieval = "dense",
         encoder: TextEncoder | None = None,
         agency_thesaurus: Path | None = None,
+        limits: ExtractionLimits | None = None,
     ) -> None:
         """`encoder`: the sentence encoder of `dense` retrieval (unset: the bundled
         multilingual-e5-small; see `sentence_encoder` for the configured one). `thesaurus`: the
         questions' expansions (unset: the shipped thesaurus, with the agency's own lines from the
-        file `agency_thesaurus` when there is one, read again whenever it changes)."""
+        file `agency_thesaurus` when there is one, read again whenever it changes). `limits`: what
+        one document may cost (unset: the settings' defaults)."""
         self.engine = engine
+        self.limits = limits or ExtractionLimits()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lexical: KnowledgeIndex = index_for(engine)
@@ -308,18 +314,23 @@ class KnowledgeBase:
     # --- writing ---------------------------------------------------------------------------
 
     @outage_is_unavailable
-    def add(self, file_name: str, data: bytes) -> Document:
+    def add(self, file_name: str, data: bytes, cancelled: threading.Event | None = None) -> Document:
         """Store a document (a new one, or a new version of the one with this name); the same
-        content again changes nothing. DocumentRejected, and nothing changed, for a bad file."""
+        content again changes nothing. DocumentRejected, and nothing changed, for a bad file
+        (DocumentTooLarge past a limit). Setting `cancelled` (the request ended) stops reading
+        the document: isolation.ExtractionCancelled, nothing changed."""
         name = safe_file_name(file_name)
         digest = hashlib.sha256(data).hexdigest()
+        path = self.directory / name
+        existing = self._by_name(name)
+        if existing is not None and existing.sha256 == digest and path.is_file():
+            return existing
+        # Read outside the write lock: a slow document does not hold other writes back.
+        extracted, chunks = self._read(name, data, cancelled)
         with self._writes:
-            path = self.directory / name
             existing = self._by_name(name)
             if existing is not None and existing.sha256 == digest and path.is_file():
                 return existing
-            extracted = extract(name, data)
-            chunks = chunk_document(extracted)
             self._prepare(extracted, chunks)
             temporary = self._write_temporary(data)
             backup: Path | None = None
@@ -389,8 +400,7 @@ class KnowledgeBase:
                 try:
                     if safe_file_name(name) != name:
                         raise DocumentRejected("the file name has control characters or is not in NFC form")
-                    extracted = extract(name, data)
-                    chunks = chunk_document(extracted)
+                    extracted, chunks = self._read(name, data)
                 except DocumentRejected as exc:
                     report.rejected[name] = str(exc)
                     if existing is not None:
@@ -420,6 +430,13 @@ class KnowledgeBase:
         return report
 
     # --- inside ----------------------------------------------------------------------------
+
+    def _read(
+        self, name: str, data: bytes, cancelled: threading.Event | None = None
+    ) -> tuple[ExtractedDocument, list[Chunk]]:
+        """The document's text (read in a child process with limits) and its passages."""
+        extracted = extract_isolated(name, data, self.limits, cancelled)
+        return extracted, chunk_document(extracted)
 
     def _prepare(self, extracted: ExtractedDocument, chunks: list[Chunk]) -> None:
         """Encode a document's passages before its transaction (the slow part of indexing them)."""
