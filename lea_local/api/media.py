@@ -3,8 +3,8 @@ key: the name itself, 192 random bits, is the credential; it lists nothing and e
 
 While the speech is still being synthesised, a plain GET streams it from the first sentence on;
 a Range or HEAD request (Safari's media element asks with ranges) waits until it is complete.
-That holds on every replica sharing the audio directory: the synthesising one reads its job's
-memory, the others follow the partial file it writes (`TtsAudioStore.follow`).
+That holds on every replica sharing the audio store: the synthesising one reads its job's
+memory, the others follow the partial audio it writes (`SpeechService.find_audio` finds it).
 A complete file is served with byte ranges (206), a strong ETag (304 on If-None-Match) and its
 length. Litestar's `File` does neither ranges nor conditional requests, and it stats the file
 after the handler returned (a file swept meanwhile gave a 500 naming its path): the file is
@@ -17,7 +17,6 @@ import re
 from collections.abc import AsyncIterator
 from email.utils import formatdate
 
-import anyio.to_thread
 from litestar import HttpMethod, Request, Response, route
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
@@ -28,10 +27,9 @@ from lea_local.api.errors import ApiError, still_starting
 from lea_local.api.openapi import error_responses
 from lea_local.api.schemas import ErrorResponse
 from lea_local.settings import Settings
-from lea_local.tts.audio_store import AudioIncomplete, AudioState, StoredAudio, TtsAudioStore
-from lea_local.tts.database_audio_store import DatabaseAudioStore
+from lea_local.tts.audio_store import AudioIncomplete, StoredAudio
 from lea_local.tts.encode import MEDIA_TYPES
-from lea_local.tts.speech import SpeechFailed, SpeechJob
+from lea_local.tts.speech import AudioStream
 
 log = logging.getLogger(__name__)
 
@@ -110,72 +108,22 @@ def _stored_response(request: Request, audio: StoredAudio, media_type: str) -> R
     )
 
 
-def _failed(job: SpeechJob, exc: SpeechFailed) -> ApiError:
-    return _not_found() if job.erased else ApiError(status_code=500, detail=str(exc))
+def _incomplete(exc: AudioIncomplete) -> ApiError:
+    return _not_found() if exc.erased else ApiError(status_code=500, detail=str(exc))
 
 
-async def _stream_in_progress(job: SpeechJob, timeout: float) -> Stream:
-    chunks = job.stream(timeout=timeout)
-    try:
-        first = await anext(chunks)  # the status must tell a failure, so wait for audio first
-    except SpeechFailed as exc:
-        raise _failed(job, exc) from exc
-    except StopAsyncIteration:
-        first = b""
-
-    async def rest() -> AsyncIterator[bytes]:
-        yield first
+def _streamed_response(audio: AudioStream) -> Stream:
+    async def chunks() -> AsyncIterator[bytes]:
         try:
-            async for chunk in chunks:
+            async for chunk in audio.chunks:
                 yield chunk
-        except SpeechFailed as exc:
+        except AudioIncomplete as exc:
             # The 200 is gone: end the response without its last chunk, so that the player
             # sees a broken transfer, not a complete (truncated) file.
             log.warning("audio stream aborted: %s", exc, extra={"event": "tts.stream_aborted"})
             raise
 
-    return Stream(rest(), media_type=job.media_type, headers=_HEADERS)
-
-
-def _incomplete(exc: AudioIncomplete) -> ApiError:
-    return _not_found() if exc.erased else ApiError(status_code=500, detail=str(exc))
-
-
-async def _follow_shared(
-    request: Request, store: TtsAudioStore | DatabaseAudioStore, name: str, timeout: float
-) -> Stream | None:
-    """Audio another replica is synthesising into the shared directory: a plain GET streams it
-    as the file grows (None: a range or a length, once it is complete, from the stored file)."""
-    chunks = store.follow(name, timeout)
-    streaming = request.method == "GET" and "range" not in request.headers
-    log.info(
-        "audio followed while another replica synthesises it",
-        extra={"event": "tts.follow", "mode": "stream" if streaming else "wait"},
-    )
-    try:
-        first = await anext(chunks)  # as for a job of ours: the status must tell a failure
-    except AudioIncomplete as exc:
-        raise _incomplete(exc) from exc
-    except StopAsyncIteration:
-        first = b""
-    if not streaming:
-        try:
-            async for _ in chunks:
-                pass
-        except AudioIncomplete as exc:
-            raise _incomplete(exc) from exc
-        return None
-
-    async def rest() -> AsyncIterator[bytes]:
-        yield first
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except AudioIncomplete as exc:
-            log.warning("audio stream aborted: %s", exc, extra={"event": "tts.stream_aborted"})
-            raise
-
-    return Stream(rest(), media_type=MEDIA_TYPES[name.rsplit(".", 1)[1]], headers=_HEADERS)
+    return Stream(chunks(), media_type=audio.media_type, headers=_HEADERS)
 
 
 @route(
@@ -200,25 +148,16 @@ async def tts_audio(name: FromPath[str], request: Request, state: State) -> Resp
     speech = runtime.services.speech
     if speech is None:
         raise _not_found()
-    timeout = runtime.services.settings.tts_stream_timeout_seconds
-    job = speech.job(name)
-    if job is not None and not job.done:
-        if request.method == "GET" and "range" not in request.headers:
-            return await _stream_in_progress(job, timeout)
-        try:  # a range or a length needs the whole file
-            await job.wait_done(timeout)
-        except SpeechFailed as exc:
-            raise _failed(job, exc) from exc
-    audio = await anyio.to_thread.run_sync(speech.store.read, name)
-    if audio is None and job is None:
-        # Not this replica's job (or its job forgotten): another replica's, in the shared directory?
-        state = await anyio.to_thread.run_sync(speech.store.state, name)
-        if state is AudioState.FAILED:
-            raise ApiError(status_code=500, detail="speech synthesis failed")
-        if state is AudioState.PARTIAL and (stream := await _follow_shared(request, speech.store, name, timeout)):
-            return stream
-        if state is not None:
-            audio = await anyio.to_thread.run_sync(speech.store.read, name)
+    try:
+        audio = await speech.find_audio(
+            name,
+            streamed=request.method == "GET" and "range" not in request.headers,
+            timeout=runtime.services.settings.tts_stream_timeout_seconds,
+        )
+    except AudioIncomplete as exc:
+        raise _incomplete(exc) from exc
     if audio is None:
         raise _not_found()
+    if isinstance(audio, AudioStream):
+        return _streamed_response(audio)
     return _stored_response(request, audio, MEDIA_TYPES[name.rsplit(".", 1)[1]])

@@ -1,4 +1,5 @@
-"""Generated speech on disk, under unguessable names, for a limited time.
+"""Where generated speech is kept (`AudioStore`, the protocol both stores implement), and the
+store on disk: under unguessable names, for a limited time.
 
 The directory may be shared by several replicas (one disk, or NFS): a reply's audio is written
 there while it is encoded, as `<name>.part`, renamed to `<name>` when complete, or to
@@ -21,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,86 @@ async def follow_audio(step: Callable[[int], FollowedStep], stall_timeout: float
         elif time.monotonic() - changed_at > stall_timeout:
             raise AudioIncomplete(f"speech synthesis stalled for {stall_timeout:g} s")
         await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+
+class PartialAudioWriter(Protocol):
+    """The writing side of a reply's audio while it is encoded (`AudioStore.open_partial`): the
+    encoder's output appended as it comes (from any thread), then published under its name,
+    marked failed, or discarded. Readers on other replicas follow it meanwhile."""
+
+    size: int
+    """Bytes written so far."""
+
+    def write(self, data: bytes) -> None:
+        """Append; a failure is kept (the audio cannot be published), not raised."""
+
+    def finish_writing(self, head: bytes = b"") -> None:
+        """No more bytes: overwrite the first ones with `head` (a WAV header's final sizes).
+        Raises OSError, also for an earlier failed write."""
+
+    def heartbeat(self) -> bool:
+        """A sign of life for readers elsewhere; False when the audio was erased meanwhile."""
+
+    def publish(self) -> bool:
+        """Make the complete audio public under its name; False when it was erased meanwhile."""
+
+    def fail(self) -> None:
+        """Readers elsewhere stop at once with an error; the bytes go."""
+
+    def discard(self) -> None:
+        """Nothing is left of it (its turn failed, or it was erased)."""
+
+
+class AudioStore(Protocol):
+    """Where generated speech is kept for its time to live, under unguessable names, for every
+    replica that shares it: a directory (`TtsAudioStore`) or the conversation database
+    (`lea_local.tts.database_audio_store.DatabaseAudioStore`). Blocking, except `follow`."""
+
+    ttl_seconds: float
+
+    @property
+    def directory(self) -> Path | str:
+        """Where the audio lives, as log messages name it."""
+
+    def is_usable(self) -> bool:
+        """Whether new audio can be written now (else a turn answers without audio)."""
+
+    def new_name(self, extension: str) -> str:
+        """A new public name: unguessable, it is the audio's only credential."""
+
+    def sentence_name(self, name: str, index: int) -> str:
+        """The name of one spoken piece's audio within the reply's audio `name`: erasing the
+        reply's audio erases it too."""
+
+    def open_partial(self, name: str) -> PartialAudioWriter:
+        """Start writing a reply's audio where every replica sees it. Raises OSError."""
+
+    def stage(self, name: str, data: bytes) -> Any:
+        """Store audio under `name`, not yet public; returns what this store's `commit` and
+        `discard_staged` take."""
+
+    def commit(self, staged: Any, name: str) -> None:
+        """Make staged audio public, at once and whole."""
+
+    def discard_staged(self, staged: Any) -> None: ...
+
+    def write(self, name: str, data: bytes) -> None:
+        """Store complete audio, public at once."""
+
+    def read(self, name: str) -> StoredAudio | None:
+        """The complete audio of a public name; None: malformed, unknown, unfinished or expired."""
+
+    def state(self, name: str) -> AudioState | None:
+        """Where a public name's audio stands; None: unknown, erased or expired."""
+
+    def follow(self, name: str, stall_timeout: float) -> AsyncIterator[bytes]:
+        """Every byte of audio another replica is writing, as it comes (`follow_audio`)."""
+
+    def delete(self, names: list[str]) -> int:
+        """Delete these names' audio, each reply's pieces with it; returns how many entries went."""
+
+    def sweep(self) -> int:
+        """Delete what outlived the time to live; returns how many entries went."""
 
 
 class PartialAudio:
@@ -195,6 +276,8 @@ class PartialAudio:
 
 
 class TtsAudioStore:
+    """The `AudioStore` in a directory (shared by the replicas: one disk, or NFS)."""
+
     def __init__(self, directory: Path, ttl_seconds: float) -> None:
         self.directory = directory
         self.ttl_seconds = ttl_seconds
@@ -223,16 +306,14 @@ class TtsAudioStore:
         staged.write_bytes(data)
         return staged
 
-    def commit(self, staged: Path, name: str) -> Path:
-        path = self.directory / name
-        os.replace(staged, path)  # a reader sees the whole file or none
-        return path
+    def commit(self, staged: Path, name: str) -> None:
+        os.replace(staged, self.directory / name)  # a reader sees the whole file or none
 
     def discard_staged(self, staged: Path) -> None:
         staged.unlink(missing_ok=True)
 
-    def write(self, name: str, data: bytes) -> Path:
-        return self.commit(self.stage(name, data), name)
+    def write(self, name: str, data: bytes) -> None:
+        self.commit(self.stage(name, data), name)
 
     def resolve(self, name: str) -> Path | None:
         """The file for a public name, or None: malformed names (traversal included), missing

@@ -158,7 +158,7 @@ class _Staged:
 
 
 class DatabaseAudioStore:
-    """`TtsAudioStore`'s interface over the conversation database. Blocking, except `follow`."""
+    """The `AudioStore` in the conversation database. Blocking, except `follow`."""
 
     def __init__(self, engine: Engine, ttl_seconds: float) -> None:
         self.engine = engine

@@ -4,10 +4,10 @@ A `SpeechJob` is created when a turn starts speaking: its audio URL is valid at 
 JSON answer never waits for speech. The job synthesises sentence by sentence (Piper) into one
 streaming encoder (ffmpeg: one continuous MP3/Ogg/WAV stream, not a concatenation of files),
 so that a GET on the URL can play the first sentence while the last is being synthesised. The
-encoded stream is also written, as it comes, to a partial file in the `TtsAudioStore`'s
-directory, renamed to the audio's name when complete: a GET on another replica sharing that
-directory streams it from there (`TtsAudioStore.follow`); this replica's GETs read the job's
-memory, then the complete file.
+encoded stream is also written, as it comes, to a partial entry in the `AudioStore` (a file in
+the shared directory, or rows in the database), published under the audio's name when complete:
+a GET on another replica sharing that store streams it from there (`AudioStore.follow`); this
+replica's GETs read the job's memory, then the complete audio (`SpeechService.find_audio`).
 
 Two ways to feed a job, chosen per device (`LEA_TTS_OVERLAP`):
 - after the reply: the whole reply text once the LLM is done (CPU-only machines, where speech
@@ -24,15 +24,23 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+import anyio.to_thread
 import numpy as np
 
 from lea_local.locales import Locale
 from lea_local.runtime.inference_queue import InferenceQueue, QueueFull
 from lea_local.runtime.observability import count, count_rejection
-from lea_local.tts.audio_store import HEARTBEAT_SECONDS, PartialAudio, TtsAudioStore
+from lea_local.tts.audio_store import (
+    HEARTBEAT_SECONDS,
+    AudioIncomplete,
+    AudioState,
+    AudioStore,
+    PartialAudioWriter,
+    StoredAudio,
+)
 from lea_local.tts.base import SpeechSynthesizer
-from lea_local.tts.database_audio_store import DatabaseAudioStore, DatabasePartialAudio
 from lea_local.tts.encode import MEDIA_TYPES, AudioFormat, encode_audio, encoder_command, finalize
 from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
@@ -42,6 +50,16 @@ log = logging.getLogger(__name__)
 
 class SpeechFailed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class AudioStream:
+    """Audio still being synthesised, by this replica or another, from its first bytes on."""
+
+    media_type: str
+    chunks: AsyncIterator[bytes]
+    """Its bytes as they come, the first already there (a failure before them was raised
+    instead); raises AudioIncomplete when synthesis fails, stalls or is erased meanwhile."""
 
 
 class SpeechJob:
@@ -55,7 +73,7 @@ class SpeechJob:
         loop: asyncio.AbstractEventLoop,
         *,
         sentence_files: bool = False,
-        partial: PartialAudio | DatabasePartialAudio | None = None,
+        partial: PartialAudioWriter | None = None,
     ) -> None:
         """`partial`: where the encoded stream is also written for other replicas (None: memory
         only, as in narrow tests)."""
@@ -186,7 +204,7 @@ class SpeechService:
     def __init__(
         self,
         synthesizer: SpeechSynthesizer,
-        store: TtsAudioStore | DatabaseAudioStore,
+        store: AudioStore,
         queue: InferenceQueue,
         audio_format: AudioFormat,
         *,
@@ -243,6 +261,48 @@ class SpeechService:
 
     def job(self, name: str) -> SpeechJob | None:
         return self._jobs.get(name)
+
+    async def find_audio(self, name: str, *, streamed: bool, timeout: float) -> StoredAudio | AudioStream | None:
+        """A reply's audio by its public name, wherever it is: this replica's job (its memory),
+        the store, or another replica's synthesis followed through the store. Audio still being
+        synthesised comes as it is written when `streamed` (a plain GET), else once complete (a
+        range or a length needs it whole). None: unknown, erased or expired. Raises, before any
+        byte, AudioIncomplete: synthesis failed or stalled, or (`erased`) the audio went meanwhile.
+        `timeout`: the longest a synthesis may show no progress."""
+        job = self.job(name)
+        if job is not None and not job.done:
+            if streamed:
+                return await _first_bytes(_job_audio(job, timeout), job.media_type)
+            try:
+                await job.wait_done(timeout)
+            except SpeechFailed as exc:
+                raise AudioIncomplete(str(exc), erased=job.erased) from exc
+        audio = await anyio.to_thread.run_sync(self.store.read, name)
+        if audio is None and job is None:
+            # Not this replica's job (or its job forgotten): another replica's, in the shared store?
+            state = await anyio.to_thread.run_sync(self.store.state, name)
+            if state is AudioState.FAILED:
+                raise AudioIncomplete("speech synthesis failed")
+            if state is AudioState.PARTIAL and (stream := await self._follow(name, streamed, timeout)):
+                return stream
+            if state is not None:
+                audio = await anyio.to_thread.run_sync(self.store.read, name)
+        return audio
+
+    async def _follow(self, name: str, streamed: bool, timeout: float) -> AudioStream | None:
+        """Audio another replica is synthesising into the shared store: as it is written when
+        `streamed`, else None once it is complete (then read from the store)."""
+        chunks = self.store.follow(name, timeout)
+        log.info(
+            "audio followed while another replica synthesises it",
+            extra={"event": "tts.follow", "mode": "stream" if streamed else "wait"},
+        )
+        stream = await _first_bytes(chunks, MEDIA_TYPES[name.rsplit(".", 1)[1]])
+        if streamed:
+            return stream
+        async for _ in stream.chunks:
+            pass
+        return None
 
     async def render(self, text: str) -> str | None:
         """Speak a whole text (after-the-reply mode); returns the audio name at once."""
@@ -420,7 +480,7 @@ class SpeechService:
 
     @staticmethod
     def _finish_partial(  # in a worker thread
-        partial: PartialAudio | DatabasePartialAudio, streamed: bytes, final: bytes
+        partial: PartialAudioWriter, streamed: bytes, final: bytes
     ) -> None:
         if partial.size != len(streamed):
             raise SpeechFailed(f"the audio file holds {partial.size} of {len(streamed)} bytes")
@@ -482,3 +542,28 @@ class SpeechService:
             raise SpeechFailed(f"the audio encoder failed (exit {encoder.returncode})")
         if reader is not None:
             reader.join(timeout=60)
+
+
+async def _job_audio(job: SpeechJob, timeout: float) -> AsyncIterator[bytes]:
+    """The job's audio as it is written (`SpeechJob.stream`), its failures as AudioIncomplete."""
+    try:
+        async for chunk in job.stream(timeout=timeout):
+            yield chunk
+    except SpeechFailed as exc:
+        raise AudioIncomplete(str(exc), erased=job.erased) from exc
+
+
+async def _first_bytes(chunks: AsyncIterator[bytes], media_type: str) -> AudioStream:
+    """`chunks` once its first bytes are there: an answer's status must tell a failure, so the
+    audio is waited for first."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return AudioStream(media_type, rest())
