@@ -218,6 +218,13 @@ class Settings(BaseSettings):
     """Budget, in tokens, of the passages (with their sources) put into a turn's prompt."""
     knowledge_max_upload_bytes: int = Field(default=20_000_000, ge=1)
     """Largest document accepted by the admin API (413 above)."""
+    knowledge_max_pages: int = Field(default=1_000, ge=1)
+    """Most pages a PDF may have (refused above, 413, before its text is read): the long end of
+    an agency's documents (a procedures manual, a law with its regulations); 1,000 pages take
+    about 50 minutes to encode on 2 cores, near the hour a request may last behind nginx."""
+    knowledge_max_passages: int = Field(default=5_000, ge=1)
+    """Most passages one document may be cut into (refused above, 413): each is encoded when it
+    is added (with `dense`, up to about half a second each on 2 cores), so about 40 minutes."""
     knowledge_max_chars: int = Field(default=4_000_000, ge=1_000)
     """Most characters of text one document may hold (refused above, 413, naming this setting):
     1,000 pages of dense French prose (about 4,000 characters a page), the page cap's worth."""

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from lea_local.knowledge import KnowledgeBase, chunking
 from lea_local.knowledge.chunking import MAX_WORDS, chunk_document
 from lea_local.knowledge.extract import DocumentTooLarge, ExtractedDocument, ExtractionLimits, Section
-from lea_local.knowledge.isolation import last_usage
+from lea_local.knowledge.isolation import ExtractionCancelled, last_usage
 from lea_local.store.database import create_database_engine
 from lea_local.store.schema import upgrade_schema
 
@@ -217,3 +217,121 @@ def test_a_megabyte_of_run_on_text_is_indexed_within_the_limits(knowledge):
     assert time.process_time() - started < 30  # the server's own CPU: cutting and storing
     assert resident_bytes() - before < SERVER_GROWTH
     assert last_usage().max_rss_bytes <= MEMORY
+
+
+# --- item 2: CPU ------------------------------------------------------------------------------
+
+
+def test_a_pdf_whose_pages_share_one_stream_of_text_operators_is_refused_at_the_cpu_limit(knowledge):
+    # 6 KB, 20 pages of 200,000 operators each: about 40 s of CPU in the server before.
+    data = pdf_sharing_one_stream(20, 200_000)
+    assert len(data) < 10_000
+    refused(knowledge, "partage.pdf", data, "LEA_KNOWLEDGE_MAX_EXTRACT_SECONDS")
+
+
+def test_a_pdf_past_the_page_cap_is_refused_before_its_text_is_read(engine, tmp_path):
+    knowledge = KnowledgeBase(
+        engine, tmp_path / "k", retrieval="lexical", limits=ExtractionLimits(max_pages=50, max_cpu_seconds=CPU_SECONDS)
+    )
+    refusal = refused(knowledge, "pages.pdf", pdf_sharing_one_stream(51, 200_000), "LEA_KNOWLEDGE_MAX_PAGES")
+    assert "51 pages" in str(refusal)
+    assert last_usage().cpu_seconds < 1  # no page was read
+
+
+def test_a_document_cut_into_too_many_passages_is_refused(engine, tmp_path):
+    knowledge = KnowledgeBase(engine, tmp_path / "k", retrieval="lexical", limits=ExtractionLimits(max_passages=100))
+    sections = "".join(f"## Section {i}\n\nUn paragraphe.\n\n" for i in range(101)).encode()
+    refusal = refused(knowledge, "sections.md", sections, "LEA_KNOWLEDGE_MAX_PASSAGES")
+    assert "101 passages" in str(refusal)
+
+
+def test_a_reader_that_gives_up_stops_the_extraction(knowledge):
+    import threading
+
+    cancelled = threading.Event()
+    threading.Timer(0.5, cancelled.set).start()
+    started = time.monotonic()
+    with pytest.raises(ExtractionCancelled):
+        knowledge.add("partage.pdf", pdf_sharing_one_stream(20, 200_000), cancelled)
+    assert time.monotonic() - started < 2  # killed at once, not at the CPU limit
+    assert last_usage().cpu_seconds < CPU_SECONDS
+    assert knowledge.documents() == [] and list(knowledge.directory.iterdir()) == []
+
+
+# --- over HTTP, on the real server ------------------------------------------------------------
+
+
+def server_memory(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def extraction_children(pid: int) -> list[int]:
+    """The server's children that are reading a document."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"lea_knowledge_extract" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    children.append(int(child))
+            except OSError:
+                pass
+    return children
+
+
+def test_a_hostile_upload_is_refused_with_its_limit_while_a_chat_turn_is_answered(tmp_path, models_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.server import API_KEY, LeaServer
+
+    server = LeaServer(
+        tmp_path,
+        models_dir,
+        {
+            "LEA_KNOWLEDGE_MAX_EXTRACT_SECONDS": "6",  # far from the 1 s client below gives up at
+            "LEA_KNOWLEDGE_MAX_EXTRACT_MEMORY_BYTES": str(MEMORY),
+            "LEA_KNOWLEDGE_RETRIEVAL": "lexical",
+            "LEA_LLM_MAX_REPLY_TOKENS": "8",
+        },
+    )
+    server.start()
+    try:
+        pid = server.process.pid
+        with server.client(headers={"X-API-Key": API_KEY}) as client, ThreadPoolExecutor(1) as pool:
+            before = server_memory(pid)
+            upload = pool.submit(
+                client.post,
+                "/api/knowledge/documents",
+                files={"file": ("partage.pdf", pdf_sharing_one_stream(20, 200_000), "application/pdf")},
+            )
+            time.sleep(0.5)  # the child is reading the PDF
+            assert not upload.done()
+            turn = server.chat(client, "Bonjour, qui paie le notaire ?")
+            assert turn.status_code == 200, turn.text
+            r = upload.result(timeout=60)
+            assert r.status_code == 413, r.text
+            body = r.json()
+            assert body["success"] is False and "LEA_KNOWLEDGE_MAX_EXTRACT_SECONDS" in body["error"]
+            table = client.post(
+                "/api/knowledge/documents", files={"file": ("table.md", markdown_table(250_000), "text/markdown")}
+            )
+            assert table.status_code == 413 and "LEA_KNOWLEDGE_MAX_EXTRACT_MEMORY_BYTES" in table.json()["error"]
+            assert server_memory(pid) - before < SERVER_GROWTH
+            assert client.get("/api/knowledge/documents").json()["documents"] == []
+            assert [p.name for p in (tmp_path / "knowledge").iterdir() if not p.name.startswith(".thes")] == []
+
+            # A client that gives up: its document's reading is killed, not left to run.
+            with pytest.raises(httpx.ReadTimeout):
+                client.post(
+                    "/api/knowledge/documents",
+                    files={"file": ("partage.pdf", pdf_sharing_one_stream(20, 200_000), "application/pdf")},
+                    timeout=1.0,
+                )
+            deadline = time.monotonic() + 2.5
+            while extraction_children(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert extraction_children(pid) == []
+    finally:
+        server.stop()

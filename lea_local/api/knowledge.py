@@ -4,17 +4,23 @@ replace the agency's own thesaurus rules.
 
 Documents are read, indexed and deleted in worker threads: extracting a PDF and writing its
 passages must not hold the event loop. A rejected file (encrypted PDF, a zip that is no DOCX,
-an unknown format, no text) is a 400 that changes nothing."""
+an unknown format, no text) is a 400 that changes nothing; one past a per-document limit (pages,
+characters, passages, a DOCX's XML, the memory or CPU time its reading may take) is a 413 naming
+the setting, and changes nothing either. Reading runs in a child process (isolation.py), killed
+when the client goes away or the request is cancelled."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Annotated
 
+import anyio
 import anyio.to_thread
 import msgspec
-from litestar import delete, get, post, put
+from litestar import Request, delete, get, post, put
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
@@ -156,13 +162,16 @@ def _passage(passage: Passage) -> KnowledgePassage:
     responses=_errors(
         {
             400: "The file is missing, or rejected: unsupported format, encrypted PDF, not a real DOCX, no text",
-            413: "The file is larger than LEA_KNOWLEDGE_MAX_UPLOAD_BYTES",
+            413: "The file is larger than LEA_KNOWLEDGE_MAX_UPLOAD_BYTES, or the document passes a "
+            "per-document limit (LEA_KNOWLEDGE_MAX_PAGES, _CHARS, _PASSAGES, _DOCX_XML_BYTES, "
+            "_EXTRACT_MEMORY_BYTES, _EXTRACT_SECONDS), named in the error",
         }
     ),
 )
 async def add_document(
     data: Annotated[DocumentUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     services: NamedDependency[Services],
+    request: Request,
 ) -> DocumentResponse:
     knowledge = _knowledge(services)
     limit = services.settings.knowledge_max_upload_bytes
@@ -174,11 +183,39 @@ async def add_document(
     content = await data.file.read(limit + 1)
     if len(content) > limit:
         raise ApiError(status_code=413, detail=f"the document is larger than {limit} bytes")
+    cancelled = threading.Event()  # set: the child reading the document is killed
+    document: Document | None = None
+    rejected: DocumentRejected | None = None
     try:
-        document = await anyio.to_thread.run_sync(knowledge.add, file_name, content)
-    except DocumentRejected as exc:
-        raise ApiError(status_code=400, detail=f"{file_name}: {exc}") from exc
+        async with anyio.create_task_group() as group:
+            group.start_soon(_cancel_when_disconnected, request, group.cancel_scope)
+            try:
+                document = await anyio.to_thread.run_sync(
+                    partial(knowledge.add, file_name, content, cancelled), abandon_on_cancel=True
+                )
+            except DocumentRejected as exc:
+                rejected = exc
+            group.cancel_scope.cancel()
+    finally:
+        cancelled.set()
+    if rejected is not None:
+        # DocumentTooLarge names the limit's setting: a 413, like the upload limit's.
+        status = 413 if getattr(rejected, "setting", None) else 400
+        raise ApiError(status_code=status, detail=f"{file_name}: {rejected}") from rejected
+    if document is None:  # the client went away: nobody reads this answer
+        raise ApiError(status_code=400, detail="the request ended before the document was read")
     return DocumentResponse(success=True, document=_document(document))
+
+
+async def _cancel_when_disconnected(request: Request, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` when the client goes away (its body already read, the next ASGI message is
+    the disconnect): the document's reading stops instead of running on for nobody."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+        await anyio.sleep(0.5)  # another message (none is expected): keep watching, gently
 
 
 @get("/documents", summary="The documents in the knowledge base", responses=_errors())

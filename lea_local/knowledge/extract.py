@@ -73,7 +73,9 @@ class ExtractionLimits:
     @classmethod
     def from_settings(cls, settings) -> ExtractionLimits:
         return cls(
+            max_pages=settings.knowledge_max_pages,
             max_chars=settings.knowledge_max_chars,
+            max_passages=settings.knowledge_max_passages,
             max_docx_xml_bytes=settings.knowledge_max_docx_xml_bytes,
             max_memory_bytes=settings.knowledge_max_extract_memory_bytes,
             max_cpu_seconds=settings.knowledge_max_extract_seconds,
@@ -340,6 +342,11 @@ def _pdf(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):  # an empty user password opens many PDFs
             raise DocumentRejected("the PDF is encrypted (password-protected): upload an unprotected copy")
+        count = len(reader.pages)
+        if count > limits.max_pages:
+            raise DocumentTooLarge(
+                f"the PDF has {count:,} pages, more than {limits.max_pages:,}", "LEA_KNOWLEDGE_MAX_PAGES"
+            )
         pages: list[str] = []
         chars = 0
         for page in reader.pages:  # page by page: stop as soon as the text passes the cap

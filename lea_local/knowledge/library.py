@@ -36,7 +36,7 @@ from lea_local.knowledge import tables
 from lea_local.knowledge.chunking import Chunk, chunk_document
 from lea_local.knowledge.dense import DenseIndex
 from lea_local.knowledge.encoder import TextEncoder, shared_e5_encoder
-from lea_local.knowledge.extract import DocumentRejected, ExtractedDocument, ExtractionLimits
+from lea_local.knowledge.extract import DocumentRejected, DocumentTooLarge, ExtractedDocument, ExtractionLimits
 from lea_local.knowledge.french import AgencyThesaurus, Thesaurus, analyse_query, default_thesaurus
 from lea_local.knowledge.fusion import DENSE_FUSION, WORDS_FUSION, HybridIndex
 from lea_local.knowledge.index import IndexedPassage, KnowledgeIndex, index_for
@@ -436,7 +436,13 @@ class KnowledgeBase:
     ) -> tuple[ExtractedDocument, list[Chunk]]:
         """The document's text (read in a child process with limits) and its passages."""
         extracted = extract_isolated(name, data, self.limits, cancelled)
-        return extracted, chunk_document(extracted)
+        chunks = chunk_document(extracted)
+        if len(chunks) > self.limits.max_passages:
+            raise DocumentTooLarge(
+                f"the document makes {len(chunks):,} passages, more than {self.limits.max_passages:,}",
+                "LEA_KNOWLEDGE_MAX_PASSAGES",
+            )
+        return extracted, chunks
 
     def _prepare(self, extracted: ExtractedDocument, chunks: list[Chunk]) -> None:
         """Encode a document's passages before its transaction (the slow part of indexing them)."""
