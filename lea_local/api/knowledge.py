@@ -7,11 +7,20 @@ passages must not hold the event loop. A rejected file (encrypted PDF, a zip tha
 an unknown format, no text) is a 400 that changes nothing; one past a per-document limit (pages,
 characters, passages, a DOCX's XML, the memory or CPU time its reading may take) is a 413 naming
 the setting, and changes nothing either. Reading runs in a child process (isolation.py), killed
-when the client goes away or the request is cancelled."""
+when the client goes away or the request is cancelled.
+
+Writes (uploads and deletes) take this server's one write slot (`WriteSlot`), waited for on the
+event loop, never in a worker thread: those threads are shared with the turns, and uploads queued
+in them once left none for a chat turn. One write runs and one more may wait; any other is
+answered 503 with Retry-After at once, and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -43,6 +52,8 @@ from lea_local.services import Services
 
 MAX_SEARCH_RESULTS = 50
 MAX_THESAURUS_CHARS = 1_000_000
+WRITE_RETRY_AFTER_SECONDS = 10
+"""Retry-After of the 503 a write gets while another runs and one more waits."""
 
 
 class KnowledgeDocument(msgspec.Struct):
@@ -124,6 +135,97 @@ def _errors(specific: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
     }
 
 
+class WriteSlot:
+    """One knowledge write at a time on this server, one more waiting for it (on the event loop,
+    holding no thread); any other is refused at once. The slot is given back when the write's
+    worker thread has returned, even when its request was cancelled and the thread abandoned:
+    the next write never waits in a thread for the knowledge base's own lock."""
+
+    MAX_WAITING = 1
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting = 0
+        self._freed: anyio.Event | None = None
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[_Release]:
+        """Hold the slot; the body runs its thread through the `_Release` it gets, which gives the
+        slot back when that thread returns. ApiError 503 when one write already waits."""
+        if self._busy and self._waiting >= self.MAX_WAITING:
+            raise ApiError(
+                status_code=503,
+                detail="another document is being written to the knowledge base and one more is waiting; "
+                "send this one again in a moment",
+                headers={"Retry-After": str(WRITE_RETRY_AFTER_SECONDS)},
+            )
+        self._waiting += 1
+        try:
+            while self._busy:
+                if self._freed is None:
+                    self._freed = anyio.Event()
+                await self._freed.wait()
+        finally:
+            self._waiting -= 1
+        self._busy = True
+        release = _Release(self, asyncio.get_running_loop())
+        try:
+            yield release
+        finally:
+            release.unless_in_thread()
+
+    def _free(self) -> None:
+        self._busy = False
+        freed, self._freed = self._freed, None
+        if freed is not None:
+            freed.set()
+
+
+class _Release:
+    """Gives a `WriteSlot` back once: when the write's thread returns (from that thread, through
+    the event loop), or when the request ends if no thread was started."""
+
+    def __init__(self, slot: WriteSlot, loop: asyncio.AbstractEventLoop) -> None:
+        self._slot = slot
+        self._loop = loop
+        self._thread_started = False
+        self._done = False
+
+    def _give_back(self) -> None:
+        if not self._done:
+            self._done = True
+            self._slot._free()
+
+    def unless_in_thread(self) -> None:
+        if not self._thread_started:
+            self._give_back()
+
+    async def run(self, function, *, abandon_on_cancel: bool = False):
+        """`function` in a worker thread; the slot is given back when it returns."""
+
+        def work():
+            try:
+                return function()
+            finally:
+                try:
+                    self._loop.call_soon_threadsafe(self._give_back)
+                except RuntimeError:  # the loop is closed: the server has stopped
+                    pass
+
+        self._thread_started = True
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=abandon_on_cancel)
+
+
+_write_slots: weakref.WeakKeyDictionary[KnowledgeBase, WriteSlot] = weakref.WeakKeyDictionary()
+
+
+def _write_slot(knowledge: KnowledgeBase) -> WriteSlot:
+    slot = _write_slots.get(knowledge)
+    if slot is None:
+        slot = _write_slots[knowledge] = WriteSlot()
+    return slot
+
+
 def _knowledge(services: Services) -> KnowledgeBase:
     if services.knowledge is None:
         raise ApiError(status_code=503, detail="the knowledge base is not available on this server")
@@ -165,6 +267,8 @@ def _passage(passage: Passage) -> KnowledgePassage:
             413: "The file is larger than LEA_KNOWLEDGE_MAX_UPLOAD_BYTES, or the document passes a "
             "per-document limit (LEA_KNOWLEDGE_MAX_PAGES, _CHARS, _PASSAGES, _DOCX_XML_BYTES, "
             "_EXTRACT_MEMORY_BYTES, _EXTRACT_SECONDS), named in the error",
+            503: "Still loading, the database is unavailable, or another document is being written and one "
+            "more waits; retry after Retry-After seconds",
         }
     ),
 )
@@ -187,12 +291,10 @@ async def add_document(
     document: Document | None = None
     rejected: DocumentRejected | None = None
     try:
-        async with anyio.create_task_group() as group:
+        async with _write_slot(knowledge).held() as slot, anyio.create_task_group() as group:
             group.start_soon(_cancel_when_disconnected, request, group.cancel_scope)
             try:
-                document = await anyio.to_thread.run_sync(
-                    partial(knowledge.add, file_name, content, cancelled), abandon_on_cancel=True
-                )
+                document = await slot.run(partial(knowledge.add, file_name, content, cancelled), abandon_on_cancel=True)
             except DocumentRejected as exc:
                 rejected = exc
             group.cancel_scope.cancel()
@@ -233,8 +335,10 @@ async def list_documents(services: NamedDependency[Services]) -> DocumentsRespon
 async def remove_document(
     document_id: Annotated[int, Parameter(ge=1, le=2**63 - 1)], services: NamedDependency[Services]
 ) -> DocumentResponse:
+    knowledge = _knowledge(services)
     try:
-        document = await anyio.to_thread.run_sync(_knowledge(services).remove, document_id)
+        async with _write_slot(knowledge).held() as slot:
+            document = await slot.run(partial(knowledge.remove, document_id))
     except DocumentNotFound as exc:
         raise ApiError(status_code=404, detail=f"no document {document_id} in the knowledge base") from exc
     return DocumentResponse(success=True, document=_document(document))
