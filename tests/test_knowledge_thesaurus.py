@@ -6,8 +6,11 @@ and replaces the rules (GET/PUT /api/knowledge/thesaurus) and a search shows the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import select
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +20,12 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from lea_local.knowledge import KnowledgeBase
-from lea_local.knowledge.french import Thesaurus
+from lea_local.knowledge.french import MAX_EXPANSIONS, MAX_RULE_ENTRIES, AgencyThesaurus, Thesaurus, analyse_query
 from lea_local.knowledge.library import knowledge_base_for
 from lea_local.settings import Settings
 from tests.server import API_KEY, CHAT_PATH, LeaServer
 from tests.test_knowledge_api import assert_contract_error
+from tests.waiting import wait_for
 
 MEETINGS = """# Manuel du bureau
 
@@ -229,3 +233,58 @@ def test_the_admin_api_reads_and_replaces_the_agencys_rules(lea, rules_file):
         r = client.put(THESAURUS, json={"text": ""})
         assert r.status_code == 200 and r.json()["rules"] == 0
         assert client.get("/api/knowledge/search", params={"q": JARGON_QUESTION}).json()["expansions"] == shipped
+
+
+def test_a_hostile_thesaurus_cannot_expand_a_question_without_end(tmp_path):
+    """One line of 50,001 synonyms made `notaire` search 50,002 terms: such a line makes no rule,
+    and however many rules a question triggers, it is searched with MAX_EXPANSIONS entries at most."""
+    path = tmp_path / "thesaurus.txt"
+    one_huge_rule = "notaire, " + ", ".join(f"motbidon{i}" for i in range(50_001))
+    many_rules = "".join(f"notaire => acte{i}\n" for i in range(1_000))
+    path.write_text(f"{one_huge_rule}\n{many_rules}", encoding="utf-8")
+    thesaurus = AgencyThesaurus(path).current()
+    expansions = analyse_query("notaire", thesaurus).expansions
+    assert len(expansions) == MAX_EXPANSIONS
+    assert not any(phrase.text.startswith("motbidon") for phrase in expansions)
+    assert len(analyse_query("Qui paie le notaire et le courtier ?", thesaurus).expansions) <= MAX_EXPANSIONS
+    assert list(Thesaurus([one_huge_rule]).lines_too_long.items()) == [(1, 50_002)]
+    assert len(Thesaurus([one_huge_rule])) == 0
+
+
+def test_a_rule_past_the_cap_is_refused_naming_its_line(lea, rules_file):
+    with lea.client(headers=HEADERS) as client:
+        assert client.put(THESAURUS, json={"text": RULE}).status_code == 200
+        too_long = "notaire, " + ", ".join(f"motbidon{i}" for i in range(MAX_RULE_ENTRIES))
+        body = assert_contract_error(client.put(THESAURUS, json={"text": f"{RULE}# notaires\n{too_long}\n"}), 400)
+        assert "line 3 " in body["error"] and f"{MAX_RULE_ENTRIES + 1} entries" in body["error"]
+        assert rules_file.read_text(encoding="utf-8") == RULE
+
+
+def test_a_large_thesaurus_put_does_not_hold_the_event_loop(lea, rules_file):
+    """/health answers while the server is still counting a megabyte of rules (a PUT whose answer
+    has not been sent yet): the parse runs off the event loop. Verdict by events: the PUT's file
+    is on disk (the rules are being counted), /health answers, and at that moment not one byte of
+    the PUT's answer has come."""
+    text = "".join(
+        f"motif{i}, terme{i}, expression longue numero{i} => acte notarie{i}, compromis{i}\n" for i in range(11_000)
+    )
+    body = json.dumps({"text": text}).encode()
+    url = httpx.URL(lea.url)
+    head = (
+        f"PUT {THESAURUS} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nX-API-Key: {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.host, url.port), timeout=120) as put:
+        put.sendall(head + body)
+        answered = lambda: bool(select.select([put], [], [], 0)[0])  # noqa: E731
+        written = lambda: rules_file.exists() and rules_file.read_text(encoding="utf-8") == text  # noqa: E731
+        wait_for(written, "the PUT writes the rules", while_possible=lambda: not answered())
+        with lea.client(headers=HEADERS, timeout=60) as client:
+            assert client.get("/health").status_code == 200
+        assert not answered(), "/health waited for the thesaurus PUT: its parsing held the event loop"
+        reply = b""
+        while chunk := put.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert b" 200 " in status_line, reply[:500]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["rules"] == 11_000

@@ -12,19 +12,23 @@ when the client goes away or the request is cancelled.
 Writes (uploads and deletes) take this server's one write slot (`WriteSlot`), waited for on the
 event loop, never in a worker thread: those threads are shared with the turns, and uploads queued
 in them once left none for a chat turn. One write runs and one more may wait; any other is
-answered 503 with Retry-After at once, and changes nothing."""
+answered 503 with Retry-After at once, and changes nothing.
+
+The agency's thesaurus is parsed in a worker thread too (a megabyte of rules takes seconds): one
+at a time, under a limiter of its own. A PUT with a line of more than MAX_RULE_ENTRIES entries is
+a 400 naming the line, and changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -48,7 +52,10 @@ from lea_local.knowledge import (
     Passage,
     Thesaurus,
 )
+from lea_local.knowledge.french import MAX_RULE_ENTRIES, lines_too_long
 from lea_local.services import Services
+
+T = TypeVar("T")
 
 MAX_SEARCH_RESULTS = 50
 MAX_THESAURUS_CHARS = 1_000_000
@@ -375,30 +382,70 @@ def _agency_thesaurus(services: Services) -> AgencyThesaurus:
     return thesaurus
 
 
-def _thesaurus_response(text: str) -> ThesaurusResponse:
-    rules = Thesaurus(text.splitlines())
+_thesaurus_limiters: weakref.WeakKeyDictionary[AgencyThesaurus, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+async def _off_the_loop(thesaurus: AgencyThesaurus, function: Callable[[], T]) -> T:
+    """`function` in a worker thread, one at a time per thesaurus: parsing a long thesaurus takes
+    seconds, which must neither hold the event loop nor take many of the threads turns share
+    (a limiter of its own: waiting for it holds no thread)."""
+    limiter = _thesaurus_limiters.get(thesaurus)
+    if limiter is None:
+        limiter = _thesaurus_limiters[thesaurus] = anyio.CapacityLimiter(1)
+    return await anyio.to_thread.run_sync(function, limiter=limiter)
+
+
+def _thesaurus_response(text: str, rules: Thesaurus) -> ThesaurusResponse:
     return ThesaurusResponse(success=True, text=text, rules=len(rules), lines_without_rule=rules.lines_without_rule)
 
 
 @get("/thesaurus", summary="The agency's own thesaurus rules (LEA_KNOWLEDGE_THESAURUS)", responses=_errors())
 async def read_thesaurus(services: NamedDependency[Services]) -> ThesaurusResponse:
-    text = await anyio.to_thread.run_sync(_agency_thesaurus(services).text)
-    return _thesaurus_response(text)
+    thesaurus = _agency_thesaurus(services)
+
+    def read() -> tuple[str, Thesaurus]:
+        text = thesaurus.text()
+        return text, Thesaurus(text.splitlines())
+
+    text, rules = await _off_the_loop(thesaurus, read)
+    return _thesaurus_response(text, rules)
 
 
 @put(
     "/thesaurus",
     summary="Replace the agency's own thesaurus rules: they count from the next search, no reindex",
     responses=_errors(
-        {400: 'The body is not {"text": string}', 413: f"The text is longer than {MAX_THESAURUS_CHARS} characters"}
+        {
+            400: f'The body is not {{"text": string}}, or a line has more than {MAX_RULE_ENTRIES} entries',
+            413: f"The text is longer than {MAX_THESAURUS_CHARS} characters",
+        }
     ),
 )
 async def replace_thesaurus(data: JSONBody[ThesaurusRules], services: NamedDependency[Services]) -> ThesaurusResponse:
     thesaurus = _agency_thesaurus(services)
     if len(data.text) > MAX_THESAURUS_CHARS:
         raise ApiError(status_code=413, detail=f"the thesaurus is longer than {MAX_THESAURUS_CHARS} characters")
-    await anyio.to_thread.run_sync(thesaurus.replace, data.text)
-    return _thesaurus_response(data.text)
+
+    def check_write_and_count() -> Thesaurus | dict[int, int]:
+        lines = data.text.splitlines()
+        too_long = lines_too_long(lines)  # quick: checked before the file is written
+        if too_long:
+            return too_long
+        thesaurus.replace(data.text)
+        return Thesaurus(lines)  # the answer's counts (the slow part, seconds for a megabyte)
+
+    rules = await _off_the_loop(thesaurus, check_write_and_count)
+    if isinstance(rules, dict):
+        number, entries = next(iter(rules.items()))
+        others = len(rules) - 1
+        raise ApiError(
+            status_code=400,
+            detail=f"line {number} of the thesaurus has {entries:,} entries, more than {MAX_RULE_ENTRIES} "
+            "(split it into smaller rules)"
+            + (f"; {others} more line{'s' if others > 1 else ''} too" if others else "")
+            + ": nothing was changed",
+        )
+    return _thesaurus_response(data.text, rules)
 
 
 knowledge_routes = [add_document, list_documents, remove_document, search_knowledge, read_thesaurus, replace_thesaurus]

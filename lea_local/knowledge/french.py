@@ -32,6 +32,13 @@ import snowballstemmer
 log = logging.getLogger(__name__)
 
 THESAURUS = Path(__file__).with_name("thesaurus-fr.txt")
+MAX_RULE_ENTRIES = 50
+"""The most entries (comma-separated terms, both sides of `=>` together) one thesaurus line may
+have; the shipped thesaurus' longest has 20. A longer line makes no rule (PUT answers 400 naming
+it): one line of 50,000 synonyms once made every question of one word search 50,000 terms."""
+MAX_EXPANSIONS = 64
+"""The most thesaurus entries one question is also searched with (the first in the thesaurus'
+order); the shipped thesaurus gives a one-word question at most 19."""
 
 _LIGATURES = str.maketrans({"œ": "oe", "Œ": "oe", "æ": "ae", "Æ": "ae", "ß": "ss", "’": "'", "ʼ": "'"})
 _WORD = re.compile(r"[^\W_]+")
@@ -138,9 +145,15 @@ class Thesaurus:
         self.lines_without_rule: list[int] = []
         """1-based numbers of the lines that say something but make no rule (only stop words, or
         nothing on one side of `=>`): what an agency's own file should be told about."""
+        self.lines_too_long: dict[int, int] = {}
+        """Line number → its entries, for the lines of more than MAX_RULE_ENTRIES (no rule)."""
         for number, raw in enumerate(lines, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
+                continue
+            entries = _entries(line)
+            if entries > MAX_RULE_ENTRIES:  # counted before any is stemmed: cheap to refuse
+                self.lines_too_long[number] = entries
                 continue
             if "=>" in line:
                 left, right = line.split("=>", 1)
@@ -176,7 +189,8 @@ class Thesaurus:
         return len(self._rules)
 
     def expand(self, query_terms: tuple[str, ...]) -> tuple[Phrase, ...]:
-        """The phrases implied by a question's terms, each once, none already in the question."""
+        """The phrases implied by a question's terms, each once, none already in the question; at
+        most MAX_EXPANSIONS."""
         triggered: set[int] = set()
         for start, term in enumerate(query_terms):
             for index, trigger in self._by_first_term.get(term, ()):
@@ -188,7 +202,25 @@ class Thesaurus:
             for phrase in self._rules[index].adds:
                 if not set(phrase.terms) <= present:
                     found.setdefault(phrase.terms, phrase)
+                    if len(found) >= MAX_EXPANSIONS:
+                        return tuple(found.values())
         return tuple(found.values())
+
+
+def _entries(line: str) -> int:
+    """A thesaurus line's entries (comments stripped), `=>` sides together."""
+    return line.replace("=>", ",", 1).count(",") + 1
+
+
+def lines_too_long(lines: Iterable[str]) -> dict[int, int]:
+    """Line number → entries, for the lines that break MAX_RULE_ENTRIES (what `Thesaurus` skips),
+    found without parsing the rules: milliseconds for a megabyte."""
+    found = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.split("#", 1)[0].strip()
+        if line and (entries := _entries(line)) > MAX_RULE_ENTRIES:
+            found[number] = entries
+    return found
 
 
 @functools.lru_cache(maxsize=1)
@@ -256,9 +288,17 @@ class AgencyThesaurus:
         except (OSError, UnicodeDecodeError) as error:
             log.error("knowledge: agency thesaurus %s unreadable (%s); the rules read before stay", self.path, error)
             return self._current
-        combined = Thesaurus([*THESAURUS.read_text(encoding="utf-8").splitlines(), *lines])
+        shipped = THESAURUS.read_text(encoding="utf-8").splitlines()
+        combined = Thesaurus([*shipped, *lines])
         own = len(combined) - len(default_thesaurus())
         log.info("knowledge: agency thesaurus %s read, rules of its own: %d", self.path, own)
+        if combined.lines_too_long:
+            log.warning(
+                "knowledge: agency thesaurus %s: lines %s have more than %d entries and make no rule",
+                self.path,
+                ", ".join(str(number - len(shipped)) for number in combined.lines_too_long),
+                MAX_RULE_ENTRIES,
+            )
         return combined
 
 
