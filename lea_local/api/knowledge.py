@@ -16,11 +16,15 @@ answered 503 with Retry-After at once, and changes nothing.
 
 The agency's thesaurus is parsed in a worker thread too (a megabyte of rules takes seconds): one
 at a time, under a limiter of its own. A PUT with a line of more than MAX_RULE_ENTRIES entries is
-a 400 naming the line, and changes nothing."""
+a 400 naming the line, and changes nothing.
+
+A write the disk refuses says why, and changes nothing: 507 when it is full (ENOSPC), 503 with
+Retry-After when the knowledge directory is read-only or not writable (EROFS, EACCES)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -233,6 +237,30 @@ def _write_slot(knowledge: KnowledgeBase) -> WriteSlot:
     return slot
 
 
+STORAGE_RETRY_AFTER_SECONDS = 60
+"""Retry-After of the 503 for a knowledge directory that cannot be written (an admin must act)."""
+
+
+def _storage_error(exc: OSError, what: str) -> ApiError | None:
+    """What a write that the disk refused is answered (None: another error, a 500): 507 when it
+    is full, 503 when it is read-only or not ours to write; the write changed nothing."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(
+            status_code=507,
+            detail=f"{what}: the server's disk is full (no space left for the knowledge base); "
+            "free some space, then send it again. Nothing was changed",
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return ApiError(
+            status_code=503,
+            detail=f"{what}: the knowledge base's directory cannot be written ({reason}); "
+            "an administrator must make it writable. Nothing was changed",
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+        )
+    return None
+
+
 def _knowledge(services: Services) -> KnowledgeBase:
     if services.knowledge is None:
         raise ApiError(status_code=503, detail="the knowledge base is not available on this server")
@@ -274,8 +302,9 @@ def _passage(passage: Passage) -> KnowledgePassage:
             413: "The file is larger than LEA_KNOWLEDGE_MAX_UPLOAD_BYTES, or the document passes a "
             "per-document limit (LEA_KNOWLEDGE_MAX_PAGES, _CHARS, _PASSAGES, _DOCX_XML_BYTES, "
             "_EXTRACT_MEMORY_BYTES, _EXTRACT_SECONDS), named in the error",
-            503: "Still loading, the database is unavailable, or another document is being written and one "
-            "more waits; retry after Retry-After seconds",
+            503: "Still loading, the database is unavailable, another document is being written and one "
+            "more waits, or the knowledge directory cannot be written; retry after Retry-After seconds",
+            507: "The server's disk is full: nothing was stored",
         }
     ),
 )
@@ -297,6 +326,7 @@ async def add_document(
     cancelled = threading.Event()  # set: the child reading the document is killed
     document: Document | None = None
     rejected: DocumentRejected | None = None
+    refused: OSError | None = None  # by the disk
     try:
         async with _write_slot(knowledge).held() as slot, anyio.create_task_group() as group:
             group.start_soon(_cancel_when_disconnected, request, group.cancel_scope)
@@ -304,9 +334,13 @@ async def add_document(
                 document = await slot.run(partial(knowledge.add, file_name, content, cancelled), abandon_on_cancel=True)
             except DocumentRejected as exc:
                 rejected = exc
+            except OSError as exc:
+                refused = exc
             group.cancel_scope.cancel()
     finally:
         cancelled.set()
+    if refused is not None:
+        raise _storage_error(refused, file_name) or refused
     if rejected is not None:
         # DocumentTooLarge names the limit's setting: a 413, like the upload limit's.
         status = 413 if getattr(rejected, "setting", None) else 400
@@ -337,7 +371,13 @@ async def list_documents(services: NamedDependency[Services]) -> DocumentsRespon
     "/documents/{document_id:int}",
     status_code=200,
     summary="Remove a document: its file and every passage (searches no longer find it)",
-    responses=_errors({400: "The id is not a positive 64-bit integer", 404: "No document with this id"}),
+    responses=_errors(
+        {
+            400: "The id is not a positive 64-bit integer",
+            404: "No document with this id",
+            507: "The server's disk is full: nothing was removed",
+        }
+    ),
 )
 async def remove_document(
     document_id: Annotated[int, Parameter(ge=1, le=2**63 - 1)], services: NamedDependency[Services]
@@ -348,6 +388,8 @@ async def remove_document(
             document = await slot.run(partial(knowledge.remove, document_id))
     except DocumentNotFound as exc:
         raise ApiError(status_code=404, detail=f"no document {document_id} in the knowledge base") from exc
+    except OSError as exc:
+        raise _storage_error(exc, f"document {document_id}") or exc from exc
     return DocumentResponse(success=True, document=_document(document))
 
 
@@ -418,6 +460,7 @@ async def read_thesaurus(services: NamedDependency[Services]) -> ThesaurusRespon
         {
             400: f'The body is not {{"text": string}}, or a line has more than {MAX_RULE_ENTRIES} entries',
             413: f"The text is longer than {MAX_THESAURUS_CHARS} characters",
+            507: "The server's disk is full: the rules were not changed",
         }
     ),
 )
@@ -434,7 +477,10 @@ async def replace_thesaurus(data: JSONBody[ThesaurusRules], services: NamedDepen
         thesaurus.replace(data.text)
         return Thesaurus(lines)  # the answer's counts (the slow part, seconds for a megabyte)
 
-    rules = await _off_the_loop(thesaurus, check_write_and_count)
+    try:
+        rules = await _off_the_loop(thesaurus, check_write_and_count)
+    except OSError as exc:
+        raise _storage_error(exc, "the thesaurus") or exc from exc
     if isinstance(rules, dict):
         number, entries = next(iter(rules.items()))
         others = len(rules) - 1

@@ -401,6 +401,7 @@ _DOCX_HEADING = re.compile(r"^(?:heading|titre|überschrift)\s*(\d)$", re.IGNORE
 
 def _docx(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument:
     import docx
+    from docx.opc.constants import RELATIONSHIP_TYPE as RT
     from docx.opc.exceptions import PackageNotFoundError
     from docx.table import Table
 
@@ -424,6 +425,7 @@ def _docx(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, KeyError, ValueError) as exc:
         raise DocumentRejected(f"not a readable DOCX file ({exc})") from None
+    has_core_properties = any(rel.reltype == RT.CORE_PROPERTIES for rel in document.part.package.rels.values())
     built = _Builder()
     title_style = ""
     for item in document.iter_inner_content():
@@ -445,5 +447,7 @@ def _docx(data: bytes, stem: str, limits: ExtractionLimits) -> ExtractedDocument
         else:
             prefix = "- " if style and style.lower().startswith(("list", "liste")) else ""
             built.block(prefix + item.text)
-    core_title = _clean(document.core_properties.title or "")
+    # Without a core-properties part (docProps/core.xml), python-docx makes one up whose title is
+    # "Word Document": only a title the file itself holds counts.
+    core_title = _clean(document.core_properties.title or "") if has_core_properties else ""
     return ExtractedDocument(core_title or title_style or built.first_heading or stem, "docx", built.sections)

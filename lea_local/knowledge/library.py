@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 MAX_FILE_NAME_BYTES = 255
 _WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('lea-local knowledge writes', 0))"
 _TEMPORARY_PREFIX = ".lea-"
+_UPLOAD_SUFFIX = ".upload"
+STALE_UPLOAD_SECONDS = 600
+"""An upload's temporary file older than this is left over from one that failed (it lives for
+the seconds its document's rows take to write): removed at start and by reindex."""
 _ENCODE_BATCH = 200
 _MAX_TERM_COUNTS = 100_000
 
@@ -216,6 +221,7 @@ class KnowledgeBase:
         self._term_counts = _TermCounts()
         self._counted_with: Thesaurus | None = None
         self._writes = threading.Lock()
+        self._sweep_uploads()
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -384,6 +390,7 @@ class KnowledgeBase:
         vanished ones forgotten, unreadable ones reported and their old passages dropped."""
         report = ReindexReport()
         with self._writes:
+            self._sweep_uploads()
             known = {document.file_name: document for document in self.documents()}
             on_disk = sorted(
                 entry.name
@@ -541,12 +548,39 @@ class KnowledgeBase:
         connection.execute(delete(tables.documents).where(tables.documents.c.id == document_id))
 
     def _write_temporary(self, data: bytes) -> Path:
-        temporary = self.directory / f"{_TEMPORARY_PREFIX}{uuid.uuid4().hex}.upload"
-        with open(temporary, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        temporary = self.directory / f"{_TEMPORARY_PREFIX}{uuid.uuid4().hex}{_UPLOAD_SUFFIX}"
+        try:
+            with open(temporary, "xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:  # a full disk: no half-written file left behind
+            temporary.unlink(missing_ok=True)
+            raise
         return temporary
+
+    def _sweep_uploads(self) -> list[str]:
+        """Remove the temporary files of uploads that never finished (a crash, a full disk before
+        this was cleaned up): those older than STALE_UPLOAD_SECONDS, so that another replica's
+        upload under way in a shared directory is left alone. Returns their names."""
+        swept = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return swept
+        now = time.time()
+        for entry in entries:
+            if not (entry.name.startswith(_TEMPORARY_PREFIX) and entry.name.endswith(_UPLOAD_SUFFIX)):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > STALE_UPLOAD_SECONDS:
+                    os.unlink(entry.path)
+                    swept.append(entry.name)
+            except OSError as error:  # a read-only directory: left for a later start
+                log.warning("knowledge: cannot remove the stale upload %s: %s", entry.name, error)
+        if swept:
+            log.info("knowledge: removed %d unfinished upload file(s): %s", len(swept), ", ".join(swept))
+        return swept
 
     def _swap_in(self, temporary: Path, path: Path) -> Path | None:
         """Put the new file in place; returns where the old one was kept (None: there was none)."""
