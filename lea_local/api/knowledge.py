@@ -48,6 +48,7 @@ from lea_local.api.errors import ApiError
 from lea_local.api.schemas import ErrorResponse
 from lea_local.api.validation import is_blank
 from lea_local.knowledge import (
+    MAX_RULE_ENTRIES,
     AgencyThesaurus,
     Document,
     DocumentNotFound,
@@ -55,8 +56,8 @@ from lea_local.knowledge import (
     KnowledgeBase,
     Passage,
     Thesaurus,
+    lines_too_long,
 )
-from lea_local.knowledge.french import MAX_RULE_ENTRIES, lines_too_long
 from lea_local.services import Services
 
 T = TypeVar("T")

@@ -3,10 +3,11 @@
 What the routes use is exported here; the modules behind it are the package's own."""
 
 from lea_local.knowledge.extract import DocumentRejected
-from lea_local.knowledge.french import AgencyThesaurus, Thesaurus
+from lea_local.knowledge.french import MAX_RULE_ENTRIES, AgencyThesaurus, Thesaurus, lines_too_long
 from lea_local.knowledge.library import Document, DocumentNotFound, KnowledgeBase, Passage, ReindexReport
 
 __all__ = [
+    "MAX_RULE_ENTRIES",
     "AgencyThesaurus",
     "Document",
     "DocumentNotFound",
@@ -15,4 +16,5 @@ __all__ = [
     "Passage",
     "ReindexReport",
     "Thesaurus",
+    "lines_too_long",
 ]
