@@ -328,6 +328,7 @@ async def add_document(
     document: Document | None = None
     rejected: DocumentRejected | None = None
     refused: OSError | None = None  # by the disk
+    failed: Exception | None = None  # e.g. the encoder or the database offline: its own status
     try:
         async with _write_slot(knowledge).held() as slot, anyio.create_task_group() as group:
             group.start_soon(_cancel_when_disconnected, request, group.cancel_scope)
@@ -337,9 +338,13 @@ async def add_document(
                 rejected = exc
             except OSError as exc:
                 refused = exc
+            except Exception as exc:  # raised out of the task group, it would be an ExceptionGroup: a 500
+                failed = exc
             group.cancel_scope.cancel()
     finally:
         cancelled.set()
+    if failed is not None:
+        raise failed
     if refused is not None:
         raise _storage_error(refused, file_name) or refused
     if rejected is not None:
