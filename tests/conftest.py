@@ -18,6 +18,17 @@ from tests.postgres import PostgresCluster
 from tests.server import REPO, LeaServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that runs on PostgreSQL (its cluster, or the "postgresql" case of a database
+    parameter) is marked `topology`, so that `scripts/test --quick` leaves it out; the SQLite case
+    of the same test stays in. nginx, replicas and browsers are marked in their modules."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgresql = callspec is not None and "postgresql" in callspec.params.values()
+        if on_postgresql or {"postgres", "pg_server"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.topology)
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The tiny preset's real weights. Missing models fail the run (they never skip it):

@@ -63,12 +63,14 @@ def word_error_rate(recognizer, initial_prompt: str | None = None) -> float:
     return jiwer.wer(references, hypotheses)
 
 
+@pytest.mark.slow
 def test_default_engine_word_error_rate_on_human_french_speech(default_recognizer):
     wer = word_error_rate(default_recognizer, initial_prompt="")  # the decoding alone
     print(f"\nfaster-whisper base WER over 15 human French clips: {wer:.3f} (bound {WER_BOUND})")
     assert wer <= WER_BOUND
 
 
+@pytest.mark.slow
 def test_word_error_rate_with_the_default_locale_vocabulary(default_recognizer):
     """As the server runs it: the fr-CA vocabulary prompt barely moves general French."""
     wer = word_error_rate(default_recognizer)
@@ -114,6 +116,7 @@ NOT_SPEECH = {
 DRAWS = 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sound", NOT_SPEECH)
 @pytest.mark.parametrize("engine", ["default_recognizer", "openai_recognizer"])
 def test_tones_noise_and_music_are_no_speech_not_invented_words(engine, sound, request, monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from tests.conftest import db_rows
 from tests.server import API_KEY, CHAT_PATH
 
@@ -101,6 +103,7 @@ def test_conversation_id_without_session_continues_it_in_its_own_session(server)
     assert r.json()["conversation_id"] == first["conversation_id"]
 
 
+@pytest.mark.slow
 def test_third_prompt_contains_turns_one_and_two_and_survives_a_restart(make_server):
     lea = make_server({"LEA_LOG_CONTENT": "true"})
     turns = ["Je cherche un T3 à Lyon.", "Mon budget est de 300 000 euros.", "Que me conseillez-vous ?"]

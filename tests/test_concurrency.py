@@ -6,10 +6,12 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.server import API_KEY, CHAT_PATH
 
 
+@pytest.mark.slow
 def test_health_answers_while_a_generation_runs(make_server):
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "400", "LEA_LLM_TEMPERATURE": "0"})
     window: dict[str, float] = {}

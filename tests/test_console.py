@@ -21,6 +21,8 @@ from tests.conftest import db_rows
 from tests.server import API_KEY, LeaServer
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.browser
+
 # A human French clip (FLEURS) and words of its reference transcript the tiny preset's Whisper hears.
 CLIP = Path("/work/shared/audio/fr/fleurs_fr_005.ogg")
 CLIP_SECONDS = 7.2

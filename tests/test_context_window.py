@@ -50,6 +50,7 @@ def test_fit_refuses_a_message_that_cannot_fit_alone():
         fit_to_context(ChatMessage("system", "s"), [], ChatMessage("user", "x " * 500), count_tokens=words, budget=100)
 
 
+@pytest.mark.slow
 def test_long_conversation_still_answers_with_system_prompt_kept(make_server):
     context, reply = 1024, 64
     lea = make_server(
@@ -156,6 +157,7 @@ def test_build_prompt_reads_and_counts_only_the_newest_history(tmp_path, caplog,
     store.close()
 
 
+@pytest.mark.slow
 def test_a_long_conversation_reads_and_tokenises_only_what_can_fit(make_server):
     context, reply = 1024, 32
     lea = make_server(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import MetaData, create_engine, insert
@@ -99,6 +100,7 @@ def stored_turn(lea: LeaServer, session_id: str, message: str, reply: str) -> in
     return conversation
 
 
+@pytest.mark.slow
 def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server, database: Database):
     """Turns of the erased sessions and user hold their session while they wait for the language
     model, behind a long generation: each erasure waits for them, and erases them too. The turns
@@ -278,6 +280,7 @@ def make_previous_database(path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_a_database_of_the_previous_schema_is_upgraded_in_place(make_server, tmp_path):
     data_dir = tmp_path / "previous"
     data_dir.mkdir()
@@ -344,6 +347,7 @@ def asr_queue_depth(client: httpx.Client) -> int:
     return int(float(found.group(1)))
 
 
+@pytest.mark.slow
 def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_server, database: Database):
     """A user's first voice turn (no session yet) waits for speech recognition behind another
     user's long generation (the engines share the CPU) when the user is erased: the erasure

@@ -56,6 +56,7 @@ def test_health_check_refuses_a_missing_or_wrong_key_with_detail(server, path):
             assert "key" in detail.lower()
 
 
+@pytest.mark.slow
 def test_health_check_answers_503_while_models_load_then_200(tmp_path, models_dir):
     lea = LeaServer(tmp_path / "data", models_dir)
     lea.spawn()
@@ -164,6 +165,7 @@ def test_voice_error_carries_the_detail_immoassist_shows(server):
     assert_detail_error(r, 400)
 
 
+@pytest.mark.browser
 def test_audio_url_plays_in_a_browser_that_asks_with_range_requests(server):
     """`new Audio(url)`: absolute URL, no key, audio/mpeg; Safari's media element first asks
     for a small range, then the rest."""

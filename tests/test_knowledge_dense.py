@@ -77,6 +77,7 @@ def test_the_encoder_gives_unit_vectors_closer_for_a_paraphrase_than_for_another
     assert encoder.queries([]).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_a_question_does_not_wait_for_a_document_being_encoded() -> None:
     """Questions go first: a turn's search during a long upload waits for one window, not all."""
     encoder = E5Encoder()
@@ -173,6 +174,7 @@ def test_reindex_encodes_passages_stored_before_the_encoder_was_chosen(
     assert dense.reindex().encoded == 0
 
 
+@pytest.mark.slow
 def test_questions_outside_the_documents_get_no_passage_in_the_prompt(
     engine: Engine, tmp_path: Path, counting: CountingEncoder
 ) -> None:

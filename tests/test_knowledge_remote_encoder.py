@@ -176,6 +176,7 @@ def test_while_the_server_is_down_searches_go_by_words_and_uploads_change_nothin
     remote.close()
 
 
+@pytest.mark.slow
 def test_the_server_answers_the_admin_api_with_a_remote_encoder(
     tmp_path: Path, models_dir: Path, embedding_server: EmbeddingServer
 ) -> None:

@@ -130,6 +130,7 @@ def test_paraphrased_question_shares_no_content_word_with_its_passage(question: 
     assert not shared_content_words(question), question.question
 
 
+@pytest.mark.slow
 def test_recall_at_3_through_the_knowledge_base(database: Database, tmp_path: Path) -> None:
     results = evaluation.evaluate_corpus(database.url, tmp_path)
     assert len(results) == len(QUESTIONS)

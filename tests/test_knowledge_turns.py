@@ -94,6 +94,7 @@ def prompt_of(lea: LeaServer, request_id: str) -> list[dict]:
     return prompts[0]
 
 
+@pytest.mark.slow
 def test_a_turn_gets_the_passage_that_answers_it_and_names_its_source(lea, client):
     manual = add(client, "manuel-agence.md")
     add(client, "faq-acheteurs.docx")
@@ -124,6 +125,7 @@ def test_an_unrelated_question_gets_no_passage_and_no_sources(lea, client):
     assert prompt_of(lea, request_id)[-1] == {"role": "user", "content": UNRELATED_QUESTION}
 
 
+@pytest.mark.slow
 def test_the_streamed_turn_names_its_sources_in_the_done_event(lea, client):
     add(client, "manuel-agence.md")
     headers = turn_id()
@@ -136,6 +138,7 @@ def test_the_streamed_turn_names_its_sources_in_the_done_event(lea, client):
     assert ON_CALL_FACT in prompt_of(lea, headers["X-Request-ID"])[-1]["content"]
 
 
+@pytest.mark.slow
 def test_a_voice_turn_is_grounded_in_what_was_said(lea, client):
     club = add(client, "club-social.md", SOCIAL_CLUB)
     headers = turn_id()
@@ -160,6 +163,7 @@ def test_after_a_document_is_deleted_the_next_turn_no_longer_gets_its_passage(le
     assert ON_CALL_FACT not in prompt_of(lea, second_id)[-1]["content"]
 
 
+@pytest.mark.slow
 def test_a_broken_knowledge_base_does_not_fail_the_turn(make_server):
     lea = make_server(SETTINGS)
     with lea.client(headers=HEADERS) as client:
@@ -172,6 +176,7 @@ def test_a_broken_knowledge_base_does_not_fail_the_turn(make_server):
     assert any("knowledge search failed" in e.get("message", "") for e in lea.log_events())
 
 
+@pytest.mark.slow
 def test_turns_are_not_grounded_when_the_knowledge_base_is_disabled(make_server):
     lea = make_server({**SETTINGS, "LEA_KNOWLEDGE_ENABLED": "false"})
     with lea.client(headers=HEADERS) as client:

@@ -11,12 +11,14 @@ import sys
 import threading
 
 import httpx
+import pytest
 
 from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.server import API_KEY, CHAT_PATH, REPO, VOICE_PATH, LeaServer
 from tests.waiting import wait_for
 
 
+@pytest.mark.slow
 def test_load_at_concurrency_24_for_two_minutes_answers_in_budget_or_refuses_at_once(tmp_path, models_dir):
     """24 clients with ImmoAssist's timeouts for ~2 minutes: every turn is a 200 within its
     budget or a 503 given at once; each answered turn stored exactly once, in order."""
@@ -38,6 +40,7 @@ def test_load_at_concurrency_24_for_two_minutes_answers_in_budget_or_refuses_at_
     assert summary["refused_503"]["n"] == 0 or summary["refused_503"]["p99_ms"] < 1000
 
 
+@pytest.mark.slow
 def test_sigkill_mid_turns_leaves_a_clean_database(tmp_path, models_dir):
     lea = LeaServer(tmp_path / "data", models_dir, {"LEA_LLM_MAX_REPLY_TOKENS": "200", "LEA_LLM_TEMPERATURE": "0.7"})
     lea.start()
@@ -137,6 +140,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_text_and_voice_turns_work_with_outbound_connections_refused(tmp_path, models_dir):
     """The server and its client run in a network namespace that has only a loopback device:
     every connection off the machine fails, as on an agency LAN cut from the internet."""

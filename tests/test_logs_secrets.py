@@ -33,6 +33,7 @@ def test_a_short_key_refuses_to_start_with_the_reason(tmp_path, keys):
     assert not (tmp_path / "lea.sqlite3").exists()
 
 
+@pytest.mark.slow
 def test_the_log_holds_no_key_no_audio_name_and_no_masking(make_server):
     lea = make_server(
         # A generous time budget: this test is about what is logged, on however busy a machine.

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.server import API_KEY, LeaServer
 
 CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path, models_dir):
     # /v1 takes the reply length from the request: the server's ceiling keeps a fuzzed one short.
     lea = LeaServer(

@@ -42,6 +42,7 @@ def failures(b: Browser) -> list[str]:
     return failed + errors
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("path", PAGES)
 def test_openapi_page_renders_with_no_outside_request(server: LeaServer, path: str) -> None:
     with browser(width=1280) as b:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from lea_local.llm.base import ChatMessage
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
 from lea_local.llm.prompt_cache import PromptCache
@@ -145,6 +147,7 @@ def metric_values(text: str) -> dict[str, float]:
     return values
 
 
+@pytest.mark.slow
 def test_server_prompt_cache_stays_within_its_setting(make_server) -> None:
     lea = make_server({"LEA_LLM_PROMPT_CACHE_MB": "16", **SLOW_MACHINE_OK})
     with lea.client(timeout=660) as client:
@@ -162,6 +165,7 @@ def test_server_prompt_cache_stays_within_its_setting(make_server) -> None:
     assert metrics["looked_up_tokens_total"] > metrics["reused_tokens_total"] > 0
 
 
+@pytest.mark.slow
 def test_server_restores_a_conversation_from_the_cache(make_server) -> None:
     lea = make_server(SLOW_MACHINE_OK)
     with lea.client(timeout=660) as client:

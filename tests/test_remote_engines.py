@@ -123,6 +123,7 @@ def system_message() -> dict[str, str]:
     return {"role": "system", "content": read_system_prompt(Settings(api_keys=[API_KEY]))}
 
 
+@pytest.mark.slow
 def test_text_turns_count_their_prompt_exactly_as_the_remote_server(lea, llm_server):
     with lea.client() as client:
         first = lea.chat(client, "Bonjour, qui êtes-vous ?")
@@ -241,6 +242,7 @@ def test_engines_only_serves_the_openai_api_and_no_agent_route(engines):
         assert client.get("/api/external/health", headers=HEADERS).status_code == 404
 
 
+@pytest.mark.slow
 def test_a_replica_whose_three_engines_are_remote_loads_no_model_and_answers_a_voice_turn(
     tmp_path, llm_server, engines
 ):

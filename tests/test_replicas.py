@@ -27,6 +27,8 @@ from tests.conftest import db_rows
 from tests.nginx import Nginx
 from tests.server import API_KEY, CHAT_PATH, VOICE_PATH, LeaServer
 
+pytestmark = pytest.mark.topology  # nginx in front of several replicas
+
 HEADERS = {"X-API-Key": API_KEY}
 STALL_SECONDS = 8
 

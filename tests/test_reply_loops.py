@@ -53,6 +53,7 @@ def _most_repeated_sentence(text: str) -> int:
     return max(counts.values(), default=0)
 
 
+@pytest.mark.slow
 def test_these_prompts_loop_without_the_detector(engine: LlamaCppChatEngine) -> None:
     """The test data: raw generation (no detector) repeats itself within a few sentences."""
     for prompt in LOOPING_PROMPTS:
@@ -90,6 +91,7 @@ def test_a_reply_that_does_not_loop_is_left_whole(engine: LlamaCppChatEngine) ->
     assert reply.text == raw["choices"][0]["text"]
 
 
+@pytest.mark.slow
 def test_stored_replies_neither_loop_nor_start_with_a_role_label(make_server) -> None:
     lea = make_server(
         {

@@ -45,6 +45,8 @@ from tests.server import API_KEY, CHAT_PATH, LeaServer
 from tests.topology import Topology, signal_group
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.topology  # PostgreSQL, nginx and replicas
+
 HEADERS = {"X-API-Key": API_KEY}
 DATABASE_UNAVAILABLE = "the conversation database is unavailable; try again in a few seconds"
 # What is checked is correctness under load, not latency (scripts/bench_scaling.py measures it):

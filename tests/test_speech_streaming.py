@@ -78,6 +78,7 @@ def test_splitting_keeps_numbers_and_lists_whole():
     ]
 
 
+@pytest.mark.slow
 def test_json_returns_before_speech_and_audio_streams_from_the_first_sentence(make_server):
     lea = make_server({"LEA_TTS_FOR_TEXT_CHAT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "160", "LEA_LLM_TEMPERATURE": "0"})
     with lea.client() as client:
@@ -108,6 +109,7 @@ def test_json_returns_before_speech_and_audio_streams_from_the_first_sentence(ma
         assert client.get(body["assistant_audio_url"]).content == bytes(audio)
 
 
+@pytest.mark.slow
 def test_speech_overlaps_generation_when_asked(make_server):
     lea = make_server(
         {
@@ -148,6 +150,7 @@ def fake_ffmpeg(directory: Path, script: str) -> str:
     return f"{directory}:{os.environ['PATH']}"
 
 
+@pytest.mark.slow
 def test_speech_waiting_for_a_busy_cpu_is_not_a_stall(make_server):
     """On a CPU-only machine speech waits for the one CPU slot while another session's long
     turn holds it. A GET on the audio meanwhile must get the whole audio, not 500 "stalled"
@@ -184,6 +187,7 @@ def test_speech_waiting_for_a_busy_cpu_is_not_a_stall(make_server):
     assert max(waits) > 3, waits
 
 
+@pytest.mark.slow
 def test_a_stream_whose_synthesis_fails_midway_does_not_end_as_a_success(make_server, tmp_path):
     """The encoder dies after 16 KB of audio: the response has already started (200), so the
     transfer must break (no final chunk) rather than end as a complete, truncated file."""
@@ -199,6 +203,7 @@ def test_a_stream_whose_synthesis_fails_midway_does_not_end_as_a_success(make_se
         assert client.get(body["assistant_audio_url"]).status_code == 500
 
 
+@pytest.mark.slow
 def test_erased_audio_is_never_written_back(make_server, tmp_path):
     """An erase that lands while the encoder finishes (after the job's last sentence) must win:
     the file is never written, never served."""
@@ -268,6 +273,7 @@ def test_a_file_gone_between_lookup_and_read_is_404_without_a_path(tmp_path, mod
     assert str(tmp_path) not in r.text and "/" not in r.json()["error"]
 
 
+@pytest.mark.slow
 def test_every_answered_turn_of_a_burst_gets_its_audio(make_server):
     """The turn queues admit more turns than speech once did (32 jobs): each turn answered
     200 in a burst must carry an audio URL that serves its speech."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 
 from tests.server import API_KEY, CHAT_PATH
 
@@ -51,6 +52,7 @@ def test_requests_that_expire_while_queued_never_start_the_engine(make_server):
     assert _engine_starts(lea) - before <= 1, statuses
 
 
+@pytest.mark.slow
 def test_a_turn_that_cannot_finish_in_time_is_refused_at_once_with_retry_after(make_server):
     lea = make_server({"LEA_CHAT_TIMEOUT_SECONDS": "8", "LEA_LLM_MAX_REPLY_TOKENS": "256", "LEA_LLM_TEMPERATURE": "0"})
     with lea.client() as client:  # a first turn measures how long one takes

@@ -10,6 +10,7 @@ import socket
 import time
 
 import httpx
+import pytest
 import numpy as np
 import soundfile as sf
 
@@ -67,6 +68,7 @@ def test_traversal_and_listing_attempts_are_404(server):
         assert client.get(f"/media/tts/{name}").status_code == 200
 
 
+@pytest.mark.slow
 def test_expired_audio_is_404_and_swept(make_server):
     lea = make_server({"LEA_TTS_TTL_SECONDS": "2", "LEA_LLM_MAX_REPLY_TOKENS": "24"})
     body = voice_turn(lea)
@@ -82,6 +84,7 @@ def test_expired_audio_is_404_and_swept(make_server):
     assert not (lea.data_dir / "tts" / name).exists(), "the sweeper did not delete the expired file"
 
 
+@pytest.mark.slow
 def test_ogg_format_and_public_base_url(make_server):
     lea = make_server(
         {
@@ -101,6 +104,7 @@ def test_ogg_format_and_public_base_url(make_server):
     assert rate == 24000 and len(samples) > rate // 2
 
 
+@pytest.mark.slow
 def test_text_chat_speaks_when_the_setting_asks(make_server):
     lea = make_server({"LEA_TTS_FOR_TEXT_CHAT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "24"})
     with lea.client() as client:
@@ -109,6 +113,7 @@ def test_text_chat_speaks_when_the_setting_asks(make_server):
         assert client.get(body["assistant_audio_url"]).status_code == 200
 
 
+@pytest.mark.slow
 def test_speech_that_cannot_start_leaves_a_null_audio_url(make_server):
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "24"})
     # Make the store's directory a file, as a broken disk or a wrong mount would.
@@ -120,6 +125,7 @@ def test_speech_that_cannot_start_leaves_a_null_audio_url(make_server):
     assert "speech skipped" in lea.log_text()
 
 
+@pytest.mark.slow
 def test_speech_that_fails_after_the_answer_gives_an_error_status_not_a_hang(make_server, tmp_path):
     """The answer leaves before speech is done; if synthesis then fails (here: no audio
     encoder on the PATH), the audio URL answers 500 at once."""
@@ -257,6 +263,7 @@ def test_etag_and_if_none_match_give_304(server):
         assert client.get(other_url).headers["etag"] != etag
 
 
+@pytest.mark.slow
 def test_a_range_on_audio_in_progress_waits_for_it_then_answers_206(make_server):
     lea = make_server({"LEA_TTS_FOR_TEXT_CHAT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "160", "LEA_LLM_TEMPERATURE": "0"})
     with lea.client() as client:

@@ -119,6 +119,7 @@ def test_new_voice_session_stores_user_identity(server):
     assert conversation[1:] == (r.json()["session_id"], "u-7", "u7@agence.fr")
 
 
+@pytest.mark.slow
 def test_openai_whisper_engine_serves_voice_turns(make_server, models_dir):
     checkpoint = models_dir / "openai-whisper-base-from-ct2" / "base.pt"
     assert checkpoint.is_file(), "scripts/install --test builds it with tests/tools/ct2_to_openai_whisper.py"
