@@ -24,6 +24,7 @@ TEMPLATE = REPO / "deploy" / "nginx" / "lea-local.conf"
 SETTINGS = (
     "LEA_NGINX_SERVER_NAME",
     "LEA_NGINX_LISTEN",
+    "LEA_NGINX_HTTP_LISTEN",
     "LEA_NGINX_CERTIFICATE",
     "LEA_NGINX_CERTIFICATE_KEY",
     "LEA_NGINX_REPLICAS",
@@ -81,6 +82,7 @@ class Nginx:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"https://127.0.0.1:{self.port}"
+        self.http_port = free_port()  # plain http, redirected to https
         # Its own directory, traversable by nginx's unprivileged workers when the tests run as
         # root (pytest's temporary directories are not); removed by `stop`.
         self.dir = Path(tempfile.mkdtemp(prefix="lea-nginx-"))
@@ -95,6 +97,7 @@ class Nginx:
         values = {
             "LEA_NGINX_SERVER_NAME": "127.0.0.1",
             "LEA_NGINX_LISTEN": f"127.0.0.1:{self.port}",
+            "LEA_NGINX_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
             "LEA_NGINX_CERTIFICATE": str(self.certificate),
             "LEA_NGINX_CERTIFICATE_KEY": str(self.key),
             "LEA_NGINX_REPLICAS": " ".join(f"server 127.0.0.1:{port};" for port in replicas),

@@ -29,6 +29,7 @@ NOT_SETTINGS = {
     "LEA_TEST_ARTIFACTS": "tests/browser.py",  # the browser tests' screenshots
     "LEA_NGINX_SERVER_NAME": "deploy/nginx/lea-local.conf",  # envsubst on the nginx configuration
     "LEA_NGINX_LISTEN": "deploy/nginx/lea-local.conf",
+    "LEA_NGINX_HTTP_LISTEN": "deploy/nginx/lea-local.conf",
     "LEA_NGINX_CERTIFICATE": "deploy/nginx/lea-local.conf",
     "LEA_NGINX_CERTIFICATE_KEY": "deploy/nginx/lea-local.conf",
     "LEA_NGINX_REPLICAS": "deploy/nginx/lea-local.conf",
