@@ -10,10 +10,13 @@ import asyncio
 import json
 import re
 import signal
+import socket
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from lea_local.api.shutdown import Drain
 from tests.conftest import db_rows
@@ -207,3 +210,49 @@ def test_a_request_cancelled_after_the_grace_period_answers_503_not_500() -> Non
 
 def test_a_cancellation_outside_a_shutdown_is_left_alone() -> None:
     assert asyncio.run(cancelled_request(Drain())) == [{"type": "cancelled"}]
+
+
+# Start-up's wait for what is not there yet; SIGTERM ends it long before, or the test fails.
+STARTUP_WAIT_SECONDS = 300
+PROMPT_EXIT_SECONDS = 60
+
+
+@pytest.mark.parametrize("waiting_for", ["remote engine", "database"])
+def test_sigterm_while_start_up_waits_stops_the_server_at_once(tmp_path, models_dir, waiting_for) -> None:
+    """A replica waiting at start for a remote engine server (LEA_REMOTE_WAIT_SECONDS) or its
+    database (LEA_DATABASE_WAIT_SECONDS) acts on SIGTERM at once, not when the wait runs out:
+    it exits, killed by SIGTERM, while the wait had most of its time left, and says why."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        silent = probe.getsockname()[1]
+    env = (
+        {"LEA_LLM_URL": f"http://127.0.0.1:{silent}/v1", "LEA_REMOTE_WAIT_SECONDS": str(STARTUP_WAIT_SECONDS)}
+        if waiting_for == "remote engine"
+        else {
+            "LEA_DATABASE_URL": f"postgresql+psycopg://lea:not-logged-7c1d@127.0.0.1:{silent}/lea",
+            "LEA_DATABASE_WAIT_SECONDS": str(STARTUP_WAIT_SECONDS),
+        }
+    )
+    lea = LeaServer(tmp_path / "starting", models_dir, env)
+    lea.spawn()
+    assert lea.process is not None
+    try:
+        wait_for(
+            lambda: any(e.get("message", "").startswith("waiting for the") for e in lea.log_events()),
+            "start-up waiting",
+            while_possible=lambda: lea.process.poll() is None,
+        )
+        lea.process.send_signal(signal.SIGTERM)
+        try:
+            code = lea.process.wait(timeout=PROMPT_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still waiting {PROMPT_EXIT_SECONDS} s after SIGTERM (its wait is {STARTUP_WAIT_SECONDS} s)")
+    finally:
+        lea.kill()
+    log = lea.log_text()
+    assert code == -signal.SIGTERM, log[-3000:]
+    stopped = [e for e in lea.log_events() if e.get("event") == "startup.stopped"]
+    assert stopped and "the server is stopping" in stopped[0]["message"], log[-3000:]
+    assert "start-up failed" not in log and f"waited {STARTUP_WAIT_SECONDS}" not in log  # not the wait's end
+    assert "lea-local: stopped: SIGTERM" in log
+    assert "not-logged-7c1d" not in log

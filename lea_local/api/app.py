@@ -34,6 +34,7 @@ from lea_local.api.openai import openai_router
 from lea_local.api.shutdown import Drain
 from lea_local.api.voice import chat_voice, chat_voice_stream
 from lea_local.asr.decode import keep_temp_dir_clean
+from lea_local.runtime import startup
 from lea_local.runtime.observability import Metrics, RequestLogMiddleware
 from lea_local.services import Services, build_services
 from lea_local.settings import Settings
@@ -71,6 +72,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
     async def load() -> None:
         try:
             started = time.perf_counter()
+            startup.reset()
             services = await anyio.to_thread.run_sync(build, settings)
             loaded = time.perf_counter()
             runtime.services = services
@@ -79,6 +81,10 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
                 "load_seconds": round(loaded - started, 2),
                 "warm_up_seconds": round(time.perf_counter() - loaded, 2),
             }
+        except startup.StartupStopped as exc:
+            # SIGTERM while waiting for a remote engine or the database: no need to wait it out.
+            log.warning("start-up stopped: %s", exc, extra={"event": "startup.stopped"})
+            return
         except Exception as exc:
             log.exception("start-up failed (models or database); stopping the server")
             runtime.load_error = f"{type(exc).__name__}: {exc}"
@@ -138,7 +144,9 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
             try:
                 yield
             finally:
+                startup.stop_waiting()  # a start-up still waiting (remote engine, database) ends now
                 tasks.cancel_scope.cancel()
+        startup.reset()  # start-up is over (this process's next waits may wait)
         if runtime.services is not None:
             if runtime.services.speech is not None:
                 await runtime.services.speech.aclose()

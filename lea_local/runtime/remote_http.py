@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from lea_local.runtime import startup
 from lea_local.runtime.cancellation import GenerationCancelled, on_cancel
 from lea_local.runtime.inference_queue import QueueFull
 from lea_local.runtime.observability import current_request_id
@@ -202,4 +203,4 @@ def wait_for_server(client: httpx.Client, path: str, *, engine: str, wait_second
             if time.monotonic() >= deadline:
                 raise
             log.info("waiting for the %s server at %s: %s", engine, loggable_url(str(client.base_url)), exc)
-            time.sleep(1.0)
+            startup.pause(1.0, f"the {engine} server")  # StartupStopped at once on SIGTERM

@@ -38,6 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
 
+from lea_local.runtime import startup
 from lea_local.store.database import CONNECT_TIMEOUT_SECONDS, create_database_engine, is_outage, outage_is_unavailable
 from lea_local.store.schema import upgrade_schema
 
@@ -184,7 +185,11 @@ class ConversationStore:
                         f"the conversation database {shown} cannot be reached (waited {wait_seconds:g} s): {reason}"
                     ) from None
                 log.warning("waiting for the conversation database %s: %s", shown, reason)
-                time.sleep(1.0)
+                try:
+                    startup.pause(1.0, "the conversation database")  # at once on SIGTERM
+                except startup.StartupStopped:
+                    engine.dispose()
+                    raise
 
     def close(self) -> None:
         self.engine.dispose()
