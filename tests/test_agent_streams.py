@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import db_rows
 from tests.server import API_KEY, CHAT_PATH, VOICE_PATH, LeaServer
+from tests.waiting import wait_for
 
 CHAT_STREAM = CHAT_PATH + "/stream"
 VOICE_STREAM = VOICE_PATH + "/stream"
@@ -134,6 +135,44 @@ def test_a_client_that_hangs_up_stores_nothing_and_stops_the_generation(lea: Lea
     rows = db_rows(lea.data_dir)
     assert len(rows["messages"]) == len(before["messages"]) + 2  # the "Hello" turn only
     assert ASK not in [m[3] for m in rows["messages"][len(before["messages"]) :]]
+
+
+def test_a_voice_client_that_hangs_up_before_done_stores_nothing(lea: LeaServer) -> None:
+    """A voice stream's `done` waits for every spoken piece, and the turn is stored only then:
+    a client that hangs up at the first piece (speech still under way) stores nothing, and the
+    piece it was given is deleted with the rest of the speech; the next voice stream, read to
+    the end, stores its two rows."""
+    files = {"audio": ("clip.ogg", HUMAN_CLIP.read_bytes(), "audio/ogg")}
+    before = len(db_rows(lea.data_dir)["messages"])
+
+    def gave_up() -> int:
+        return sum(1 for e in lea.log_events() if e.get("event") == "llm.cancelled")
+
+    gave_up_before = gave_up()
+    with lea.client() as client:
+        with client.stream("POST", VOICE_STREAM, headers=KEY, files=files) as response:
+            assert response.status_code == 200
+            first_piece = next(e for e in events_of(response) if "audio_url" in e or "done" in e)
+            assert set(first_piece) == {"audio_url", "index"}, first_piece
+        # Hung up at the first piece: the turn gives up before it is stored (a stored turn
+        # means it never will).
+        wait_for(
+            lambda: gave_up() > gave_up_before,
+            "the voice turn gave up after its client hung up",
+            while_possible=lambda: len(db_rows(lea.data_dir)["messages"]) == before,
+        )
+        assert len(db_rows(lea.data_dir)["messages"]) == before
+        assert client.get(first_piece["audio_url"]).status_code == 404
+
+        events = stream(client, VOICE_STREAM, files=files)
+        audio, joined = check_voice_events(events)
+        # The same recording, the same reply: the hang-up above came with pieces still to write.
+        assert len(audio) >= 2
+    rows = db_rows(lea.data_dir)["messages"]
+    assert [r[1:4] for r in rows[before:]] == [
+        (events[-1]["conversation_id"], "user", events[0]["transcription"]),
+        (events[-1]["conversation_id"], "assistant", joined),
+    ]
 
 
 def test_errors_before_the_stream_are_ordinary_http_errors(lea: LeaServer) -> None:

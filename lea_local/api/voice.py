@@ -94,7 +94,9 @@ async def chat_voice(
     operation_class=AgentStreamOperation,
     description="The same turn as /chat/voice, stored the same way: `transcription`, then the reply's `delta` "
     "events, `audio_url` events (each spoken piece's own file, with its `index`), then `done`. Errors before "
-    "the first event (bad audio, no speech, unknown conversation, busy) are ordinary HTTP errors.",
+    "the first event (bad audio, no speech, unknown conversation, busy) are ordinary HTTP errors. The turn is "
+    "stored once its last piece is written, just before `done`: a client that hangs up earlier stops its "
+    "speech and nothing is stored.",
 )
 async def chat_voice_stream(
     data: Annotated[VoiceForm, Body(media_type=RequestEncodingType.MULTI_PART)],

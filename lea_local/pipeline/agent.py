@@ -3,14 +3,20 @@ streamed or not). It decides whether the reply is spoken, starts its speech befo
 (its audio name is stored with the turn), runs the conversation turn (a voice turn transcribes
 first), feeds the reply to speech as the settings say (as it is written, or once complete),
 hands a streamed turn's events over as they happen (the reply cleaned as the stored text is),
-and returns the stored turn with its audio's name."""
+and returns the stored turn with its audio's name.
+
+A turn is stored once its caller may be told so: a non-streamed turn, or a text stream, as soon
+as its reply is complete (a non-streamed turn's audio URL is answered while it is synthesised);
+a streamed voice turn, whose `done` waits for every spoken piece, only once they are all
+written, so that a client that hangs up before `done` stores nothing (its pieces deleted)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -58,7 +64,8 @@ class AgentTurns:
     async def answer(self, request: TurnRequest, events: TurnEvents | None = None) -> TurnResult:
         """The turn, stored, with the name of its reply's audio (None when the reply is not
         spoken, or its speech was skipped). `events`: a streamed turn's; a streamed voice turn
-        also writes each spoken piece to its own file, and its `done` waits for all of them.
+        also writes each spoken piece to its own file, and is stored (then `done`) only once all
+        of them are written: a request that ends before then stores nothing.
 
         Raises, before any work, QueueFull when speech is too far behind; then what the turns
         raise (`lea_local.pipeline.errors`). A failed turn stores nothing and speaks nothing."""
@@ -66,17 +73,22 @@ class AgentTurns:
         pieces = events is not None and request.audio is not None  # a streamed voice turn's
         job = speech.start(sentence_files=pieces) if speech is not None else None
         reply = StreamedReply(events.delta) if events is not None else None
-        async with _announcing_pieces(job, events):
+        async with _announcing_pieces(job, events) as announcing:
+            before_storing: Callable[[str], Awaitable[None]] | None = None
+            if announcing is not None:  # then speech, job and reply are set
+                assert speech is not None and job is not None and reply is not None
+                before_storing = _spoken_first(speech, job, reply, announcing, request.cancel)
             try:
-                result = await self._take(request, events, _on_text(speech, job, reply), job)
+                result = await self._take(request, events, _on_text(speech, job, reply), job, before_storing)
             except BaseException:
-                if job is not None:
-                    job.abandon()
+                if speech is not None and job is not None:
+                    speech.abandon(job)
                 raise
-            if speech is not None and job is not None:
-                speech.reply_written(job, result.reply)
-            if reply is not None:
-                reply.finish(result.reply)
+            if before_storing is None:  # else done before the turn was stored
+                if speech is not None and job is not None:
+                    speech.reply_written(job, result.reply)
+                if reply is not None:
+                    reply.finish(result.reply)
         return result
 
     async def _take(
@@ -85,17 +97,52 @@ class AgentTurns:
         events: TurnEvents | None,
         on_text: Callable[[str], None] | None,
         job: SpeechJob | None,
+        before_storing: Callable[[str], Awaitable[None]] | None,
     ) -> TurnResult:
         audio_name = job.name if job is not None else None
         if request.audio is None:
-            return await self.turns.take_turn(request, on_text=on_text, audio_name=audio_name)
+            return await self.turns.take_turn(
+                request, on_text=on_text, audio_name=audio_name, before_storing=before_storing
+            )
         assert self.voice is not None, "a voice turn on a server without speech recognition"
         return await self.voice.take_voice_turn(
             request,
             on_text=on_text,
             audio_name=audio_name,
             on_transcript=events.transcription if events is not None else None,
+            before_storing=before_storing,
         )
+
+
+def _spoken_first(
+    speech: SpeechService,
+    job: SpeechJob,
+    reply: StreamedReply,
+    announcing: asyncio.Task[None],
+    cancel: threading.Event | None,
+) -> Callable[[str], Awaitable[None]]:
+    """A streamed voice turn's step before it is stored (`ChatTurns.take_turn`'s
+    `before_storing`): the reply's speech and last deltas, then every piece written and
+    announced. When the request ends first (client gone, budget spent), the speech is abandoned
+    at once (its pieces deleted) and the turn, seeing its request ended, stores nothing."""
+
+    async def before_storing(stored: str) -> None:
+        speech.reply_written(job, stored)
+        reply.finish(stored)
+        if not await _done_unless_ended(announcing, cancel):
+            speech.abandon(job)
+
+    return before_storing
+
+
+async def _done_unless_ended(task: asyncio.Task[None], cancel: threading.Event | None) -> bool:
+    """Waits for `task` to end; False as soon as `cancel` is set first (a threading event: it
+    is looked at every few hundredths of a second)."""
+    while not task.done():
+        if cancel is not None and cancel.is_set():
+            return False
+        await asyncio.wait({task}, timeout=0.05)
+    return True
 
 
 def _on_text(
@@ -138,16 +185,20 @@ class StreamedReply:
 
 
 @asynccontextmanager
-async def _announcing_pieces(job: SpeechJob | None, events: TurnEvents | None) -> AsyncIterator[None]:
+async def _announcing_pieces(
+    job: SpeechJob | None, events: TurnEvents | None
+) -> AsyncIterator[asyncio.Task[None] | None]:
     """While the block runs, and until every piece is written when it ends well, each spoken
     piece's file goes to `events` as it is written (a job that writes pieces: a streamed voice
-    turn's). Speech ends within the turn's time budget, so the wait does too."""
+    turn's). Yields the task that announces them, which ends after the last piece (None when
+    there are no pieces): the turn waits for it before it is stored, until its request ends at
+    the latest (`_spoken_first`)."""
     if job is None or job.sentence_audio is None or events is None:
-        yield
+        yield None
         return
     announcing = asyncio.create_task(_announce_pieces(job, events))
     try:
-        yield
+        yield announcing
         await announcing
     finally:
         announcing.cancel()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -106,13 +106,20 @@ class ChatTurns:
         *,
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
+        before_storing: Callable[[str], Awaitable[None]] | None = None,
     ) -> TurnResult:
         """`on_text` receives the reply's raw text as it is written; `audio_name` is the reply's
-        speech, stored with the turn. Raises ConversationNotFound, PromptTooLong, QueueFull,
+        speech, stored with the turn. `before_storing(reply)` runs once the reply is final (the
+        text to be stored), still in the session, before the turn is stored: what must be done
+        before its caller may see it stored (a streamed voice turn's speech); a request that
+        ends meanwhile stores nothing. Raises ConversationNotFound, PromptTooLong, QueueFull,
         GenerationCancelled, EngineFailure; stores nothing unless the whole turn succeeded."""
         async with self.session(request) as session_id:
             return await self.take_turn_in_session(
-                replace(request, session_id=session_id), on_text=on_text, audio_name=audio_name
+                replace(request, session_id=session_id),
+                on_text=on_text,
+                audio_name=audio_name,
+                before_storing=before_storing,
             )
 
     @asynccontextmanager
@@ -136,6 +143,7 @@ class ChatTurns:
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
         audio_seconds: float | None = None,
+        before_storing: Callable[[str], Awaitable[None]] | None = None,
     ) -> TurnResult:
         """`take_turn` inside its session, already held (`session`: `request.session_id`);
         `audio_seconds`: a voice turn's recording, stored with the turn."""
@@ -169,9 +177,12 @@ class ChatTurns:
             audio_seconds=audio_seconds,
             audio_file=audio_name,
         )
+        if before_storing is not None:
+            await before_storing(text)
         if cancel is not None and cancel.is_set():
-            # The client left (or the budget ran out) after the reply was written: nobody will
-            # see it, so it is not stored (a streamed turn's client may leave at any point).
+            # The client left (or the budget ran out) after the reply was written, or while
+            # `before_storing` ran: nobody will see it, so it is not stored (a streamed turn's
+            # client may leave at any point before its `done` event).
             log.info("llm.cancelled", extra={"event": "llm.cancelled", "reason": "request ended before storing"})
             raise GenerationCancelled("request ended before the turn was stored")
         await self.session_locks.confirm(session_id)  # still this turn's session: nothing ran beside it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,10 +85,12 @@ class VoiceTurns:
         on_text: Callable[[str], None] | None = None,
         audio_name: str | None = None,
         on_transcript: Callable[[str], None] | None = None,
+        before_storing: Callable[[str], Awaitable[None]] | None = None,
     ) -> TurnResult:
         """The conversation turn on `request.audio`'s transcription (`ChatTurns.take_turn`'s
-        `on_text` and `audio_name`). Raises AudioRejected, NoSpeech, ConversationNotFound,
-        QueueFull, EngineFailure; stores nothing unless the whole turn succeeded.
+        `on_text`, `audio_name` and `before_storing`). Raises AudioRejected, NoSpeech,
+        ConversationNotFound, QueueFull, EngineFailure; stores nothing unless the whole turn
+        succeeded.
         `on_transcript` receives the transcription before the reply is generated (a streamed
         turn shows it at once)."""
         assert request.audio is not None
@@ -122,5 +124,6 @@ class VoiceTurns:
                 on_text=on_text,
                 audio_name=audio_name,
                 audio_seconds=decoded.seconds,
+                before_storing=before_storing,
             )
         return replace(turn, transcription=transcript.text)

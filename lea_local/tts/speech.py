@@ -102,6 +102,7 @@ class SpeechJob:
         # A streamed turn's: each spoken piece also stored as its own file, announced here as
         # (name, index) when written; None once there will be no more.
         self.sentence_audio: asyncio.Queue[tuple[str, int] | None] | None = asyncio.Queue() if sentence_files else None
+        self.pieces_written: list[str] = []  # those pieces' names, once public
 
     # --- text in ----------------------------------------------------------------------------
 
@@ -127,7 +128,8 @@ class SpeechJob:
         self.loop.call_soon_threadsafe(self.sentences.put_nowait, None)
 
     def abandon(self) -> None:
-        """Its turn failed: the name was never handed out, and nothing is left of its audio."""
+        """Its turn failed: the name was never handed out, and nothing is left of its audio
+        (`SpeechService.abandon` also deletes the pieces already written)."""
         self.abandoned = True
         self.cancel("the turn failed")
 
@@ -326,6 +328,19 @@ class SpeechService:
         )
         job.finish_text(fallback=reply)
 
+    def abandon(self, job: SpeechJob) -> None:
+        """The job's turn failed (or its request ended before it was stored): stop its speech,
+        and delete the pieces it already wrote (a streamed turn's client may have been given
+        their URLs). On the event loop, as the pieces' commit is: none is written after this.
+        Safe to call again."""
+        job.abandon()
+        written, job.pieces_written = job.pieces_written, []
+        if written:
+            try:
+                self.store.delete(written)
+            except Exception as exc:  # the sweep removes them once they expire
+                log.error("an abandoned reply's audio pieces could not be deleted: %s", exc)
+
     def erase(self, names: list[str]) -> int:
         """Stop the jobs and delete the files of these audio names; returns files deleted.
         On the event loop, like the job's last step (`_publish`): a job erased before it
@@ -447,11 +462,13 @@ class SpeechService:
                 name = self.store.sentence_name(job.name, index)
                 data = await asyncio.to_thread(encode_audio, pcm, self.synthesizer.sample_rate, self.audio_format)
                 staged = await asyncio.to_thread(self.store.stage, name, data)
-                # On the event loop, as `erase` is: an erased job never leaves a file behind.
-                if job.erased or job.error is not None:
+                # On the event loop, as `erase` and `abandon` are: an erased or abandoned job
+                # never leaves a file behind.
+                if job.erased or job.abandoned or job.error is not None:
                     self.store.discard_staged(staged)
                     return
                 self.store.commit(staged, name)
+                job.pieces_written.append(name)
                 job.sentence_audio.put_nowait((name, index))
                 index += 1
         except (OSError, subprocess.SubprocessError) as exc:
