@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["engines_only"] = True
     try:
         settings = Settings(**overrides)
-        keys = [k.decode() for k in settings.require_api_keys()]
+        keys = [k.decode() for k in settings.require_api_keys() + settings.require_admin_keys()]
     except (SettingsError, ValidationError) as exc:
         print(f"lea-local: cannot start: {exc}", file=sys.stderr)
         return 2

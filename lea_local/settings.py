@@ -16,6 +16,34 @@ CommaList = Annotated[list[str], NoDecode]
 MIN_API_KEY_LENGTH = 16
 """Shorter keys are refused: guessable, and masking one in logs would mangle ordinary text."""
 
+PLACEHOLDER_KEYS = (
+    "change-me-to-a-long-random-key",  # the README's example, once
+    "changeme",
+    "change-me",
+    "change_me",
+    "your-key",
+    "your-api-key",
+    "yourkey",
+    "secret",
+    "password",
+    "api-key",
+    "apikey",
+    "example",
+    "placeholder",
+    "replace-me",
+    "xxxxxxxx",
+)
+"""Keys copied from an example rather than generated: refused at start. A key is one when it
+is one of these, or starts with one (case and separators aside: `Change_Me_Please_0123`)."""
+
+
+def is_placeholder_key(key: str) -> bool:
+    """A key that reads as a documentation placeholder, whatever its length."""
+    normalised = "".join(c for c in key.lower() if c.isalnum())
+    return any(
+        normalised.startswith("".join(c for c in placeholder if c.isalnum())) for placeholder in PLACEHOLDER_KEYS
+    )
+
 
 class SettingsError(ValueError):
     """Raised when the settings cannot run a server (a missing API key, say)."""
@@ -44,6 +72,11 @@ class Settings(BaseSettings):
     """Accepted `X-API-Key` values. Comma-separated so that a new key can be rolled out before
     the old one is withdrawn. Required: the server refuses to start without one, or with one
     shorter than MIN_API_KEY_LENGTH characters."""
+    admin_api_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Keys for writing the knowledge base (`POST`/`PUT`/`DELETE` under /api/knowledge), comma-
+    separated for rotation. Set: only they may write there, AGENT_API_KEY only reads; they are
+    accepted wherever AGENT_API_KEY is too (the console, typed by an admin). Unset: any
+    AGENT_API_KEY writes, as before."""
     metrics_require_key: bool = False
     """Put /metrics and the OpenAPI pages (/schema…) behind the API key too. Off: they are open
     (they list no conversation, but say what the server runs and how busy it is)."""
@@ -265,7 +298,7 @@ class Settings(BaseSettings):
     log_content: bool = False
     """Log message texts and the prompt sent to the model. Off by default: they are personal."""
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_key", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         return _split_commas(value)
@@ -330,4 +363,23 @@ class Settings(BaseSettings):
                 f"AGENT_API_KEY is too short: every key needs at least {MIN_API_KEY_LENGTH} characters "
                 "(a short key is guessable). Generate one with: openssl rand -hex 32"
             )
+        if any(is_placeholder_key(key.get_secret_value()) for key in self.api_keys):
+            raise SettingsError(
+                "AGENT_API_KEY is an example key (change-me…, your-key, secret…): anyone who read "
+                "the documentation has it. Generate one with: openssl rand -hex 32"
+            )
         return keys
+
+    def require_admin_keys(self) -> list[bytes]:
+        """The knowledge base's admin keys as bytes (none: not set), or a SettingsError."""
+        if any(len(key.get_secret_value()) < MIN_API_KEY_LENGTH for key in self.admin_api_key):
+            raise SettingsError(
+                f"LEA_ADMIN_API_KEY is too short: every key needs at least {MIN_API_KEY_LENGTH} characters "
+                "(a short key is guessable). Generate one with: openssl rand -hex 32"
+            )
+        if any(is_placeholder_key(key.get_secret_value()) for key in self.admin_api_key):
+            raise SettingsError(
+                "LEA_ADMIN_API_KEY is an example key (change-me…, your-key, secret…): anyone who read "
+                "the documentation has it. Generate one with: openssl rand -hex 32"
+            )
+        return [key.get_secret_value().encode() for key in self.admin_api_key]

@@ -66,3 +66,41 @@ def test_an_embedding_server_needs_its_model_name(monkeypatch):
         Settings(_env_file=None)
     monkeypatch.setenv("LEA_EMBEDDING_MODEL", "bge-m3")
     assert Settings(_env_file=None).embedding_model == "bge-m3"
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        "change-me-to-a-long-random-key",  # the README's example
+        "CHANGE_ME_please_0123456789",
+        "changeme-changeme-changeme",
+        "your-key-your-key-your-key",
+        "secret-secret-secret-secret",
+        "a-long-enough-test-key,change-me-to-a-long-random-key",
+    ],
+)
+def test_a_placeholder_key_is_refused_with_the_reason(monkeypatch, keys):
+    monkeypatch.setenv("AGENT_API_KEY", keys)
+    with pytest.raises(SettingsError, match="AGENT_API_KEY is an example key") as caught:
+        Settings(_env_file=None).require_api_keys()
+    assert "random-key" not in str(caught.value) and "0123456789" not in str(caught.value)
+
+
+def test_a_generated_key_is_not_a_placeholder(monkeypatch):
+    monkeypatch.setenv("AGENT_API_KEY", "3f9c1e7a2b8d4c6e0a1f5b9d7e3c2a8b")
+    assert Settings(_env_file=None).require_api_keys() == [b"3f9c1e7a2b8d4c6e0a1f5b9d7e3c2a8b"]
+
+
+def test_the_admin_key_is_optional_comma_separated_and_checked(monkeypatch):
+    monkeypatch.setenv("AGENT_API_KEY", "a-long-enough-test-key")
+    monkeypatch.delenv("LEA_ADMIN_API_KEY", raising=False)
+    assert Settings(_env_file=None).require_admin_keys() == []
+    monkeypatch.setenv("LEA_ADMIN_API_KEY", "admin-key-0123456789, next-admin-key-0123456789")
+    settings = Settings(_env_file=None)
+    assert settings.require_admin_keys() == [b"admin-key-0123456789", b"next-admin-key-0123456789"]
+    assert "admin-key-0123456789" not in repr(settings)
+    for keys, reason in (("Zq", "LEA_ADMIN_API_KEY is too short"), ("change-me-admin-key-0", "LEA_ADMIN_API_KEY is an")):
+        monkeypatch.setenv("LEA_ADMIN_API_KEY", keys)
+        with pytest.raises(SettingsError, match=reason) as caught:
+            Settings(_env_file=None).require_admin_keys()
+        assert keys not in str(caught.value)

@@ -21,7 +21,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from lea_local import __version__
-from lea_local.api.auth import require_api_key, require_api_key_if_configured
+from lea_local.api.auth import require_admin_key_to_write, require_api_key, require_api_key_if_configured
 from lea_local.api.chat import chat, chat_stream
 from lea_local.api.console import console_router, console_status, openapi_pages_middleware, openapi_render_plugins
 from lea_local.api.erase import erase, purge_expired
@@ -65,6 +65,7 @@ def _services(state: State) -> Services:
 def create_app(settings: Settings, build: Callable[[Settings], Services] = build_services) -> Litestar:
     """`build` makes the engines at startup; a narrow unit test may pass its own."""
     api_keys = settings.require_api_keys()
+    admin_keys = settings.require_admin_keys()
     runtime = Runtime()
     app_metrics = Metrics()
     drain = Drain()  # the requests under way, ended as 503s when a stopping server's grace period is over
@@ -162,11 +163,12 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         request_max_body_size=settings.max_upload_bytes + 64 * 1024,
     )
     openai_api = openai_router(settings.max_upload_bytes)
-    # The knowledge base's admin API: the same key; a document plus the multipart overhead.
+    # The knowledge base's admin API: the same key, and for its writes the admin key when one
+    # is set (LEA_ADMIN_API_KEY); a document plus the multipart overhead.
     knowledge_api = Router(
         path="/api/knowledge",
         route_handlers=knowledge_routes,
-        guards=[require_api_key],
+        guards=[require_api_key, require_admin_key_to_write],
         request_max_body_size=settings.knowledge_max_upload_bytes + 64 * 1024,
     )
     # An engine server (`serve --engines-only`) answers other replicas' engine requests: the
@@ -186,12 +188,20 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[drain.answer_cut_off],
         state=State(
-            {"api_keys": api_keys, "settings": settings, "runtime": runtime, "metrics": app_metrics, "drain": drain}
+            {
+                "api_keys": api_keys,
+                "admin_keys": admin_keys,
+                "settings": settings,
+                "runtime": runtime,
+                "metrics": app_metrics,
+                "drain": drain,
+            }
         ),
         cors_config=CORSConfig(
             allow_origins=settings.cors_origins,
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "Range"],
-            allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],  # DELETE: the knowledge admin API
+            # DELETE and PUT: the knowledge admin API (a document; the thesaurus)
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
             expose_headers=["X-Request-ID", "Retry-After", "Content-Range", "Accept-Ranges", "Content-Length"],
             max_age=600,
         )

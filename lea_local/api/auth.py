@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
 API_KEY_HEADER = "X-API-Key"
@@ -38,8 +38,27 @@ def key_is_valid(presented: str | None, accepted: list[bytes]) -> bool:
 
 
 def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    if not key_is_valid(presented_key(connection), connection.app.state.api_keys):
+    """An integration key (AGENT_API_KEY), or an admin key (LEA_ADMIN_API_KEY): an admin may do
+    what an integration may, in the console too."""
+    state = connection.app.state
+    if not key_is_valid(presented_key(connection), state.api_keys + state.admin_keys):
         raise NotAuthorizedException("Invalid or missing API key (X-API-Key or Authorization: Bearer)")
+
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def require_admin_key_to_write(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The knowledge base's writes (POST, PUT, DELETE: documents and thesaurus, which go into
+    every user's prompt) with LEA_ADMIN_API_KEY set: its keys only, an integration key is a 403.
+    Unset: the integration keys write, as before. Runs after require_api_key (a 401 first)."""
+    admin_keys = connection.app.state.admin_keys
+    if not admin_keys or connection.method in READ_METHODS:
+        return
+    if not key_is_valid(presented_key(connection), admin_keys):
+        raise PermissionDeniedException(
+            "Writing the knowledge base needs the admin key (LEA_ADMIN_API_KEY); this key may only read it"
+        )
 
 
 def require_api_key_if_configured(connection: ASGIConnection, handler: BaseRouteHandler) -> None:

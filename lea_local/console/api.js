@@ -36,6 +36,10 @@ async function problemOf(response) {
   }
   const status = response.status;
   if (status === 401) return new ApiProblem("Clé d'API refusée (401) : vérifiez la clé saisie.", status);
+  if (status === 403) {
+    // LEA_ADMIN_API_KEY is set: only it writes the knowledge base (documents, thesaurus).
+    return new ApiProblem("Clé d'administration requise (403) : saisissez la clé LEA_ADMIN_API_KEY pour modifier les documents.", status);
+  }
   if (status === 503) {
     const retry = response.headers.get("Retry-After");
     const wait = retry ? ` Réessayez dans ${retry} s.` : "";

@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print("lea-local bench")
     print(json.dumps(info, indent=2, ensure_ascii=False))
-    shown = settings.model_dump(mode="json", exclude={"api_keys"})
+    shown = settings.model_dump(mode="json", exclude={"api_keys", "admin_api_key"})
     print("settings:", json.dumps(shown, ensure_ascii=False))
 
     direct_bench = DirectBench(settings)
