@@ -74,6 +74,7 @@ def lea(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
     server.stop()
 
 
+@pytest.mark.slow
 def test_chat_stream_is_stored_like_a_chat_turn(lea: LeaServer) -> None:
     with lea.client() as client:
         events = stream(client, CHAT_STREAM, json={"message": ASK})
@@ -115,6 +116,7 @@ def test_chat_stream_is_stored_like_a_chat_turn(lea: LeaServer) -> None:
         assert {"role": "assistant", "content": joined} in prompts[-1]
 
 
+@pytest.mark.slow
 def test_a_client_that_hangs_up_stores_nothing_and_stops_the_generation(lea: LeaServer) -> None:
     before = db_rows(lea.data_dir)
     cancelled_before = sum(1 for e in lea.log_events() if e.get("event") == "llm.cancelled")
@@ -137,6 +139,7 @@ def test_a_client_that_hangs_up_stores_nothing_and_stops_the_generation(lea: Lea
     assert ASK not in [m[3] for m in rows["messages"][len(before["messages"]) :]]
 
 
+@pytest.mark.slow
 def test_a_voice_client_that_hangs_up_before_done_stores_nothing(lea: LeaServer) -> None:
     """A voice stream's `done` waits for every spoken piece, and the turn is stored only then:
     a client that hangs up at the first piece (speech still under way) stores nothing, and the
@@ -248,6 +251,7 @@ def test_voice_stream_after_the_reply(lea: LeaServer) -> None:
     assert stored_replies(lea, done["conversation_id"]) == []
 
 
+@pytest.mark.slow
 def test_voice_stream_speaks_during_generation(make_server) -> None:
     """Overlap mode, engines side by side: the pieces' audio is announced while the reply is
     still being written, and stays in order with it."""

@@ -80,6 +80,7 @@ def assert_contract_error(r: httpx.Response, status: int) -> dict:
     return body
 
 
+@pytest.mark.slow
 def test_documents_of_three_formats_are_uploaded_listed_and_searched(lea, client):
     remove_all(client)
     added = {}
@@ -122,6 +123,7 @@ def test_a_deleted_document_is_no_longer_found_at_once(lea, client):
     assert_contract_error(client.delete(f"{DOCUMENTS}/{document['id']}"), 404)
 
 
+@pytest.mark.slow
 def test_a_changed_document_replaces_the_old_one_at_once(lea, client):
     name = "manuel-agence.md"
     original = (CORPUS / name).read_bytes()
@@ -154,6 +156,7 @@ def zip_renamed_docx() -> bytes:
 BINARY_JUNK = bytes(range(256)) * 64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "content"),
     [

@@ -95,6 +95,7 @@ def upload(client: httpx.Client, name: str, content: bytes) -> httpx.Response:
     return client.post(DOCUMENTS, files={"file": (name, content, "text/markdown")})
 
 
+@pytest.mark.slow
 def test_a_burst_of_uploads_behind_a_slow_one_is_refused_at_once_and_turns_go_on(lea, embeddings):
     with lea.client(headers=HEADERS, timeout=90) as client, ThreadPoolExecutor(max_workers=BURST + 2) as pool:
         slow = pool.submit(upload, client, "guide.md", SLOW_DOCUMENT.encode())

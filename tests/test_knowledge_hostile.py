@@ -222,6 +222,7 @@ def test_a_megabyte_of_run_on_text_is_indexed_within_the_limits(knowledge):
 # --- item 2: CPU ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_pdf_whose_pages_share_one_stream_of_text_operators_is_refused_at_the_cpu_limit(knowledge):
     # 6 KB, 20 pages of 200,000 operators each: about 40 s of CPU in the server before.
     data = pdf_sharing_one_stream(20, 200_000)
@@ -279,6 +280,7 @@ def extraction_children(pid: int) -> list[int]:
     return children
 
 
+@pytest.mark.slow
 def test_a_hostile_upload_is_refused_with_its_limit_while_a_chat_turn_is_answered(tmp_path, models_dir):
     from concurrent.futures import ThreadPoolExecutor
 

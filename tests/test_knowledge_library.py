@@ -403,6 +403,7 @@ def test_searches_run_while_documents_change(knowledge: KnowledgeBase) -> None:
 # --- the command -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_knowledge_command(tmp_path: Path, database: Database) -> None:
     environment = {**os.environ, "LEA_DATA_DIR": str(tmp_path / "data"), **database.env}
     environment.pop("LEA_KNOWLEDGE_DIR", None)

@@ -181,6 +181,7 @@ def turn(lea: LeaServer, client: httpx.Client, message: str) -> tuple[dict, str]
     return r.json(), prompts[0][-1]["content"]
 
 
+@pytest.mark.slow
 def test_a_turn_in_the_agencys_jargon_is_grounded_once_the_rule_is_written(lea, rules_file):
     rules = rules_file
     messages = lambda: [str(e.get("message", "")) for e in lea.log_events()]  # noqa: E731
@@ -260,6 +261,7 @@ def test_a_rule_past_the_cap_is_refused_naming_its_line(lea, rules_file):
         assert rules_file.read_text(encoding="utf-8") == RULE
 
 
+@pytest.mark.slow
 def test_a_large_thesaurus_put_does_not_hold_the_event_loop(lea, rules_file):
     """/health answers while the server is still counting a megabyte of rules (a PUT whose answer
     has not been sent yet): the parse runs off the event loop. Verdict by events: the PUT's file

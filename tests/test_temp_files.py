@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from lea_local.asr.decode import keep_temp_dir_clean, remove_temp_files
 
@@ -32,6 +33,7 @@ def wait_for(condition, timeout: float = 120.0) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 def test_uploads_left_by_a_killed_server_are_deleted_at_start_and_stale_ones_swept(make_server, tmp_path):
     data_dir = tmp_path / "data"
     temp_dir = data_dir / "tmp"
