@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lea_local.api.auth import key_is_valid
 from tests.server import CHAT_PATH
 
 
+@pytest.mark.slow
 def test_every_rotated_key_is_accepted_and_others_refused(make_server):
     lea = make_server({"AGENT_API_KEY": "old-key-0123456789, new-key-0123456789"})
     with lea.client() as client:

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from tests.audio import BROWSER_FORMATS, CLIP, encode
 from tests.conftest import db_rows
@@ -22,6 +23,7 @@ LONG = "Écris une très longue histoire sur une maison à vendre à Lyon."
 COUNTING = "Écris en toutes lettres tous les nombres de un à mille, séparés par des virgules."
 
 
+@pytest.mark.slow
 def test_full_queue_answers_503_with_retry_after(make_server):
     lea = make_server({"LEA_LLM_QUEUE_SIZE": "1", "LEA_LLM_MAX_REPLY_TOKENS": "200", "LEA_LLM_TEMPERATURE": "0"})
     responses: list[httpx.Response] = []
@@ -44,6 +46,7 @@ def test_full_queue_answers_503_with_retry_after(make_server):
     assert len(db_rows(lea.data_dir)["messages"]) == 4  # the two answered turns, nothing of the refused
 
 
+@pytest.mark.slow
 def test_slow_turn_is_stopped_with_504_and_nothing_stored(make_server):
     lea = make_server(
         {"LEA_REQUEST_TIMEOUT_SECONDS": "1", "LEA_LLM_MAX_REPLY_TOKENS": "400", "LEA_LLM_TEMPERATURE": "0"}
@@ -114,6 +117,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_metrics_move_as_requests_are_served(server):
     with server.client() as client:
         before = client.get("/metrics")
@@ -141,6 +145,7 @@ def test_metrics_move_as_requests_are_served(server):
         assert f'lea_queue_depth{{queue="{queue}"}}' in after
 
 
+@pytest.mark.slow
 def test_one_log_line_per_request_with_request_id_and_stages_but_no_texts(make_server):
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "16"})
     args, mime, name = BROWSER_FORMATS["webm-opus"]
@@ -163,6 +168,7 @@ def test_one_log_line_per_request_with_request_id_and_stages_but_no_texts(make_s
     assert all(e.get("request_id") == "immo-req-123" for e in lea.log_events() if e.get("event") == "asr")
 
 
+@pytest.mark.slow
 def test_cors_preflight_for_both_endpoints_and_the_media_route(make_server):
     origin = "https://app.immoassist.fr"
     lea = make_server({"LEA_CORS_ORIGINS": f"{origin},https://staging.immoassist.fr", "LEA_LLM_MAX_REPLY_TOKENS": "8"})
@@ -218,6 +224,7 @@ def test_erase_a_session_or_a_user(server):
         assert client.post("/api/external/agent/erase", json={"session_id": "x"}).status_code == 401
 
 
+@pytest.mark.slow
 def test_retention_purges_old_conversations(make_server, tmp_path):
     data_dir = tmp_path / "retention"
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "8"}, data_dir=data_dir)

@@ -97,6 +97,7 @@ def check_clean_log(lea: LeaServer) -> None:
     assert all(e.get("status") != 500 for e in events)
 
 
+@pytest.mark.slow
 def test_turns_still_running_after_the_grace_period_get_503_and_store_nothing(make_server) -> None:
     # No grace: the turns under way are stopped at once, whatever the machine's speed. A long
     # budget, so that the second turn is admitted behind the first's long reply.
@@ -135,6 +136,7 @@ def test_turns_still_running_after_the_grace_period_get_503_and_store_nothing(ma
     check_clean_log(lea)
 
 
+@pytest.mark.slow
 def test_a_turn_that_finishes_within_the_grace_period_is_answered_and_stored(make_server) -> None:
     lea = make_server({**SETTINGS, "LEA_SHUTDOWN_GRACE_SECONDS": "300", "LEA_LLM_MAX_REPLY_TOKENS": "48"})
     response = sigterm_once_generating(lea, LONG_ASK)
