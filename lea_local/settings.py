@@ -49,6 +49,21 @@ class SettingsError(ValueError):
     """Raised when the settings cannot run a server (a missing API key, say)."""
 
 
+def _usable_keys(variable: str, keys: list[SecretStr]) -> list[bytes]:
+    """`keys` as bytes, or a SettingsError naming `variable` when one is short or an example."""
+    if any(len(key.get_secret_value()) < MIN_API_KEY_LENGTH for key in keys):
+        raise SettingsError(
+            f"{variable} is too short: every key needs at least {MIN_API_KEY_LENGTH} characters "
+            "(a short key is guessable). Generate one with: openssl rand -hex 32"
+        )
+    if any(is_placeholder_key(key.get_secret_value()) for key in keys):
+        raise SettingsError(
+            f"{variable} is an example key (change-me…, your-key, secret…): anyone who read "
+            "the documentation has it. Generate one with: openssl rand -hex 32"
+        )
+    return [key.get_secret_value().encode() for key in keys]
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -351,35 +366,14 @@ class Settings(BaseSettings):
 
     def require_api_keys(self) -> list[bytes]:
         """The accepted keys as bytes, or a SettingsError that says how to set one."""
-        keys = [key.get_secret_value().encode() for key in self.api_keys]
-        if not keys:
+        if not self.api_keys:
             raise SettingsError(
                 "AGENT_API_KEY is not set: the server refuses to start without an API key. "
                 "Set AGENT_API_KEY to the key ImmoAssist sends in X-API-Key "
                 "(several keys may be given, comma-separated, for rotation)."
             )
-        if any(len(key.get_secret_value()) < MIN_API_KEY_LENGTH for key in self.api_keys):
-            raise SettingsError(
-                f"AGENT_API_KEY is too short: every key needs at least {MIN_API_KEY_LENGTH} characters "
-                "(a short key is guessable). Generate one with: openssl rand -hex 32"
-            )
-        if any(is_placeholder_key(key.get_secret_value()) for key in self.api_keys):
-            raise SettingsError(
-                "AGENT_API_KEY is an example key (change-me…, your-key, secret…): anyone who read "
-                "the documentation has it. Generate one with: openssl rand -hex 32"
-            )
-        return keys
+        return _usable_keys("AGENT_API_KEY", self.api_keys)
 
     def require_admin_keys(self) -> list[bytes]:
         """The knowledge base's admin keys as bytes (none: not set), or a SettingsError."""
-        if any(len(key.get_secret_value()) < MIN_API_KEY_LENGTH for key in self.admin_api_key):
-            raise SettingsError(
-                f"LEA_ADMIN_API_KEY is too short: every key needs at least {MIN_API_KEY_LENGTH} characters "
-                "(a short key is guessable). Generate one with: openssl rand -hex 32"
-            )
-        if any(is_placeholder_key(key.get_secret_value()) for key in self.admin_api_key):
-            raise SettingsError(
-                "LEA_ADMIN_API_KEY is an example key (change-me…, your-key, secret…): anyone who read "
-                "the documentation has it. Generate one with: openssl rand -hex 32"
-            )
-        return [key.get_secret_value().encode() for key in self.admin_api_key]
+        return _usable_keys("LEA_ADMIN_API_KEY", self.admin_api_key)
