@@ -1,4 +1,5 @@
-"""X-API-Key: required, several keys for rotation, and a server that will not start without one."""
+"""X-API-Key: required, several keys for rotation, and a server that will not start without one,
+or with an example key copied from the documentation."""
 
 from __future__ import annotations
 
@@ -37,10 +38,13 @@ def test_key_comparison():
     assert not key_is_valid("é", keys)
 
 
-def test_server_refuses_to_start_without_a_key(tmp_path):
+def serve_with_key(tmp_path, key: str | None) -> subprocess.CompletedProcess:
+    """`lea-local serve` with this AGENT_API_KEY (None: unset) and no other LEA_ setting."""
     env = {k: v for k, v in os.environ.items() if k != "AGENT_API_KEY" and not k.startswith("LEA_")}
     env["LEA_DATA_DIR"] = str(tmp_path)
-    result = subprocess.run(
+    if key is not None:
+        env["AGENT_API_KEY"] = key
+    return subprocess.run(
         [sys.executable, "-m", "lea_local", "serve", "--port", "1"],
         cwd=tmp_path,
         env=env,
@@ -48,6 +52,18 @@ def test_server_refuses_to_start_without_a_key(tmp_path):
         text=True,
         timeout=60,
     )
+
+
+def test_server_refuses_to_start_without_a_key(tmp_path):
+    result = serve_with_key(tmp_path, None)
     assert result.returncode == 2
     assert "AGENT_API_KEY is not set" in result.stderr
+    assert not (tmp_path / "lea.sqlite3").exists()
+
+
+def test_the_readmes_example_key_stops_the_server(tmp_path):
+    result = serve_with_key(tmp_path, "change-me-to-a-long-random-key")
+    assert result.returncode == 2
+    assert "AGENT_API_KEY is an example key" in result.stderr and "openssl rand -hex 32" in result.stderr
+    assert "change-me-to-a-long-random-key" not in result.stderr
     assert not (tmp_path / "lea.sqlite3").exists()

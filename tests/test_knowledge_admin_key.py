@@ -2,14 +2,10 @@
 write the documents and thesaurus that go into every user's prompt; an integration key
 (AGENT_API_KEY) reads them, and its writes are 403s in the contract's shape that change nothing.
 The admin key works wherever an integration key does (the console sends one key for all). A
-browser's preflight allows PUT (the thesaurus) as it does DELETE. And an example key from the
-documentation stops the server at start."""
+browser's preflight allows PUT (the thesaurus) as it does DELETE. (An example key from the
+documentation stopping the server: tests/test_auth.py.)"""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 from tests.server import API_KEY, CHAT_PATH
 from tests.test_knowledge_api import DOCUMENTS, SEARCH, THESAURUS, assert_contract_error
@@ -78,20 +74,3 @@ def test_a_preflight_allows_the_knowledge_apis_methods(make_server):
             assert r.status_code == 204, (path, method, r.status_code, r.text)
             assert r.headers["access-control-allow-origin"] == origin
             assert method in r.headers["access-control-allow-methods"]
-
-
-def test_the_readmes_example_key_stops_the_server(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "AGENT_API_KEY" and not k.startswith("LEA_")}
-    env.update({"AGENT_API_KEY": "change-me-to-a-long-random-key", "LEA_DATA_DIR": str(tmp_path)})
-    result = subprocess.run(
-        [sys.executable, "-m", "lea_local", "serve", "--port", "1"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "AGENT_API_KEY is an example key" in result.stderr and "openssl rand -hex 32" in result.stderr
-    assert "change-me-to-a-long-random-key" not in result.stderr
-    assert not (tmp_path / "lea.sqlite3").exists()
