@@ -7,29 +7,19 @@ from litestar.testing import TestClient
 
 from lea_local.api.app import create_app
 from lea_local.llm.base import ChatReply
+from lea_local.pipeline.turns import ChatTurns
 from lea_local.runtime.inference_queue import InferenceQueue
 from lea_local.services import Services
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
-from lea_local.pipeline.turns import ChatTurns
+from tests.fixtures.engines import LocalStandInEngine
 from tests.server import API_KEY, CHAT_PATH
 
 
-class BrokenEngine:
+class BrokenEngine(LocalStandInEngine):
     """Survives the warm-up's short generations, then fails as a GPU out of memory would."""
 
-    provider = "llama-cpp"
     model_name = "broken"
-    context_size = 2048
-    remote = False
-    on_gpu = False
-    gpu_layers = None
-
-    def prompt_cache_stats(self):
-        return None
-
-    def close(self):
-        pass
 
     def count_prompt_tokens(self, messages):
         return sum(len(m.content) for m in messages) // 4 + 1

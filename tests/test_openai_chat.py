@@ -14,14 +14,15 @@ import pytest
 from litestar.testing import TestClient
 
 from lea_local.api.app import create_app
-from lea_local.pipeline.completions import MAX_CHARS_PER_TOKEN
 from lea_local.llm.base import ChatReply
+from lea_local.pipeline.completions import MAX_CHARS_PER_TOKEN
+from lea_local.pipeline.turns import ChatTurns
 from lea_local.runtime.inference_queue import InferenceQueue
 from lea_local.services import Services
 from lea_local.settings import Settings
 from lea_local.store.conversations import ConversationStore
-from lea_local.pipeline.turns import ChatTurns
 from tests.conftest import db_rows
+from tests.fixtures.engines import LocalStandInEngine
 from tests.server import API_KEY, LeaServer
 
 PATH = "/v1/chat/completions"
@@ -283,22 +284,11 @@ def test_client_leaving_mid_stream_stops_the_generation(server):
     assert cancelled["completion_tokens"] < 400
 
 
-class FailingEngine:
+class FailingEngine(LocalStandInEngine):
     """Writes a first word, then fails as a GPU out of memory would (a real model cannot be
     made to fail on demand). Survives the warm-up's short generations."""
 
-    provider = "llama-cpp"
     model_name = "failing"
-    context_size = 2048
-    remote = False
-    on_gpu = False
-    gpu_layers = None
-
-    def prompt_cache_stats(self):
-        return None
-
-    def close(self):
-        pass
 
     def count_prompt_tokens(self, messages):
         return 10

@@ -18,6 +18,7 @@ from litestar.testing import TestClient
 
 from lea_local.api.app import create_app
 from lea_local.llm.base import ChatReply
+from lea_local.pipeline.turns import ChatTurns
 from lea_local.runtime.inference_queue import InferenceQueue
 from lea_local.services import Services, resolve_model_paths
 from lea_local.settings import Settings
@@ -27,25 +28,14 @@ from lea_local.tts.encode import encode_audio
 from lea_local.tts.piper_engine import PiperSynthesizer
 from lea_local.tts.sentences import SentenceSplitter, split_sentences
 from lea_local.tts.speech import SpeechService
-from lea_local.pipeline.turns import ChatTurns
+from tests.fixtures.engines import LocalStandInEngine
 from tests.server import API_KEY
 
 
-class EchoEngine:
+class EchoEngine(LocalStandInEngine):
     """Stands in for the LLM in the one in-process test, where only the media route matters."""
 
-    provider = "llama-cpp"
     model_name = "echo"
-    context_size = 2048
-    remote = False
-    on_gpu = False
-    gpu_layers = None
-
-    def prompt_cache_stats(self):
-        return None
-
-    def close(self):
-        pass
 
     def count_prompt_tokens(self, messages):
         return sum(len(m.content) for m in messages) // 4 + 1
