@@ -78,6 +78,7 @@ def test_word_error_rate_with_the_default_locale_vocabulary(default_recognizer):
     assert wer <= WER_BOUND_WITH_VOCABULARY
 
 
+@pytest.mark.slow
 def test_openai_whisper_transcribes_with_real_weights(openai_recognizer, default_recognizer):
     samples = decoded(CLIP)
     openai_text = normalise_words(openai_recognizer.transcribe(samples).text)

@@ -174,6 +174,7 @@ def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server, data
         assert all(secret.encode() not in data for data in database_bytes(lea.data_dir).values())
 
 
+@pytest.mark.slow
 def test_erasing_a_user_removes_their_turns_and_only_theirs(store_server):
     """Two agents speak in one session: each turn records its own speaker, and erasing one agent
     removes that agent's turns (both messages, the audio), nobody else's."""

@@ -64,6 +64,7 @@ def test_slow_turn_is_stopped_with_504_and_nothing_stored(make_server):
     assert stopped[0]["completion_tokens"] < 400
 
 
+@pytest.mark.slow
 def test_client_that_hangs_up_stops_its_generation(make_server):
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "400", "LEA_LLM_TEMPERATURE": "0"})
     with lea.client(timeout=0.8) as client:

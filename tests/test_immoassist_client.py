@@ -132,6 +132,7 @@ def test_text_turn_as_immoassist_sends_and_reads_it(server):
         assert second.json()["usage"]["prompt_tokens"] > usage["prompt_tokens"]  # the history was sent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("container", list(BROWSER_FORMATS))
 def test_voice_blob_named_recording_webm_in_every_container(server, container):
     """Safari's mp4 too is sent as `recording.webm`, typed as the blob was recorded, with

@@ -7,6 +7,8 @@ documentation stopping the server: tests/test_auth.py.)"""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.server import API_KEY, CHAT_PATH
 from tests.test_knowledge_api import DOCUMENTS, SEARCH, THESAURUS, assert_contract_error
 
@@ -14,6 +16,7 @@ ADMIN_KEY = "admin-key-5e0b7c91d3a4"
 DOCUMENT = ("manuel-agence.md", b"# Gardes\n\nLa garde du week-end est assuree par l'agence de Lyon.")
 
 
+@pytest.mark.slow
 def test_with_an_admin_key_only_it_writes_the_knowledge_base(make_server):
     lea = make_server({"LEA_ADMIN_API_KEY": f"{ADMIN_KEY}, next-{ADMIN_KEY}", "LEA_LLM_MAX_REPLY_TOKENS": "8"})
     with lea.client(headers={"X-API-Key": ADMIN_KEY}) as admin, lea.client(headers={"X-API-Key": API_KEY}) as agent:

@@ -151,6 +151,7 @@ def test_a_voice_turn_is_grounded_in_what_was_said(lea, client):
     assert "carte-cadeau de 250 $" in prompt_of(lea, headers["X-Request-ID"])[-1]["content"]
 
 
+@pytest.mark.slow
 def test_after_a_document_is_deleted_the_next_turn_no_longer_gets_its_passage(lea, client):
     manual = add(client, "manuel-agence.md")
     first, first_id = chat(client, ON_CALL_QUESTION)

@@ -31,6 +31,7 @@ def test_the_default_prompt_is_the_quebec_brokers_assistant(server):
     assert "€" not in sent and "compromis" not in sent
 
 
+@pytest.mark.slow
 def test_fr_fr_selects_the_france_prompt(make_server):
     lea = make_server({"LEA_LOCALE": "fr-FR", "LEA_LOG_CONTENT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "16"})
     sent = _system_prompt_sent(lea)

@@ -132,6 +132,7 @@ def test_speed_changes_the_duration(client) -> None:
     assert slow > 1.4 * normal
 
 
+@pytest.mark.slow
 def test_audio_streams_before_the_whole_text_is_synthesised(client, server) -> None:
     """The first bytes arrive, and decode as the start of an MP3, while the rest of a 20-sentence
     text is still being synthesised: the audio counter in /metrics, which grows only when a

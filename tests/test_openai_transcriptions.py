@@ -236,6 +236,7 @@ def test_a_wrong_key_is_401_in_openai_shape(server):
     assert raised.value.status_code == 401 and raised.value.code == "invalid_api_key"
 
 
+@pytest.mark.slow
 def test_a_client_that_hangs_up_stops_recognition(server):
     # About 90 s of speech: seconds of recognition on this machine, stopped between segments.
     long_speech = encode(

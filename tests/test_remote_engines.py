@@ -201,6 +201,7 @@ def test_a_hang_up_mid_stream_closes_the_remote_stream(lea, llm_server):
     assert not any(e.get("event") == "llm.loop_stopped" for e in lea.log_events())
 
 
+@pytest.mark.slow
 def test_the_remote_llm_down_gives_503_at_once_then_service_resumes(lea, llm_server):
     llm_server.stop()
     try:
@@ -233,6 +234,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
     server.stop()
 
 
+@pytest.mark.slow
 def test_engines_only_serves_the_openai_api_and_no_agent_route(engines):
     with engines.client() as client:
         assert client.get("/v1/models", headers=HEADERS).status_code == 200

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from lea_local.runtime.observability import server_timing
 from tests.server import API_KEY, CHAT_PATH, VOICE_PATH, LeaServer
@@ -71,6 +72,7 @@ def test_voice_response_carries_every_stage_before_the_body(server: LeaServer) -
     assert timings["total"] >= timings["decode"] + timings["asr"] + timings["llm"]
 
 
+@pytest.mark.slow
 def test_streams_give_early_stages_in_the_header_and_all_in_done(server: LeaServer) -> None:
     with server.client() as client:
         with client.stream(

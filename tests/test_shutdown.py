@@ -150,6 +150,7 @@ def test_a_turn_that_finishes_within_the_grace_period_is_answered_and_stored(mak
     check_clean_log(lea)
 
 
+@pytest.mark.slow
 def test_a_turn_stopped_during_its_prompts_evaluation_stops_there(make_server) -> None:
     # LONG_MESSAGE: many seconds of evaluation on a CPU. The SIGTERM comes
     # while it is evaluated; llama.cpp stops within a batch (llm/abort.py), not after it all.

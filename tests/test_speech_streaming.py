@@ -116,6 +116,7 @@ def test_speech_overlaps_generation_when_asked(make_server):
     assert overlap and overlap[-1]["audio_bytes_before_reply_end"] > 0
 
 
+@pytest.mark.slow
 def test_ready_means_models_loaded_and_warmed_up(make_server):
     lea = make_server()
     ready = [e for e in lea.log_events() if e.get("event") == "ready"]

@@ -37,6 +37,7 @@ def _engine_starts(lea) -> int:
     return sum(1 for e in lea.log_events() if e.get("event") == "llm.prompt")
 
 
+@pytest.mark.slow
 def test_requests_that_expire_while_queued_never_start_the_engine(make_server):
     # Budget 1 s, replies of up to 400 tokens (several seconds here): one request runs, the
     # others' time ends while they wait (or they are refused at once): none of them may start.

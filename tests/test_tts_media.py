@@ -241,6 +241,7 @@ def test_head_gives_the_headers_without_the_body(server):
         assert client.head(url.rsplit("/", 1)[0] + "/" + "B" * 32 + ".mp3").status_code == 404
 
 
+@pytest.mark.slow
 def test_etag_and_if_none_match_give_304(server):
     url, whole = complete_audio(server)
     with server.client() as client:

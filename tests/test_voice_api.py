@@ -86,6 +86,7 @@ def test_audio_wins_when_both_fields_are_sent(server):
     assert_heard_the_clip(r.json())
 
 
+@pytest.mark.slow
 def test_voice_turn_is_the_same_conversation_turn_as_text(server):
     with server.client() as client:
         first = server.chat(client, "Bonjour, je prépare une estimation.").json()

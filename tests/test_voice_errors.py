@@ -159,6 +159,7 @@ def test_multipart_without_boundary_is_400(server, nothing_changes):
     assert_error(r, 400)
 
 
+@pytest.mark.slow
 def test_missing_api_key_is_401(server, nothing_changes, webm):
     with server.client() as client:
         r = client.post(VOICE_PATH, files={"audio": ("rec.webm", webm, "audio/webm")})
