@@ -251,11 +251,9 @@ def test_a_reader_that_gives_up_stops_the_extraction(knowledge):
 
     cancelled = threading.Event()
     threading.Timer(0.5, cancelled.set).start()
-    started = time.monotonic()
-    with pytest.raises(ExtractionCancelled):
+    with pytest.raises(ExtractionCancelled):  # not DocumentTooLarge: the CPU limit never came
         knowledge.add("partage.pdf", pdf_sharing_one_stream(20, 200_000), cancelled)
-    assert time.monotonic() - started < 2  # killed at once, not at the CPU limit
-    assert last_usage().cpu_seconds < CPU_SECONDS
+    assert last_usage().cpu_seconds < CPU_SECONDS  # killed when the reader gave up
     assert knowledge.documents() == [] and list(knowledge.directory.iterdir()) == []
 
 
