@@ -7,6 +7,7 @@ within seconds and without the server's memory growing. The files are generated 
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 import zipfile
@@ -23,6 +24,7 @@ from lea_local.knowledge.extract import DocumentTooLarge, ExtractedDocument, Ext
 from lea_local.knowledge.isolation import ExtractionCancelled, last_usage
 from lea_local.store.database import create_database_engine
 from lea_local.store.schema import upgrade_schema
+from tests.waiting import wait_for
 
 # Lower than the defaults where a hostile file would otherwise take the default's full CPU time
 # (120 s) or memory (1 GB) to be refused; the caps stay at their defaults.
@@ -265,6 +267,17 @@ def server_memory(pid: int) -> int:
     return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024  # type: ignore[union-attr]
 
 
+def cpu_seconds_of(pid: int) -> float | None:
+    """A process's CPU time so far (user + system), None once it is gone (or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] == "Z":
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def extraction_children(pid: int) -> list[int]:
     """The server's children that are reading a document."""
     children = []
@@ -329,9 +342,13 @@ def test_a_hostile_upload_is_refused_with_its_limit_while_a_chat_turn_is_answere
                     files={"file": ("partage.pdf", pdf_sharing_one_stream(20, 200_000), "application/pdf")},
                     timeout=1.0,
                 )
-            deadline = time.monotonic() + 2.5
-            while extraction_children(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            # Left alone, the child would read on to its 6 s of CPU: it must end well before.
+            for child in extraction_children(pid):
+                wait_for(
+                    lambda child=child: cpu_seconds_of(child) is None,
+                    "the reading child killed once its client gave up",
+                    while_possible=lambda child=child: (cpu_seconds_of(child) or 0) < 5,
+                )
             assert extraction_children(pid) == []
     finally:
         server.stop()
