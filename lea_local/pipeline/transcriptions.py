@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from lea_local.asr.base import NoSpeech, Transcript, TranscriptSegment
 from lea_local.asr.decode import DecodedAudio
 from lea_local.pipeline.voice import VoiceTurns
-from lea_local.runtime.observability import count
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class Transcriber:
     ) -> Transcript | None:
         """The transcript, or None when nothing was said."""
         try:
-            return self.voice._transcribe(
+            return self.voice.transcribe(
                 decoded,
                 cancel,
                 initial_prompt=options.prompt,
@@ -64,22 +63,11 @@ class Transcriber:
     ) -> Transcription:
         """Raises AudioRejected (400/413), QueueFull, GenerationCancelled, EngineFailure."""
         voice = self.voice
-        decoded = await voice.decode_queue.run(voice._decode, audio)
+        decoded = await voice.decode_queue.run(voice.decode, audio)
         transcript = await voice.asr_queue.run(self._recognise, decoded, options, cancel)
-        count("audio_transcribed", decoded.seconds)
         if transcript is None:
-            result = Transcription("", options.language or self.voice.recognizer.language, (), decoded.seconds)
+            result = Transcription("", options.language or voice.recognizer.language, (), decoded.seconds)
         else:
             result = Transcription(transcript.text, transcript.language, transcript.segments, decoded.seconds)
-        log.info(
-            "transcribed",
-            extra={
-                "event": "asr",
-                "container": decoded.container,
-                "audio_seconds": round(decoded.seconds, 3),
-                "language": result.language,
-                "speech": transcript is not None,
-                **({"transcription": result.text} if self.voice.log_content else {}),
-            },
-        )
+        voice.record_transcription(log, decoded, result.language, result.text, speech=transcript is not None)
         return result

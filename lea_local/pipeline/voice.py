@@ -46,12 +46,36 @@ class VoiceTurns:
         self.log_content = log_content
         temp_dir.mkdir(parents=True, exist_ok=True)
 
-    def _decode(self, audio: bytes) -> DecodedAudio:
+    def decode(self, audio: bytes) -> DecodedAudio:
         return decode_audio(
             audio, max_seconds=self.max_audio_seconds, timeout=self.decode_timeout, temp_dir=self.temp_dir
         )
 
-    def _transcribe(
+    def record_transcription(
+        self,
+        logger: logging.Logger,
+        decoded: DecodedAudio,
+        language: str | None,
+        text: str,
+        *,
+        speech: bool | None = None,
+    ) -> None:
+        """Counts the audio transcribed and logs the `asr` event (on the caller's logger), the
+        text only with LEA_LOG_CONTENT; `speech`: whether any was heard, when that may be no."""
+        count("audio_transcribed", decoded.seconds)
+        logger.info(
+            "transcribed",
+            extra={
+                "event": "asr",
+                "container": decoded.container,
+                "audio_seconds": round(decoded.seconds, 3),
+                "language": language,
+                **({"speech": speech} if speech is not None else {}),
+                **({"transcription": text} if self.log_content else {}),
+            },
+        )
+
+    def transcribe(
         self,
         decoded: DecodedAudio,
         cancel: threading.Event | None = None,
@@ -104,19 +128,9 @@ class VoiceTurns:
         # while the recording is decoded or transcribed waits for the turn and erases it too.
         async with self.chat.session(request) as session_id:
             # The queues record each stage's engine time and wait in the request's log line.
-            decoded = await self.decode_queue.run(self._decode, request.audio)
-            transcript = await self.asr_queue.run(self._transcribe, decoded, request.cancel)
-            count("audio_transcribed", decoded.seconds)
-            log.info(
-                "transcribed",
-                extra={
-                    "event": "asr",
-                    "container": decoded.container,
-                    "audio_seconds": round(decoded.seconds, 3),
-                    "language": transcript.language,
-                    **({"transcription": transcript.text} if self.log_content else {}),
-                },
-            )
+            decoded = await self.decode_queue.run(self.decode, request.audio)
+            transcript = await self.asr_queue.run(self.transcribe, decoded, request.cancel)
+            self.record_transcription(log, decoded, transcript.language, transcript.text)
             if on_transcript is not None:
                 on_transcript(transcript.text)
             turn = await self.chat.take_turn_in_session(

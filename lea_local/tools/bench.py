@@ -158,8 +158,8 @@ class DirectBench:
 
     def turn_round(self, recording: bytes) -> dict[str, object]:
         """A voice turn then a text turn, stage by stage (the order the HTTP round uses)."""
-        t_decode, decoded = timed(lambda: self.voice._decode(recording))
-        t_asr, transcript = timed(lambda: self.voice._transcribe(decoded))
+        t_decode, decoded = timed(lambda: self.voice.decode(recording))
+        t_asr, transcript = timed(lambda: self.voice.transcribe(decoded))
         _, t_llm, reply = self.generate(transcript.text)
         _, t_text, _ = self.generate(TEXT_MESSAGE)
         # The same prompt again: its evaluated state is reused, as it is over HTTP when the
