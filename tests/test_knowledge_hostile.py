@@ -182,8 +182,12 @@ def refused(knowledge: KnowledgeBase, name: str, data: bytes, setting: str) -> D
 # --- item 3: memory ---------------------------------------------------------------------------
 
 
-def test_a_markdown_table_of_empty_cells_is_refused_at_the_memory_limit(knowledge):
-    # 1 MB: read in the server before, it took 500 MB (the 4 MB one of the review, 2 GB).
+def test_a_markdown_table_of_empty_cells_is_refused_at_the_memory_limit(engine, tmp_path):
+    # 1 MB: read in the server before, it took 500 MB (the 4 MB one of the review, 2 GB). Here the
+    # CPU limit is the default's, so the memory limit is the one reached even on a slow machine
+    # (CI's took more than 4 s of CPU to fill 200 MB).
+    limits = ExtractionLimits(max_memory_bytes=MEMORY)
+    knowledge = KnowledgeBase(engine, tmp_path / "knowledge", retrieval="lexical", limits=limits)
     refused(knowledge, "table.md", markdown_table(250_000), "LEA_KNOWLEDGE_MAX_EXTRACT_MEMORY_BYTES")
 
 
