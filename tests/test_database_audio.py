@@ -124,10 +124,11 @@ def test_sweep_deletes_expired_entries_partial_ones_included(store):
     assert store.state(live) is AudioState.PARTIAL and entries(store) == (1, 1)
 
 
-def test_replicas_sharing_only_a_database_serve_and_erase_each_others_audio(postgres, tmp_path, models_dir):
+def test_replicas_sharing_no_audio_directory_serve_and_erase_each_others_audio(postgres, tmp_path, models_dir):
     env = {
         "LEA_DATABASE_URL": postgres.new_database(),
         "LEA_AUDIO_STORE": "database",
+        "LEA_KNOWLEDGE_DIR": str(tmp_path / "knowledge"),  # the documents' files: shared all the same
         "LEA_TTS_FOR_TEXT_CHAT": "true",
         "LEA_LLM_MAX_REPLY_TOKENS": "16",
     }

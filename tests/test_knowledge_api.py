@@ -13,6 +13,7 @@ import httpx
 import pytest
 from pypdf import PdfReader, PdfWriter
 
+from lea_local.knowledge.directory import MARKER
 from tests.server import API_KEY, LeaServer
 
 CORPUS = Path(__file__).parent / "fixtures" / "knowledge" / "corpus"
@@ -64,7 +65,7 @@ def search(client: httpx.Client, query: str, **params: object) -> list[dict]:
 
 def stored_files(lea: LeaServer) -> list[str]:
     directory = lea.data_dir / "knowledge"
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    return sorted(p.name for p in directory.iterdir() if p.name != MARKER) if directory.exists() else []
 
 
 def remove_all(client: httpx.Client) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from lea_local.knowledge import KnowledgeBase, chunking
 from lea_local.knowledge.chunking import MAX_WORDS, chunk_document
+from lea_local.knowledge.directory import MARKER
 from lea_local.knowledge.extract import DocumentTooLarge, ExtractedDocument, ExtractionLimits, Section
 from lea_local.knowledge.isolation import ExtractionCancelled, last_usage
 from lea_local.store.database import create_database_engine
@@ -163,6 +164,10 @@ def knowledge(engine: Engine, tmp_path: Path) -> KnowledgeBase:
     return KnowledgeBase(engine, tmp_path / "knowledge", retrieval="lexical", limits=LIMITS)
 
 
+def stored_files(knowledge: KnowledgeBase) -> list[str]:
+    return sorted(p.name for p in knowledge.directory.iterdir() if p.name != MARKER)
+
+
 def refused(knowledge: KnowledgeBase, name: str, data: bytes, setting: str) -> DocumentTooLarge:
     """Adding `name` is refused naming `setting`, leaves no row and no file, and costs the child
     no more than its limits and the server no more than SERVER_GROWTH of memory."""
@@ -171,7 +176,7 @@ def refused(knowledge: KnowledgeBase, name: str, data: bytes, setting: str) -> D
         knowledge.add(name, data)
     grown = resident_bytes() - before
     assert refusal.value.setting == setting and setting in str(refusal.value), str(refusal.value)
-    assert knowledge.documents() == [] and sorted(p.name for p in knowledge.directory.iterdir()) == []
+    assert knowledge.documents() == [] and stored_files(knowledge) == []
     usage = last_usage()
     assert usage is not None and usage.cpu_seconds <= knowledge.limits.max_cpu_seconds + 1.5, usage
     assert usage.max_rss_bytes <= knowledge.limits.max_memory_bytes, usage
@@ -204,7 +209,7 @@ def test_a_docx_of_20_mb_of_xml_under_the_cap_is_refused_at_a_limit(knowledge):
     with pytest.raises(DocumentTooLarge) as refusal:
         knowledge.add("paragraphes.docx", docx_with_xml(20_000_000))
     assert refusal.value.setting in ("LEA_KNOWLEDGE_MAX_EXTRACT_SECONDS", "LEA_KNOWLEDGE_MAX_EXTRACT_MEMORY_BYTES")
-    assert knowledge.documents() == [] and list(knowledge.directory.iterdir()) == []
+    assert knowledge.documents() == [] and stored_files(knowledge) == []
 
 
 def test_too_many_characters_are_refused_naming_the_cap(engine, tmp_path):
@@ -260,7 +265,7 @@ def test_a_reader_that_gives_up_stops_the_extraction(knowledge):
     with pytest.raises(ExtractionCancelled):  # not DocumentTooLarge: the CPU limit never came
         knowledge.add("partage.pdf", pdf_sharing_one_stream(20, 200_000), cancelled)
     assert last_usage().cpu_seconds < CPU_SECONDS  # killed when the reader gave up
-    assert knowledge.documents() == [] and list(knowledge.directory.iterdir()) == []
+    assert knowledge.documents() == [] and stored_files(knowledge) == []
 
 
 # --- over HTTP, on the real server ------------------------------------------------------------
@@ -337,7 +342,7 @@ def test_a_hostile_upload_is_refused_with_its_limit_while_a_chat_turn_is_answere
             assert table.status_code == 413 and "LEA_KNOWLEDGE_MAX_EXTRACT_MEMORY_BYTES" in table.json()["error"]
             assert server_memory(pid) - before < SERVER_GROWTH
             assert client.get("/api/knowledge/documents").json()["documents"] == []
-            assert [p.name for p in (tmp_path / "knowledge").iterdir() if not p.name.startswith(".thes")] == []
+            assert [p.name for p in (tmp_path / "knowledge").iterdir() if p.name not in (MARKER, ".thesaurus.txt")] == []
 
             # A client that gives up: its document's reading is killed, not left to run.
             with pytest.raises(httpx.ReadTimeout):

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from lea_local.knowledge import DocumentNotFound, DocumentRejected, KnowledgeBase
 from lea_local.knowledge.chunking import MAX_WORDS, MIN_WORDS, chunk_document
+from lea_local.knowledge.directory import MARKER
 from lea_local.knowledge.extract import extract
 from lea_local.knowledge.french import Thesaurus, analyse_query, fold, terms
 from lea_local.knowledge.library import safe_file_name
@@ -101,7 +102,7 @@ def index_rows(knowledge: KnowledgeBase) -> tuple[int, int]:
 
 
 def files(knowledge: KnowledgeBase) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(knowledge.directory.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(knowledge.directory.iterdir()) if p.name != MARKER}
 
 
 # --- extraction ------------------------------------------------------------------------------

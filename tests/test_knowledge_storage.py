@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from lea_local.api.app import create_app
 from lea_local.knowledge import KnowledgeBase
 from lea_local.knowledge import library as library_module
+from lea_local.knowledge.directory import MARKER
 from lea_local.knowledge.extract import extract
 from lea_local.knowledge.french import AgencyThesaurus
 from lea_local.knowledge.library import STALE_UPLOAD_SECONDS
@@ -163,7 +164,7 @@ def test_a_full_disk_is_507_and_a_read_only_one_503_with_the_reason(client, tmp_
         m.setattr(KnowledgeBase, "_set_aside", fail_with(errno.ENOSPC))
         assert "disk is full" in contract_error(client.delete(f"{DOCUMENTS}/{document['id']}"), 507)
     assert [d["file_name"] for d in client.get(DOCUMENTS).json()["documents"]] == ["guide.md"]
-    assert sorted(p.name for p in directory.iterdir()) == ["guide.md"]
+    assert sorted(p.name for p in directory.iterdir() if p.name != MARKER) == ["guide.md"]
 
     for code, status in ((errno.ENOSPC, 507), (errno.EROFS, 503), (errno.EACCES, 503)):
         with monkeypatch.context() as m:

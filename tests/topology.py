@@ -83,6 +83,7 @@ class Topology:
             "LEA_LLM_URL": f"{engine.url}/v1",
             "LEA_LLM_API_KEY": API_KEY,
             "LEA_AUDIO_DIR": str(audio_dir),
+            "LEA_KNOWLEDGE_DIR": str(base / "shared-knowledge"),  # as deploy/systemd shares it
             "LEA_SYSTEM_PROMPT_FILE": str(system_prompt),
         }
         # a names the https origin itself; b builds it from the Host and X-Forwarded-Proto nginx sends.

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from lea_local.knowledge.directory import KnowledgeDirectoryNotShared
     from lea_local.runtime.inference_queue import QueueFull
     from lea_local.store.database import StoreUnavailable
 
@@ -67,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         cause = getattr(exc, "orig", None) or exc
         print(f"lea-local: cannot open the database: {str(cause).strip()}", file=sys.stderr)
         return 1
+    except KnowledgeDirectoryNotShared as exc:  # a reindex here would delete the others' rows
+        print(f"lea-local: {exc}", file=sys.stderr)
+        return 2
     try:
         handler = {"add": _add, "list": _list, "remove": _remove, "search": _search, "reindex": _reindex}
         return handler[args.knowledge_command](knowledge, args)

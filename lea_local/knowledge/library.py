@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from lea_local.knowledge import tables
 from lea_local.knowledge.chunking import Chunk, chunk_document
 from lea_local.knowledge.dense import DenseIndex
+from lea_local.knowledge.directory import claim_directory
 from lea_local.knowledge.encoder import TextEncoder, shared_e5_encoder
 from lea_local.knowledge.extract import DocumentRejected, DocumentTooLarge, ExtractedDocument, ExtractionLimits
 from lea_local.knowledge.french import AgencyThesaurus, Thesaurus, analyse_query, default_thesaurus
@@ -209,6 +210,7 @@ class KnowledgeBase:
         self.limits = limits or ExtractionLimits()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory_id = claim_directory(engine, self.directory)
         self._lexical: KnowledgeIndex = index_for(engine)
         if retrieval == "dense":
             self._index = HybridIndex(self._lexical, DenseIndex(encoder or shared_e5_encoder()), DENSE_FUSION)

@@ -1,5 +1,5 @@
 """The knowledge base's tables, in the conversation store's database (created by the Alembic
-revisions 0003_knowledge and 0005_knowledge_vectors). The search structures beside them belong to
+revisions 0003_knowledge, 0005_knowledge_vectors and 0006_knowledge_directory). The search structures beside them belong to
 the index (index.py)."""
 
 from __future__ import annotations
@@ -45,3 +45,15 @@ vectors = Table(
 )
 """A passage's sentence-encoder vectors (dense.py): position 0 the whole, then its windows;
 float16, little-endian. `encoder` names the vector space (encoder.py)."""
+
+directory = Table(
+    "knowledge_directory",
+    metadata,
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    Column("directory_id", String(36), nullable=False),
+    Column("first_path", Text, nullable=False),
+    Column("first_host", String(255), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+)
+"""One row (slot 1): the id of the knowledge directory whose files the documents are
+(directory.py), and where it was first seen, for the message that refuses another one."""
