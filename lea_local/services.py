@@ -23,6 +23,7 @@ from lea_local.locales import asr_vocabulary, system_prompt_path
 from lea_local.pipeline.agent import AgentTurns
 from lea_local.pipeline.turns import ChatTurns
 from lea_local.pipeline.voice import VoiceTurns
+from lea_local.runtime.cpu_share import shared_cpu_share
 from lea_local.runtime.hardware import physical_cores
 from lea_local.runtime.inference_queue import InferenceQueue, QueueFull, Slot
 from lea_local.runtime.remote_http import loggable_url
@@ -237,6 +238,7 @@ def build_chat_engine(settings: Settings, path: Path | None) -> ChatEngine:
         threads=settings.llm_threads or physical_cores(),
         prompt_cache_bytes=settings.llm_prompt_cache_mb * 1024 * 1024,
         repeat_penalty=settings.llm_repeat_penalty,
+        cpu_share=shared_cpu_share() if settings.llm_threads_adaptive else None,
     )
 
 

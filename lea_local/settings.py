@@ -147,7 +147,12 @@ class Settings(BaseSettings):
     """Layers offloaded to the GPU. Unset: all when llama-cpp-python has GPU offload, else 0.
     -1 also means all."""
     llm_threads: int | None = Field(default=None, ge=1)
-    """CPU threads for generation. Unset: the machine's physical cores."""
+    """CPU threads for generation, at most. Unset: the physical cores this process may use
+    (affinity and cgroup CPU quota counted)."""
+    llm_threads_adaptive: bool = True
+    """Use one thread fewer per CPU other processes keep busy (sampled every half second), so that
+    generation slows in proportion beside a database or a second replica instead of collapsing
+    (llama.cpp's threads spin-wait for each other). false: always `llm_threads`."""
     llm_max_reply_tokens: int = Field(default=256, ge=1)
     """Longest reply, in tokens (ImmoAssist's own LEA_MAX_TOKENS is 256)."""
     llm_max_completion_tokens: int = Field(default=1024, ge=1)
@@ -251,7 +256,8 @@ class Settings(BaseSettings):
     # --- knowledge base -------------------------------------------------------------------
     knowledge_dir: Path | None = None
     """The agency's documents Léa answers from (lea_local/knowledge). Unset: `<data_dir>/knowledge`.
-    Replicas that share a database share this directory too."""
+    Replicas that share a PostgreSQL database must share this directory too: a replica whose
+    directory is not the database's refuses to start (lea_local/knowledge/directory.py)."""
     knowledge_thesaurus: Path | None = None
     """The agency's own vocabulary, added to the shipped real-estate thesaurus: lines `a, b, c`
     (said for one another) or `a, b => c` (a question with a or b also looks for c), as in

@@ -14,6 +14,7 @@ from lea_local.llm.context import PromptTooLong
 from lea_local.llm.prompt_cache import PromptCache
 from lea_local.llm.repetition import RepetitionDetector
 from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.cpu_share import CpuShare
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ class LlamaCppChatEngine:
         threads: int | None = None,
         prompt_cache_bytes: int = 0,
         repeat_penalty: float = 1.1,
+        cpu_share: CpuShare | None = None,
     ) -> None:
+        """`threads`: llama.cpp's CPU threads (None: its default); with `cpu_share`, the most it
+        uses, fewer while other processes keep CPUs busy (runtime/cpu_share.py)."""
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -67,6 +71,9 @@ class LlamaCppChatEngine:
             verbose=False,
         )
         self._abort = DecodeAbort(self._llama._ctx.ctx)
+        self._cpu_share = cpu_share
+        self._most_threads = self._llama.n_threads
+        self.threads = self._most_threads
         self._prompt_cache: PromptCache | None = None
         if prompt_cache_bytes > 0:
             # Keeps the evaluated state of recent conversations: a conversation's next turn
@@ -123,6 +130,19 @@ class LlamaCppChatEngine:
     def close(self) -> None:
         """Nothing to release: the model lives as long as the process."""
 
+    def _follow_cpu_share(self) -> None:
+        """Set the thread count the machine leaves now (between two tokens: llama.cpp reads it
+        at each decode)."""
+        if self._cpu_share is None:
+            return
+        wanted = self._cpu_share.threads(self._most_threads)
+        if wanted != self.threads:
+            import llama_cpp
+
+            llama_cpp.llama_set_n_threads(self._llama._ctx.ctx, wanted, wanted)
+            log.debug("llm threads %d -> %d", self.threads, wanted)
+            self.threads = wanted
+
     def count_text_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
 
@@ -146,6 +166,7 @@ class LlamaCppChatEngine:
         repetition = RepetitionDetector()
         finish_reason = "stop"
         with self._lock:
+            self._follow_cpu_share()
             stream = self._llama.create_completion(
                 prompt=prompt,
                 max_tokens=max_tokens,
@@ -165,6 +186,7 @@ class LlamaCppChatEngine:
                             raise GenerationCancelled(
                                 "generation cancelled", completion_tokens=self.count_text_tokens(repetition.text)
                             )
+                        self._follow_cpu_share()
                         choice = chunk["choices"][0]
                         if choice["text"]:
                             if repetition.feed(choice["text"]):

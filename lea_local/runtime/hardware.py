@@ -7,6 +7,8 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
+from lea_local.runtime.cpu_share import usable_cpus
+
 
 @cache
 def has_nvidia_gpu() -> bool:
@@ -34,11 +36,10 @@ def cuda_device_count() -> int:
 
 @cache
 def physical_cores() -> int:
-    """Physical CPU cores (not hyper-threads): the thread count llama.cpp and CTranslate2 run
-    best with. Falls back to the logical CPU count."""
-    import os
-
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Physical CPU cores (not hyper-threads) this process may use: the thread count llama.cpp and
+    CTranslate2 run best with. Capped by the CPUs it may use (affinity, cgroup quota); falls back
+    to that count."""
+    logical = usable_cpus()
     try:
         cores, current_physical = set(), "0"
         for line in Path("/proc/cpuinfo").read_text().splitlines():
