@@ -118,6 +118,22 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=4000, ge=1)
     """Longest accepted chat message, in characters; longer gets 400."""
 
+    # --- realtime sessions (/v1/realtime) ---------------------------------------------------
+    realtime_max_sessions: int = Field(default=4, ge=0)
+    """Realtime websockets open at once; one more is refused at its handshake (503 +
+    Retry-After). 0: the endpoint refuses every session."""
+    realtime_max_session_seconds: float = Field(default=1800.0, gt=0)
+    """Longest realtime session; then an `error` event (`session_expired`) and close code 1008."""
+    realtime_idle_seconds: float = Field(default=300.0, gt=0)
+    """A realtime session with no client event and nothing under way for this long is closed
+    (`idle_timeout` error, close code 1008)."""
+    realtime_max_buffer_seconds: float = Field(default=60.0, gt=0)
+    """Most audio a session's input buffer holds uncommitted; an append beyond gets an `error`
+    event (`input_audio_buffer_too_large`) and is dropped."""
+    realtime_max_event_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Largest client event, in bytes; a larger one gets an `error` event (`event_too_large`).
+    At most 16 MiB, uvicorn's own websocket message limit."""
+
     # --- market -----------------------------------------------------------------------------
     locale: Literal["fr-CA", "fr-FR"] = "fr-CA"
     """`fr-CA`: Léa assists Québec brokers (OACIQ forms, prices in $); `fr-FR`: an agency in

@@ -31,6 +31,7 @@ from lea_local.api.knowledge import knowledge_routes
 from lea_local.api.media import tts_audio
 from lea_local.api.metrics import metrics
 from lea_local.api.openai import openai_router
+from lea_local.api.realtime import realtime
 from lea_local.api.shutdown import Drain
 from lea_local.api.voice import chat_voice, chat_voice_stream
 from lea_local.asr.decode import keep_temp_dir_clean
@@ -176,7 +177,7 @@ def create_app(settings: Settings, build: Callable[[Settings], Services] = build
     routes = (
         [openai_api, health, ready, metrics]
         if settings.engines_only
-        else [agent_api, voice_api, openai_api, knowledge_api, agent_health, tts_audio, health, ready, metrics]
+        else [agent_api, voice_api, openai_api, realtime, knowledge_api, agent_health, tts_audio, health, ready, metrics]
         # The browser console (static page) and its status panel's route.
         + [console_router(settings), console_status]
     )

@@ -1,0 +1,934 @@
+"""One Realtime session: the state machine behind a `/v1/realtime` websocket.
+
+Client events come in one at a time (`handle`); server events go out in order through one
+outbox, emitted synchronously on the event loop, so that an event that must follow another
+(`response.done` after a barge-in's `speech_started`) is never overtaken. The work runs as
+tasks beside the loop: each committed stretch of audio is transcribed on the ASR queue, each
+response generated on the LLM queue and spoken sentence by sentence on the speech queue, all
+three admitted against a turn's budget like any other turn (503-style `overloaded` when the
+server cannot serve it in time). A response can be cancelled at any moment (`response.cancel`,
+a barge-in, a hang-up): its `response.done` goes out at once and nothing more of it follows,
+while its engines stop within a token (LLM) or a sentence (speech)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from lea_local.asr.base import NoSpeech
+from lea_local.asr.decode import DecodedAudio
+from lea_local.asr.vad import SpeechProbabilities, TurnDetection, TurnDetector
+from lea_local.llm.base import ChatMessage, ChatReply, PromptRejected
+from lea_local.llm.context import PromptTooLong
+from lea_local.llm.reply_cleaner import ReplyStream, clean_reply
+from lea_local.pipeline.errors import EngineFailure
+from lea_local.pipeline.realtime.audio import (
+    RECOGNISER_RATE,
+    AudioCodec,
+    BadAudio,
+    decode_base64,
+    from_voice,
+    to_recogniser,
+)
+from lea_local.pipeline.realtime.config import (
+    ConfigError,
+    Dialect,
+    SessionConfig,
+    apply_update,
+    initial_config,
+    max_tokens,
+    modalities,
+    render_session,
+)
+from lea_local.pipeline.realtime.items import Item, Part, event_name, item_from_client, new_id
+from lea_local.pipeline.realtime.transcripts import is_hallucination
+from lea_local.pipeline.turns import EMPTY_REPLY_FALLBACK, ChatTurns
+from lea_local.pipeline.voice import VoiceTurns
+from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFull, admit, current_deadline
+from lea_local.tts.normalize import normalize_for_speech
+from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
+from lea_local.tts.speech import SpeechService
+
+log = logging.getLogger(__name__)
+
+MIN_COMMIT_MS = 100
+"""The shortest audio a commit takes (OpenAI's rule)."""
+AUDIO_DELTA_SECONDS = 0.5
+"""Answer audio goes out in deltas of at most this much."""
+VAD_KEEP_MS = 1000
+"""Audio kept before speech starts, beyond the prefix padding, while server VAD listens."""
+SPEECH_JOBS_PER_REPLY = 4.0
+"""Speech jobs a reply is admitted with (as `services.SPEECH_JOBS_PER_REPLY`)."""
+
+
+@dataclass(frozen=True)
+class RealtimeLimits:
+    max_session_seconds: float = 1800.0
+    idle_seconds: float = 300.0
+    max_buffer_seconds: float = 60.0
+    max_event_bytes: int = 2 * 1024 * 1024
+    turn_seconds: float = 85.0
+    """A transcription's or a response's time budget (the voice turn's)."""
+
+
+@dataclass(frozen=True)
+class RealtimeEngines:
+    """What a session computes with: the conversation turns' LLM and prompt, the voice turns'
+    recogniser, the replies' voice, with their queues."""
+
+    chat: ChatTurns
+    voice: VoiceTurns
+    speech: SpeechService
+
+
+class SessionEnded(Exception):
+    """A limit ended the session: its `error` event is out; the socket closes with `code`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Response:
+    id: str
+    conversation: bool
+    modalities: tuple[str, ...]
+    instructions: str
+    max_tokens: int | None
+    """The client's cap (None: the server's own)."""
+    temperature: float
+    metadata: Any = None
+    deadline: Deadline = field(default_factory=lambda: Deadline(time.monotonic()))
+    status: str = "in_progress"
+    status_details: dict[str, Any] | None = None
+    item: Item | None = None
+    closed: bool = False
+    """Its `response.done` is out: nothing more of it is sent."""
+    task: asyncio.Task[None] | None = None
+    sent_text: str = ""
+    spoken: list[tuple[str, float]] = field(default_factory=list)
+    """Each spoken piece and its audio's length in ms, as sent."""
+    usage: dict[str, Any] | None = None
+
+
+class RealtimeSession:
+    def __init__(
+        self,
+        engines: RealtimeEngines,
+        limits: RealtimeLimits,
+        dialect: Dialect,
+        *,
+        model: str,
+        language: str | None,
+        log_content: bool = False,
+    ) -> None:
+        self.engines = engines
+        self.limits = limits
+        self.dialect = dialect
+        self.id = new_id("sess")
+        self.conversation_id = new_id("conv")
+        self.log_content = log_content
+        chat = engines.chat
+        self.config: SessionConfig = initial_config(
+            dialect,
+            model=model,
+            instructions=chat.system_prompt.content,
+            language=language,
+            temperature=chat.temperature,
+        )
+        self.items: list[Item] = []
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._started = time.monotonic()
+        self._last_activity = self._started
+        # The input audio buffer: int16 samples at the input format's rate.
+        self._buffer: list[np.ndarray] = []
+        self._buffer_samples = 0
+        self._buffer_start_ms = 0.0
+        self._stream_ms = 0.0
+        self._vad: SpeechProbabilities | None = None
+        self._detector: TurnDetector | None = None
+        self._vad_origin_ms = 0.0
+        self._speech_item: str | None = None
+        self._speech_start_ms = 0.0
+        self.response: Response | None = None
+        self._transcribing: dict[str, asyncio.Task[str | None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._deadlines: set[Deadline] = set()
+        self._reset_vad()
+
+    # --- the connection -----------------------------------------------------------------------
+
+    async def serve(
+        self,
+        receive: Callable[[], Awaitable[str | bytes | None]],
+        send: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """Until the client hangs up (`receive` gives None) or a limit ends the session
+        (SessionEnded, once its `error` event is sent). Whatever the session had running stops."""
+        writer = asyncio.create_task(self._write(send))
+        self.emit({"type": "session.created", "session": render_session(self.config, self.dialect, self.id)})
+        try:
+            while True:
+                message = await self._receive_within_limits(receive)
+                if message is None:
+                    return
+                self._last_activity = time.monotonic()
+                await self.handle(message)
+        except SessionEnded:
+            self.close()
+            self._outbox.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 5)
+            raise
+        finally:
+            self.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+
+    async def _receive_within_limits(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> str | bytes | None:
+        while True:
+            now = time.monotonic()
+            if self.response is not None or self._transcribing:
+                self._last_activity = now  # the server is at work: not idle
+            session_left = self.limits.max_session_seconds - (now - self._started)
+            idle_left = self.limits.idle_seconds - (now - self._last_activity)
+            if session_left <= 0:
+                self._end("session_expired", f"the session reached its {self.limits.max_session_seconds:g} s limit")
+            if idle_left <= 0:
+                self._end("idle_timeout", f"no event for {self.limits.idle_seconds:g} s: the session is closed")
+            try:
+                # Looked at again at least every second: a running response keeps it alive.
+                return await asyncio.wait_for(receive(), min(session_left, idle_left, 1.0))
+            except TimeoutError:
+                continue
+
+    def _end(self, code: str, message: str) -> None:
+        self.error(message, code=code, kind="invalid_request_error")
+        raise SessionEnded(1008, message[:120])
+
+    async def _write(self, send: Callable[[str], Awaitable[None]]) -> None:
+        while (event := await self._outbox.get()) is not None:
+            await send(json.dumps(event, ensure_ascii=False))
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue a server event (dialect names already applied), in order."""
+        self._outbox.put_nowait({"event_id": new_id("event"), **event})
+
+    def error(
+        self,
+        message: str,
+        *,
+        code: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        self.emit(
+            {
+                "type": "error",
+                "error": {"type": kind, "code": code, "message": message, "param": param, "event_id": event_id},
+            }
+        )
+
+    def close(self) -> None:
+        """The session is over: every engine job of it stops, nothing more is sent of it."""
+        if self.response is not None:
+            self.response.closed = True
+            self.response.deadline.end("disconnect")
+            self.response = None
+        for deadline in list(self._deadlines):
+            deadline.end("disconnect")
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- client events ------------------------------------------------------------------------
+
+    async def handle(self, message: str | bytes) -> None:
+        """One client event; a bad one gets an `error` event naming it, never a dropped socket."""
+        if len(message) > self.limits.max_event_bytes:
+            self.error(
+                f"the event is {len(message)} bytes; at most {self.limits.max_event_bytes} are accepted "
+                "(send audio in smaller appends)",
+                code="event_too_large",
+            )
+            return
+        if isinstance(message, bytes):
+            self.error("binary frames are not part of the protocol: send JSON text events", code="invalid_event")
+            return
+        try:
+            event = json.loads(message)
+        except (ValueError, RecursionError):
+            self.error("the event is not valid JSON", code="invalid_json")
+            return
+        if not isinstance(event, dict):
+            self.error("an event must be a JSON object", code="invalid_event")
+            return
+        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        kind = event.get("type")
+        handler = self._handlers().get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self.error(
+                f"Invalid value: {kind!r}. Supported values are: {', '.join(sorted(self._handlers()))}",
+                code="invalid_value" if isinstance(kind, str) else "missing_required_parameter",
+                param="type",
+                event_id=event_id,
+            )
+            return
+        try:
+            await handler(event, event_id)
+        except ConfigError as exc:
+            self.error(str(exc), code=exc.code, param=exc.param, event_id=event_id)
+        except BadAudio as exc:
+            self.error(str(exc), code="invalid_audio", param="audio", event_id=event_id)
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any], str | None], Awaitable[None]]]:
+        return {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit_event,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.delete": self._item_delete,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.truncate": self._item_truncate,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+        }
+
+    async def _session_update(self, event: dict[str, Any], event_id: str | None) -> None:
+        before = self.config
+        self.config = apply_update(before, event.get("session"), self.dialect)
+        if self.config.input_format != before.input_format:
+            self._clear_buffer()
+        if self.config.turn_detection != before.turn_detection:
+            self._reset_vad()
+        self.emit({"type": "session.updated", "session": render_session(self.config, self.dialect, self.id)})
+
+    # --- input audio --------------------------------------------------------------------------
+
+    @property
+    def _input(self) -> AudioCodec:
+        return AudioCodec(self.config.input_format)
+
+    def _ms(self, samples: int) -> float:
+        return samples * 1000 / self._input.rate
+
+    def _reset_vad(self) -> None:
+        detection = self.config.turn_detection
+        if detection is None:
+            self._vad = self._detector = None
+        else:
+            self._vad = SpeechProbabilities()
+            self._detector = TurnDetector(
+                TurnDetection(
+                    threshold=detection["threshold"],
+                    prefix_padding_ms=detection["prefix_padding_ms"],
+                    silence_duration_ms=detection["silence_duration_ms"],
+                )
+            )
+            self._vad_origin_ms = self._stream_ms
+        self._speech_item = None
+
+    def _clear_buffer(self) -> None:
+        self._buffer, self._buffer_samples = [], 0
+        self._buffer_start_ms = self._stream_ms
+
+    def _take_buffer(self, start_ms: float | None = None, end_ms: float | None = None) -> np.ndarray:
+        """The buffered samples between two stream times (all by default); the buffer then
+        keeps only what follows `end_ms`."""
+        audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=np.int16)
+        rate = self._input.rate
+        first = 0 if start_ms is None else max(0, int((start_ms - self._buffer_start_ms) * rate / 1000))
+        last = audio.size if end_ms is None else min(audio.size, int((end_ms - self._buffer_start_ms) * rate / 1000))
+        taken = audio[first:last]
+        rest = audio[last:]
+        self._buffer = [rest] if rest.size else []
+        self._buffer_samples = rest.size
+        self._buffer_start_ms = self._stream_ms - self._ms(rest.size)
+        return taken
+
+    def _trim_buffer(self, keep_ms: float) -> None:
+        excess = self._buffer_samples - int(keep_ms * self._input.rate / 1000)
+        if excess > 0 and self._buffer:
+            audio = np.concatenate(self._buffer)[excess:]
+            self._buffer, self._buffer_samples = [audio], audio.size
+            self._buffer_start_ms = self._stream_ms - self._ms(audio.size)
+
+    async def _append(self, event: dict[str, Any], event_id: str | None) -> None:
+        samples = self._input.decode(decode_base64(event.get("audio")))
+        if self._ms(self._buffer_samples + samples.size) > self.limits.max_buffer_seconds * 1000:
+            self.error(
+                f"the input audio buffer holds at most {self.limits.max_buffer_seconds:g} s: commit or clear it "
+                "(this chunk was dropped)",
+                code="input_audio_buffer_too_large",
+                event_id=event_id,
+            )
+            return
+        self._buffer.append(samples)
+        self._buffer_samples += samples.size
+        self._stream_ms += self._ms(samples.size)
+        if self._vad is None or self._detector is None:
+            return
+        probabilities = await anyio.to_thread.run_sync(self._vad.feed, to_recogniser(samples, self._input.rate))
+        for voice in self._detector.push(probabilities):
+            at_ms = self._vad_origin_ms + voice.at_ms
+            if voice.kind == "started":
+                self._speech_started(at_ms)
+            else:
+                self._speech_stopped(at_ms)
+        if self._speech_item is None:
+            assert self.config.turn_detection is not None
+            self._trim_buffer(self.config.turn_detection["prefix_padding_ms"] + VAD_KEEP_MS)
+
+    def _speech_started(self, at_ms: float) -> None:
+        self._speech_item = new_id("item")
+        self._speech_start_ms = max(at_ms, self._buffer_start_ms)
+        self.emit(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": int(self._speech_start_ms),
+                "item_id": self._speech_item,
+            }
+        )
+        detection = self.config.turn_detection
+        if self.response is not None and detection is not None and detection.get("interrupt_response", True):
+            self._cancel_response("turn_detected")
+
+    def _speech_stopped(self, at_ms: float) -> None:
+        item_id, self._speech_item = self._speech_item or new_id("item"), None
+        self.emit({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(at_ms), "item_id": item_id})
+        samples = self._take_buffer(self._speech_start_ms, at_ms)
+        transcription = self._commit(samples, item_id)
+        detection = self.config.turn_detection
+        if detection is not None and detection.get("create_response", True):
+            self._spawn(self._respond_once_heard(transcription))
+
+    async def _respond_once_heard(self, transcription: asyncio.Task[str | None]) -> None:
+        """Server VAD's response: once the turn's words are known, and only if there are any
+        (noise that fooled the detector makes no turn)."""
+        try:
+            heard = await transcription
+        except Exception:
+            return
+        if heard and self.response is None:
+            self._start_response(self._default_response())
+
+    async def _commit_event(self, event: dict[str, Any], event_id: str | None) -> None:
+        if self._ms(self._buffer_samples) < MIN_COMMIT_MS:
+            self.error(
+                f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms of "
+                f"audio, but buffer only has {self._ms(self._buffer_samples):.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+                event_id=event_id,
+            )
+            return
+        item_id, self._speech_item = self._speech_item or new_id("item"), None
+        if self._detector is not None:
+            self._reset_vad()  # a manual commit ends the speech being detected
+        self._commit(self._take_buffer(), item_id)
+
+    async def _clear(self, event: dict[str, Any], event_id: str | None) -> None:
+        self._clear_buffer()
+        if self._detector is not None:
+            self._reset_vad()
+        self.emit({"type": "input_audio_buffer.cleared"})
+
+    def _commit(self, samples: np.ndarray, item_id: str) -> asyncio.Task[str | None]:
+        """The committed audio becomes a user item, transcribed in the background; the task
+        gives its words (None: no speech, and the item is gone again)."""
+        previous = self.items[-1].id if self.items else None
+        item = Item(item_id, "message", role="user", content=[Part("input_audio")])
+        self.items.append(item)
+        self.emit({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id})
+        self._item_added(item, previous)
+        audio = to_recogniser(samples, self._input.rate)
+        task = self._spawn(self._transcribe(item, audio))
+        self._transcribing[item_id] = task
+        task.add_done_callback(lambda _: self._transcribing.pop(item_id, None))
+        return task
+
+    def _item_added(self, item: Item, previous: str | None) -> None:
+        self.emit(
+            {
+                "type": event_name("conversation.item.added", self.dialect),
+                "previous_item_id": previous,
+                "item": item.render(self.dialect),
+            }
+        )
+
+    def _item_done(self, item: Item) -> None:
+        if self.dialect == "ga":
+            self.emit({"type": "conversation.item.done", "previous_item_id": self._previous(item), "item": item.render("ga")})
+
+    def _previous(self, item: Item) -> str | None:
+        for index, candidate in enumerate(self.items):
+            if candidate is item:
+                return self.items[index - 1].id if index else None
+        return None
+
+    # --- transcription ------------------------------------------------------------------------
+
+    async def _transcribe(self, item: Item, samples: np.ndarray) -> str | None:
+        voice = self.engines.voice
+        deadline = Deadline(time.monotonic() + self.limits.turn_seconds)
+        self._deadlines.add(deadline)
+        token = current_deadline.set(deadline)
+        text: str | None = None
+        failure: tuple[str, str] | None = None
+        try:
+            with admit(deadline, [(voice.asr_queue, 1.0)]):
+                text = await voice.asr_queue.run(self._recognise, samples, deadline.cancel)
+        except QueueFull as exc:
+            failure = ("overloaded", str(exc))
+        except EngineFailure as exc:
+            failure = ("server_error", str(exc))
+        except GenerationCancelled:
+            return None  # the session ended
+        finally:
+            current_deadline.reset(token)
+            self._deadlines.discard(deadline)
+        if text is None:
+            failure = failure or ("no_speech", "no speech was heard in the committed audio: it makes no turn")
+            if self.config.transcription is not None:
+                self.emit(
+                    {
+                        "type": "conversation.item.input_audio_transcription.failed",
+                        "item_id": item.id,
+                        "content_index": 0,
+                        "error": {"type": "transcription_error", "code": failure[0], "message": failure[1]},
+                    }
+                )
+            if item in self.items:
+                self.items.remove(item)
+                self.emit({"type": "conversation.item.deleted", "item_id": item.id})
+            return None
+        item.content[0].text = text
+        if self.config.transcription is not None:
+            self.emit(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item.id,
+                    "content_index": 0,
+                    "transcript": text,
+                    "usage": {"type": "duration", "seconds": round(samples.size / RECOGNISER_RATE, 3)},
+                }
+            )
+        if item in self.items:
+            self._item_done(item)
+        return text
+
+    def _recognise(self, samples: np.ndarray, cancel: threading.Event) -> str | None:  # in a worker thread
+        voice = self.engines.voice
+        decoded = DecodedAudio(samples=samples.astype(np.float32), container="realtime")
+        try:
+            transcript = voice.transcribe(decoded, cancel, language=self.config.language)
+        except NoSpeech:
+            voice.record_transcription(log, decoded, self.config.language, "", speech=False)
+            return None
+        heard = not is_hallucination(transcript.text)
+        voice.record_transcription(log, decoded, transcript.language, transcript.text, speech=heard)
+        return transcript.text.strip() if heard else None
+
+    # --- conversation items -------------------------------------------------------------------
+
+    def _find(self, item_id: Any) -> Item | None:
+        return next((item for item in self.items if item.id == item_id), None)
+
+    async def _item_create(self, event: dict[str, Any], event_id: str | None) -> None:
+        item = item_from_client(event.get("item"), self.dialect)
+        if self._find(item.id) is not None:
+            raise ConfigError(f"an item with id {item.id!r} already exists", "item.id", "duplicate_item_id")
+        previous = event.get("previous_item_id")
+        if previous is None or (self.items and previous == self.items[-1].id):
+            position = len(self.items)
+        elif previous == "root":
+            position = 0
+        elif (anchor := self._find(previous)) is not None:
+            position = self.items.index(anchor) + 1
+        else:
+            raise ConfigError(f"previous_item_id {previous!r} is not in the conversation", "previous_item_id", "item_not_found")
+        self.items.insert(position, item)
+        self._item_added(item, self.items[position - 1].id if position else None)
+        audio_parts = [p for p in item.content if p.kind == "input_audio" and p.audio]
+        if not audio_parts:
+            self._item_done(item)
+            return
+        # An input_audio part: heard like committed audio, its words as the part's transcript.
+        samples = self._input.decode(decode_base64(audio_parts[0].audio))
+        audio_parts[0].audio = None
+        task = self._spawn(self._transcribe(item, to_recogniser(samples, self._input.rate)))
+        self._transcribing[item.id] = task
+        task.add_done_callback(lambda _: self._transcribing.pop(item.id, None))
+
+    async def _item_delete(self, event: dict[str, Any], event_id: str | None) -> None:
+        item = self._find(event.get("item_id"))
+        if item is None:
+            raise ConfigError(f"item {event.get('item_id')!r} is not in the conversation", "item_id", "item_not_found")
+        self.items.remove(item)
+        self.emit({"type": "conversation.item.deleted", "item_id": item.id})
+
+    async def _item_retrieve(self, event: dict[str, Any], event_id: str | None) -> None:
+        item = self._find(event.get("item_id"))
+        if item is None:
+            raise ConfigError(f"item {event.get('item_id')!r} is not in the conversation", "item_id", "item_not_found")
+        self.emit({"type": "conversation.item.retrieved", "item": item.render(self.dialect)})
+
+    async def _item_truncate(self, event: dict[str, Any], event_id: str | None) -> None:
+        """Keeps of an answer's transcript only the pieces whose audio was played up to
+        `audio_end_ms` (the client says how far it played)."""
+        item = self._find(event.get("item_id"))
+        if item is None or item.role != "assistant":
+            raise ConfigError("'item_id' must name an assistant message of the conversation", "item_id", "item_not_found")
+        end_ms = event.get("audio_end_ms")
+        if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
+            raise ConfigError("'audio_end_ms' must be a non-negative integer", "audio_end_ms")
+        kept, played = [], 0.0
+        for text, ms in item.spoken:
+            if played >= end_ms:
+                break
+            kept.append(text)
+            played += ms
+        if item.content and item.content[0].kind == "audio":
+            item.content[0].text = " ".join(kept)
+            item.status = "incomplete"
+        self.emit(
+            {
+                "type": "conversation.item.truncated",
+                "item_id": item.id,
+                "content_index": int(event.get("content_index") or 0),
+                "audio_end_ms": end_ms,
+            }
+        )
+
+    # --- responses ----------------------------------------------------------------------------
+
+    def _default_response(self) -> Response:
+        config = self.config
+        return Response(
+            id=new_id("resp"),
+            conversation=True,
+            modalities=config.output_modalities,
+            instructions=config.instructions,
+            max_tokens=None if config.max_output_tokens == "inf" else config.max_output_tokens,
+            temperature=config.temperature,
+        )
+
+    async def _response_create(self, event: dict[str, Any], event_id: str | None) -> None:
+        if self.response is not None:
+            self.error(
+                f"Conversation already has an active response in progress: {self.response.id}. Wait until the "
+                "response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+                event_id=event_id,
+            )
+            return
+        response = self._default_response()
+        params = event.get("response") or {}
+        if not isinstance(params, dict):
+            raise ConfigError("'response' must be an object", "response", "invalid_type")
+        if isinstance(params.get("instructions"), str):
+            response.instructions = params["instructions"]
+        key = "modalities" if self.dialect == "beta" else "output_modalities"
+        if key in params:
+            response.modalities = modalities(params[key], f"response.{key}")
+        key = "max_response_output_tokens" if self.dialect == "beta" else "max_output_tokens"
+        if key in params:
+            limit = max_tokens(params[key], f"response.{key}")
+            response.max_tokens = None if limit == "inf" else limit
+        if "conversation" in params:
+            if params["conversation"] not in ("auto", "none"):
+                raise ConfigError("'response.conversation' must be 'auto' or 'none'", "response.conversation")
+            response.conversation = params["conversation"] == "auto"
+        response.metadata = params.get("metadata")
+        self._start_response(response)
+
+    async def _response_cancel(self, event: dict[str, Any], event_id: str | None) -> None:
+        wanted = event.get("response_id")
+        if self.response is None or (wanted is not None and wanted != self.response.id):
+            self.error(
+                "Cancellation failed: no active response found", code="response_cancel_not_active", event_id=event_id
+            )
+            return
+        self._cancel_response("client_cancelled")
+
+    def _start_response(self, response: Response) -> None:
+        response.deadline = Deadline(time.monotonic() + self.limits.turn_seconds)
+        self.response = response
+        self.emit({"type": "response.created", "response": self._render_response(response)})
+        response.task = self._spawn(self._run_response(response))
+
+    def _cancel_response(self, reason: str) -> None:
+        """At once: `response.done` (cancelled) goes out now; the engines stop behind it. The
+        answer keeps, in the conversation, only what was already sent of it."""
+        response = self.response
+        if response is None:
+            return
+        self.response = None
+        response.deadline.end("cancelled")
+        if response.item is not None:
+            part = response.item.content[0]
+            part.text = " ".join(text for text, _ in response.spoken) if part.kind == "audio" else response.sent_text
+            response.item.status = "incomplete"
+        response.status = "cancelled"
+        response.status_details = {"type": "cancelled", "reason": reason}
+        self._finish(response)
+
+    def _finish(self, response: Response) -> None:
+        if response.closed:
+            return
+        response.closed = True
+        if self.response is response:
+            self.response = None
+        self.emit({"type": "response.done", "response": self._render_response(response)})
+        self._last_activity = time.monotonic()
+
+    def _send(self, response: Response, event: dict[str, Any]) -> None:
+        """A response's event, unless the response is already over."""
+        if not response.closed:
+            self.emit({**event, "type": event_name(event["type"], self.dialect), "response_id": response.id})
+
+    def _render_response(self, response: Response) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "id": response.id,
+            "object": "realtime.response",
+            "status": response.status,
+            "status_details": response.status_details,
+            "output": [response.item.render(self.dialect)] if response.item is not None else [],
+            "conversation_id": self.conversation_id if response.conversation else None,
+            "usage": response.usage,
+            "metadata": response.metadata,
+        }
+        max_output = response.max_tokens if response.max_tokens is not None else "inf"
+        if self.dialect == "beta":
+            shown.update(
+                modalities=list(response.modalities),
+                voice=self.config.voice,
+                output_audio_format=self.config.output_format,
+                temperature=response.temperature,
+                max_output_tokens=max_output,
+            )
+        else:
+            shown.update(
+                output_modalities=list(response.modalities),
+                audio={"output": {"format": render_session(self.config, "ga", self.id)["audio"]["output"]["format"], "voice": self.config.voice}},
+                max_output_tokens=max_output,
+            )
+        return shown
+
+    def _prompt(self, response: Response) -> list[ChatMessage]:
+        """The session's conversation as chat messages, consecutive turns of one role joined
+        (chat templates want them alternating)."""
+        messages = [ChatMessage("system", response.instructions or self.engines.chat.system_prompt.content)]
+        for item in self.items:
+            if item is response.item or (message := item.chat_message()) is None:
+                continue
+            if message.role == "system":
+                messages[0] = ChatMessage("system", f"{messages[0].content}\n\n{message.content}")
+            elif len(messages) > 1 and messages[-1].role == message.role:
+                messages[-1] = ChatMessage(message.role, f"{messages[-1].content}\n{message.content}")
+            else:
+                messages.append(message)
+        return messages
+
+    async def _run_response(self, response: Response) -> None:
+        chat, speech = self.engines.chat, self.engines.speech
+        token = current_deadline.set(response.deadline)
+        self._deadlines.add(response.deadline)
+        try:
+            pending = list(self._transcribing.values())
+            if pending:  # a commit just before: its words are part of the prompt
+                heard = await asyncio.gather(*pending, return_exceptions=True)
+                if all(not isinstance(h, str) for h in heard):
+                    response.status = "failed"
+                    response.status_details = {
+                        "type": "failed",
+                        "error": {"type": "invalid_request_error", "code": "no_speech", "message": "no speech was heard: nothing to answer"},
+                    }
+                    self._finish(response)
+                    return
+            stages: list[tuple[InferenceQueue, float]] = [(chat.llm_queue, 1.0)]
+            spoken = "audio" in response.modalities
+            if spoken:
+                stages.append((speech.queue, SPEECH_JOBS_PER_REPLY))
+            with admit(response.deadline, stages):
+                await self._generate_and_speak(response, spoken)
+            incomplete = response.status_details is not None and response.status_details.get("type") == "incomplete"
+            response.status = "incomplete" if incomplete else "completed"
+            self._finish(response)
+        except QueueFull as exc:
+            self._fail(response, "overloaded", str(exc))
+        except (EngineFailure, PromptTooLong, PromptRejected) as exc:
+            self._fail(response, "server_error", str(exc))
+        except GenerationCancelled:
+            pass  # cancelled: its response.done is already out
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("a realtime response failed")
+            self._fail(response, "server_error", "the response failed")
+        finally:
+            current_deadline.reset(token)
+            self._deadlines.discard(response.deadline)
+
+    def _fail(self, response: Response, code: str, message: str) -> None:
+        response.status = "failed"
+        response.status_details = {"type": "failed", "error": {"type": "server_error", "code": code, "message": message}}
+        if response.item is not None:
+            response.item.status = "incomplete"
+        self._finish(response)
+
+    async def _generate_and_speak(self, response: Response, spoken: bool) -> None:
+        chat = self.engines.chat
+        if response.closed:
+            return
+        item = Item(new_id("item"), "message", role="assistant", content=[Part("audio" if spoken else "text", "")], status="in_progress")
+        item.spoken = response.spoken  # the same list: conversation.item.truncate reads it
+        response.item = item
+        previous = self.items[-1].id if self.items else None
+        prompt = self._prompt(response)
+        if response.conversation:
+            self.items.append(item)
+        self._send(response, {"type": "response.output_item.added", "output_index": 0, "item": item.render(self.dialect)})
+        if response.conversation:
+            self._item_added(item, previous)
+        where = {"item_id": item.id, "output_index": 0, "content_index": 0}
+        self._send(response, {"type": "response.content_part.added", **where, "part": item.content[0].render(self.dialect)})
+        delta_event = "response.output_audio_transcript.delta" if spoken else "response.output_text.delta"
+        cleaner = ReplyStream()
+        splitter = SentenceSplitter()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.ensure_future(self._speak(response, sentences, where)) if spoken else None
+        loop = asyncio.get_running_loop()
+
+        def take(delta: str) -> None:  # on the event loop
+            if not delta or response.closed:
+                return
+            response.sent_text += delta
+            self._send(response, {"type": delta_event, **where, "delta": delta})
+            for sentence in splitter.feed(delta):
+                sentences.put_nowait(sentence)
+
+        def on_text(piece: str) -> None:  # in the LLM's thread
+            loop.call_soon_threadsafe(lambda: take(cleaner.feed(piece)))
+
+        try:
+            cap = min(chat.max_reply_tokens, response.max_tokens or chat.max_reply_tokens)
+            reply: ChatReply = await chat.llm_queue.run(
+                self._generate, prompt, cap, response.temperature, on_text, response.deadline.cancel
+            )
+            await asyncio.sleep(0)  # the last pieces' callbacks run first
+            final = clean_reply(reply.text) or EMPTY_REPLY_FALLBACK
+            take(cleaner.finish(final))
+            for sentence in splitter.flush():
+                sentences.put_nowait(sentence)
+            sentences.put_nowait(None)
+            if speaker is not None:
+                await speaker
+        finally:
+            if speaker is not None and not speaker.done():
+                speaker.cancel()
+        if response.closed:
+            return
+        final_text = cleaner.sent if not cleaner.retracted else final
+        item.content[0].text = final_text
+        item.status = "completed"
+        response.usage = _usage(reply)
+        if response.max_tokens is not None and reply.finish_reason == "length" and cap == response.max_tokens:
+            response.status_details = {"type": "incomplete", "reason": "max_output_tokens"}
+        if spoken:
+            self._send(response, {"type": "response.output_audio.done", **where})
+            self._send(response, {"type": "response.output_audio_transcript.done", **where, "transcript": final_text})
+        else:
+            self._send(response, {"type": "response.output_text.done", **where, "text": final_text})
+        self._send(response, {"type": "response.content_part.done", **where, "part": item.content[0].render(self.dialect)})
+        self._send(response, {"type": "response.output_item.done", "output_index": 0, "item": item.render(self.dialect)})
+        if response.conversation and item in self.items:
+            self._item_done(item)
+
+    def _generate(
+        self,
+        prompt: list[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        on_text: Callable[[str], None],
+        cancel: threading.Event,
+    ) -> ChatReply:  # in a worker thread
+        engine = self.engines.chat.engine
+        budget = engine.context_size - max_tokens
+        # The oldest turns go first when the conversation outgrows the window.
+        while len(prompt) > 2 and engine.count_prompt_tokens(prompt) > budget:
+            prompt = [prompt[0], *prompt[2:]]
+        if self.log_content:
+            log.info("llm.prompt", extra={"event": "llm.prompt", "api": "realtime", "prompt": [m.content for m in prompt]})
+        try:
+            return engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, on_text=on_text, cancel=cancel)
+        except (GenerationCancelled, PromptTooLong, PromptRejected, QueueFull):
+            raise
+        except Exception as exc:
+            log.exception("the language model failed")
+            raise EngineFailure("language model") from exc
+
+    async def _speak(self, response: Response, sentences: asyncio.Queue[str | None], where: dict[str, Any]) -> None:
+        """Each sentence as soon as it is written: synthesised on the speech queue, resampled to
+        the session's output format, sent in deltas."""
+        speech = self.engines.speech
+        codec = AudioCodec(self.config.output_format)
+        first = True
+        while (sentence := await sentences.get()) is not None:
+            for phrase in split_first_phrase(sentence) if first else [sentence]:
+                first = False
+                text = normalize_for_speech(phrase, speech.locale)
+                if not text or response.closed:
+                    continue
+                pcm = await speech.queue.run(self._synthesize, text, response.deadline.cancel)
+                if response.closed:
+                    return
+                data = from_voice(pcm, speech.synthesizer.sample_rate, codec)
+                step = int(codec.bytes_per_second() * AUDIO_DELTA_SECONDS)
+                for start in range(0, len(data), step):
+                    self._send(
+                        response,
+                        {
+                            "type": "response.output_audio.delta",
+                            **where,
+                            "delta": base64.b64encode(data[start : start + step]).decode("ascii"),
+                        },
+                    )
+                response.spoken.append((phrase, len(data) * 1000 / codec.bytes_per_second()))
+
+    def _synthesize(self, text: str, cancel: threading.Event) -> np.ndarray:  # in a worker thread
+        if cancel.is_set():
+            raise GenerationCancelled("the response ended before its speech")
+        chunks = [chunk for chunk in self.engines.speech.synthesizer.synthesize(text, speed=self.config.speed)]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+
+def _usage(reply: ChatReply) -> dict[str, Any]:
+    return {
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "input_tokens": reply.prompt_tokens,
+        "output_tokens": reply.completion_tokens,
+        "input_token_details": {"text_tokens": reply.prompt_tokens, "audio_tokens": 0, "cached_tokens": 0},
+        "output_token_details": {"text_tokens": reply.completion_tokens, "audio_tokens": 0},
+    }

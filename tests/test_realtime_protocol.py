@@ -1,0 +1,283 @@
+"""/v1/realtime's protocol on the real server: the handshake (keys, dialects), the session's
+configuration in both dialects, bad events answered with an `error` that names them (the socket
+stays open), conversation items, and a text response. The official `openai` SDK speaks GA; a raw
+`websockets` client speaks beta, as ImmoAssist does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.realtime_client import beta_session, events_until, next_event, of_type, send, ws_url
+from tests.server import API_KEY
+
+
+def sdk(server, key: str = API_KEY) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
+def test_a_wrong_key_is_a_401_at_the_handshake(server, header):
+    async def attempt() -> InvalidStatus:
+        value = "Bearer not-the-key-0000000000" if header == "Authorization" else "not-the-key-0000000000"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url(server), additional_headers={header: value}):
+                pass
+        return refused.value
+
+    refused = asyncio.run(attempt())
+    assert refused.response.status_code == 401
+    assert json.loads(refused.response.body)["error"]["code"] == "invalid_api_key"
+
+
+def test_no_key_is_a_401_and_either_header_opens_a_session(server):
+    async def run() -> list[str]:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url(server)):
+                pass
+        assert refused.value.response.status_code == 401
+        kinds = []
+        for header in ("Authorization", "X-API-Key"):
+            async with beta_session(server, header=header) as (_, created):
+                kinds.append(created["type"])
+        return kinds
+
+    assert asyncio.run(run()) == ["session.created", "session.created"]
+
+
+def test_the_sdk_with_a_wrong_key_is_refused(server):
+    async def attempt() -> None:
+        async with sdk(server, "not-the-key-0000000000").realtime.connect(model="gpt-realtime") as connection:
+            await connection.recv()
+
+    with pytest.raises(Exception) as refused:
+        asyncio.run(attempt())
+    assert "401" in str(refused.value)
+
+
+def test_a_plain_get_is_told_to_upgrade(server):
+    r = httpx.get(f"{server.url}/v1/realtime", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 426
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_ga_session_through_the_official_sdk(server):
+    async def run():
+        async with sdk(server).realtime.connect(model="gpt-realtime") as connection:
+            created = await connection.recv()
+            await connection.session.update(
+                session={
+                    "type": "realtime",
+                    "instructions": "Réponds en une phrase.",
+                    "output_modalities": ["text"],
+                    "audio": {
+                        "input": {
+                            "format": {"type": "audio/pcmu"},
+                            "turn_detection": None,
+                            "transcription": {"model": "whisper-1", "language": "fr"},
+                        },
+                        "output": {"format": {"type": "audio/pcma"}, "voice": "shimmer"},
+                    },
+                }
+            )
+            updated = await connection.recv()
+            return created, updated
+
+    created, updated = asyncio.run(run())
+    assert created.type == "session.created"
+    session = created.session.model_dump()
+    assert session["type"] == "realtime"
+    assert session["model"] == "gpt-realtime"
+    assert session["output_modalities"] == ["audio"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert session["audio"]["input"]["transcription"]["language"] == "fr"
+    assert updated.type == "session.updated"
+    after = updated.session.model_dump()
+    assert after["instructions"] == "Réponds en une phrase."
+    assert after["output_modalities"] == ["text"]
+    assert after["audio"]["input"]["format"]["type"] == "audio/pcmu"
+    assert after["audio"]["input"]["turn_detection"] is None
+    assert after["audio"]["output"]["format"]["type"] == "audio/pcma"
+    assert after["audio"]["output"]["voice"] == "shimmer"
+
+
+def test_beta_session_is_flat_and_takes_immoassists_update(server):
+    async def run():
+        async with beta_session(server) as (ws, created):
+            await send(
+                ws,
+                {
+                    "event_id": "evt_1",
+                    "type": "session.update",
+                    "session": {
+                        "modalities": ["text", "audio"],
+                        "voice": "shimmer",
+                        "input_audio_format": "pcm16",
+                        "output_audio_format": "g711_ulaw",
+                        "input_audio_noise_reduction": {"type": "near_field"},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "threshold": 0.6,
+                            "prefix_padding_ms": 300,
+                            "silence_duration_ms": 1200,
+                        },
+                        "tools": [{"type": "function", "name": "get_draft", "description": "", "parameters": {}}],
+                        "tool_choice": "auto",
+                        "temperature": 0.7,
+                        "input_audio_transcription": {"model": "whisper-1", "language": "fr"},
+                    },
+                },
+            )
+            return created, await next_event(ws)
+
+    created, updated = asyncio.run(run())
+    session = created["session"]
+    assert session["object"] == "realtime.session"
+    assert session["modalities"] == ["text", "audio"]
+    assert session["input_audio_format"] == "pcm16" and session["output_audio_format"] == "pcm16"
+    assert session["turn_detection"]["type"] == "server_vad"
+    assert updated["type"] == "session.updated"
+    after = updated["session"]
+    assert after["output_audio_format"] == "g711_ulaw"
+    assert after["turn_detection"]["threshold"] == 0.6
+    assert after["turn_detection"]["silence_duration_ms"] == 1200
+    assert after["turn_detection"]["create_response"] is True
+    assert after["temperature"] == 0.7
+    assert after["tools"][0]["name"] == "get_draft"
+    assert after["input_audio_noise_reduction"] == {"type": "near_field"}
+
+
+BAD_EVENTS = [
+    ("not json", None, "invalid_json", None),
+    (json.dumps([1, 2]), None, "invalid_event", None),
+    (json.dumps({"event_id": "e1", "type": "conversation.frobnicate"}), "e1", "invalid_value", "type"),
+    (json.dumps({"event_id": "e2"}), "e2", "missing_required_parameter", "type"),
+    (
+        json.dumps({"event_id": "e3", "type": "session.update", "session": {"turn_detection": {"threshold": 7}}}),
+        "e3",
+        "invalid_value",
+        "session.turn_detection.threshold",
+    ),
+    (
+        json.dumps({"event_id": "e4", "type": "session.update", "session": {"input_audio_format": "mp3"}}),
+        "e4",
+        "invalid_value",
+        "session.input_audio_format",
+    ),
+    (json.dumps({"event_id": "e5", "type": "input_audio_buffer.append", "audio": "***"}), "e5", "invalid_audio", "audio"),
+    (json.dumps({"event_id": "e6", "type": "input_audio_buffer.append", "audio": "AAAA"}), "e6", "invalid_audio", "audio"),
+    (json.dumps({"event_id": "e7", "type": "input_audio_buffer.commit"}), "e7", "input_audio_buffer_commit_empty", None),
+    (json.dumps({"event_id": "e8", "type": "response.cancel"}), "e8", "response_cancel_not_active", None),
+    (json.dumps({"event_id": "e9", "type": "conversation.item.delete", "item_id": "nope"}), "e9", "item_not_found", "item_id"),
+    (
+        json.dumps({"event_id": "e10", "type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_image"}]}}),
+        "e10",
+        "invalid_value",
+        "item.content[0].type",
+    ),
+    (
+        json.dumps({"event_id": "e11", "type": "response.create", "response": {"modalities": ["video"]}}),
+        "e11",
+        "invalid_value",
+        "response.modalities",
+    ),
+]
+
+
+def test_bad_events_get_an_error_naming_them_and_the_session_goes_on(server):
+    async def run():
+        answers = []
+        async with beta_session(server) as (ws, _):
+            for raw, *_ in BAD_EVENTS:
+                await ws.send(raw)
+                answers.append(await next_event(ws))
+            # Still open and serving: a valid event is answered as usual.
+            await send(ws, {"type": "session.update", "session": {"instructions": "encore là"}})
+            answers.append(await next_event(ws))
+        return answers
+
+    answers = asyncio.run(run())
+    for (raw, event_id, code, param), answer in zip(BAD_EVENTS, answers, strict=False):
+        assert answer["type"] == "error", (raw, answer)
+        assert answer["error"]["event_id"] == event_id, (raw, answer)
+        assert answer["error"]["code"] == code, (raw, answer)
+        assert answer["error"]["param"] == param, (raw, answer)
+        assert answer["error"]["message"]
+    assert answers[-1]["type"] == "session.updated"
+    assert answers[-1]["session"]["instructions"] == "encore là"
+
+
+def test_items_are_created_and_deleted_and_answered_in_text(server):
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
+            await events_until(ws, of_type("session.updated"))
+            await send(
+                ws,
+                {
+                    "type": "conversation.item.create",
+                    "item": {"id": "item_gone", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Oublie ceci."}]},
+                },
+            )
+            created = await next_event(ws)
+            await send(ws, {"type": "conversation.item.delete", "item_id": "item_gone"})
+            deleted = await next_event(ws)
+            await send(
+                ws,
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Bonjour, qui es-tu ?"}]},
+                },
+            )
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            events = await events_until(ws, of_type("response.done"))
+            return created, deleted, events
+
+    created, deleted, events = asyncio.run(run())
+    assert created["type"] == "conversation.item.created"
+    assert created["item"]["id"] == "item_gone" and created["item"]["content"][0]["text"] == "Oublie ceci."
+    assert deleted == {**deleted, "type": "conversation.item.deleted", "item_id": "item_gone"}
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "response.created"
+    assert kinds.index("response.output_item.added") < kinds.index("response.content_part.added")
+    assert kinds.index("response.content_part.added") < kinds.index("response.text.delta")
+    assert "response.audio.delta" not in kinds
+    text = "".join(e["delta"] for e in events if e["type"] == "response.text.delta")
+    assert text.strip()
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    assert done["output"][0]["role"] == "assistant"
+    assert done["output"][0]["content"][0] == {"type": "text", "text": text}
+    assert done["usage"]["output_tokens"] > 0 and done["usage"]["input_tokens"] > 0
+    assert next(e for e in events if e["type"] == "response.text.done")["text"] == text
+
+
+def test_a_second_response_while_one_runs_is_an_error_and_cancel_ends_it(server):
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(
+                ws,
+                {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Décris une maison."}]}},
+            )
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(ws, {"type": "response.create"})
+            await send(ws, {"event_id": "again", "type": "response.create"})
+            await send(ws, {"type": "response.cancel"})
+            return await events_until(ws, of_type("response.done"))
+
+    events = asyncio.run(run())
+    error = next(e for e in events if e["type"] == "error")
+    assert error["error"]["code"] == "conversation_already_has_active_response"
+    assert error["error"]["event_id"] == "again"
+    done = events[-1]["response"]
+    assert done["status"] == "cancelled"
+    assert done["status_details"]["reason"] == "client_cancelled"
