@@ -1,0 +1,283 @@
+"""Voice over /v1/realtime on the real server and models (Whisper base, SmolLM2, Piper), with
+human French speech streamed in as a microphone sends it: push-to-talk in the beta dialect (as
+ImmoAssist), server VAD through the official SDK (GA), barge-in and cancel, silence and noise
+that make no turn, and G.711 telephone audio in and out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+
+from tests.audio import CLIP, CLIP_KEY_WORDS, noise, normalise_words, tone
+from tests.realtime_client import (
+    audio_of,
+    beta_session,
+    chunks,
+    decode_wire,
+    events_until,
+    next_event,
+    of_type,
+    pcm,
+    send,
+    silence_pcm,
+)
+from tests.server import API_KEY
+
+CHUNK = 4_800  # 100 ms of PCM16 at 24 kHz
+SPEECH = pcm(CLIP)
+SPEECH_START = int(0.3 * 24_000) * 2  # the clip's first words start at about 0.35 s
+
+
+def heard_the_clip(transcript: str) -> bool:
+    heard = normalise_words(transcript).split()
+    return sum(normalise_words(w) not in heard for w in CLIP_KEY_WORDS) <= 1
+
+
+def loud(samples: np.ndarray) -> bool:
+    return samples.size > 0 and float(np.sqrt(np.mean(samples**2))) > 0.01
+
+
+async def push_to_talk(ws, audio: bytes, chunk: int = CHUNK) -> None:
+    for piece in chunks(audio, chunk):
+        await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+    await send(ws, {"type": "input_audio_buffer.commit"})
+
+
+def test_push_to_talk_in_the_beta_dialect(server):
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(
+                ws,
+                {
+                    "type": "session.update",
+                    "session": {
+                        "turn_detection": None,
+                        "input_audio_transcription": {"model": "whisper-1", "language": "fr"},
+                    },
+                },
+            )
+            await events_until(ws, of_type("session.updated"))
+            await push_to_talk(ws, SPEECH)
+            await send(ws, {"type": "response.create"})
+            events = await events_until(ws, of_type("response.done"))
+            # The answer's transcript keeps only the pieces the client played (its first).
+            answer = events[-1]["response"]["output"][0]
+            await send(ws, {"type": "conversation.item.truncate", "item_id": answer["id"], "content_index": 0, "audio_end_ms": 1})
+            truncated = await next_event(ws)
+            await send(ws, {"type": "conversation.item.retrieve", "item_id": answer["id"]})
+            retrieved = await next_event(ws)
+            return events, truncated, retrieved
+
+    events, truncated, retrieved = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    committed = events[kinds.index("input_audio_buffer.committed")]
+    created = events[kinds.index("conversation.item.created")]
+    assert created["item"]["id"] == committed["item_id"]
+    assert created["item"]["content"][0]["type"] == "input_audio"
+    heard = events[kinds.index("conversation.item.input_audio_transcription.completed")]
+    assert heard["item_id"] == committed["item_id"]
+    assert heard_the_clip(heard["transcript"]), heard["transcript"]
+    assert "input_audio_buffer.speech_started" not in kinds  # push-to-talk: no detector
+    order = [
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.audio_transcript.delta",
+        "response.audio.delta",
+        "response.audio.done",
+        "response.audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.done",
+    ]
+    assert all(kind in kinds for kind in order), kinds
+    assert [kinds.index(kind) for kind in order] == sorted(kinds.index(kind) for kind in order)
+    # The answer's audio is PCM16 at 24 kHz that decodes to speech.
+    audio = decode_wire(audio_of(events), "s16le", 24_000)
+    assert loud(audio) and audio.size > 24_000 // 2
+    spoken = "".join(e["delta"] for e in events if e["type"] == "response.audio_transcript.delta")
+    assert spoken.strip()
+    assert events[kinds.index("response.audio_transcript.done")]["transcript"] == spoken
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    assert done["output"][0]["content"][0] == {"type": "audio", "transcript": spoken}
+    assert done["usage"]["output_tokens"] > 0
+    assert truncated["type"] == "conversation.item.truncated" and truncated["audio_end_ms"] == 1
+    kept = retrieved["item"]["content"][0]["transcript"]
+    assert kept and spoken.startswith(kept) and len(kept) < len(spoken)
+
+
+def test_server_vad_through_the_official_sdk_in_real_time(server):
+    """Silence, the sentence, silence, streamed at the microphone's pace: the server finds the
+    turn, transcribes it, and answers with audio, on its own."""
+    stream = silence_pcm(0.5) + SPEECH + silence_pcm(1.5)
+
+    async def run():
+        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        async with client.realtime.connect(model="gpt-realtime") as connection:
+            await connection.session.update(
+                session={
+                    "type": "realtime",
+                    "audio": {
+                        "input": {
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+                            "transcription": {"model": "whisper-1", "language": "fr"},
+                        }
+                    },
+                }
+            )
+
+            async def microphone() -> None:
+                for piece in chunks(stream, CHUNK):
+                    await connection.input_audio_buffer.append(audio=piece)
+                    await asyncio.sleep(0.1)  # real time: 100 ms of audio every 100 ms
+
+            talking = asyncio.create_task(microphone())
+            events = []
+            while True:
+                event = await asyncio.wait_for(connection.recv(), 90)
+                events.append(event)
+                if event.type == "response.done":
+                    break
+            await talking
+            return events
+
+    events = asyncio.run(run())
+    kinds = [e.type for e in events]
+    order = [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "response.output_audio.delta",
+        "response.done",
+    ]
+    assert all(kind in kinds for kind in order), kinds
+    assert [kinds.index(kind) for kind in order] == sorted(kinds.index(kind) for kind in order)
+    started = events[kinds.index("input_audio_buffer.speech_started")]
+    stopped = events[kinds.index("input_audio_buffer.speech_stopped")]
+    assert started.item_id == stopped.item_id
+    assert 0 <= started.audio_start_ms <= 500 + 350  # within the silence's padding of the words
+    assert stopped.audio_end_ms - started.audio_start_ms > 3_000  # the whole sentence
+    heard = events[kinds.index("conversation.item.input_audio_transcription.completed")]
+    assert heard.item_id == started.item_id
+    assert heard_the_clip(heard.transcript), heard.transcript
+    audio = b"".join(base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta")
+    assert loud(decode_wire(audio, "s16le", 24_000))
+    assert events[-1].response.status == "completed"
+    assert kinds.count("response.created") == 1
+
+
+def test_silence_committed_makes_no_turn(server):
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
+            await events_until(ws, of_type("session.updated"))
+            await push_to_talk(ws, silence_pcm(2.0))
+            await send(ws, {"type": "response.create"})
+            return await events_until(ws, of_type("response.done"))
+
+    events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    failed = events[kinds.index("conversation.item.input_audio_transcription.failed")]
+    assert failed["error"]["code"] == "no_speech"
+    assert events[kinds.index("conversation.item.deleted")]["item_id"] == failed["item_id"]
+    assert "conversation.item.input_audio_transcription.completed" not in kinds
+    assert "response.audio.delta" not in kinds
+    done = events[-1]["response"]
+    assert done["status"] == "failed" and done["status_details"]["error"]["code"] == "no_speech"
+
+
+def test_noise_and_tones_under_server_vad_make_no_turn(server):
+    sounds = np.concatenate([noise(2.0), tone(2.0), noise(2.0, "pink"), np.zeros(16_000, dtype=np.float32)])
+    at_24k = np.interp(np.arange(sounds.size * 3 // 2) * 2 / 3, np.arange(sounds.size), sounds)
+    audio = (at_24k * 32767).astype("<i2").tobytes()
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            for piece in chunks(audio, CHUNK):
+                await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+            await send(ws, {"type": "session.update", "session": {"instructions": "marker"}})
+            events = await events_until(ws, of_type("session.updated"))
+            kinds = [e["type"] for e in events]
+            if "input_audio_buffer.speech_started" in kinds:  # then wait for what it led to
+                await events_until(
+                    ws, lambda e: e["type"].startswith("conversation.item.input_audio_transcription."), events
+                )
+            return events
+
+    kinds = [e["type"] for e in asyncio.run(run())]
+    assert "conversation.item.input_audio_transcription.completed" not in kinds
+    assert "response.created" not in kinds
+
+
+def test_barge_in_cancels_the_answer_at_once(server):
+    """The broker speaks while Léa answers: `response.done` (cancelled, turn_detected) comes
+    right after `speech_started`, before any more of that answer."""
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(
+                ws,
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Décris en détail une belle maison de campagne avec jardin."}]},
+                },
+            )
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(ws, {"type": "response.create"})
+            # Once she has begun: her answer is in the conversation and being written.
+            events = await events_until(ws, of_type("response.audio_transcript.delta"))
+            for piece in chunks(SPEECH[SPEECH_START:], CHUNK):  # the broker talks over her
+                await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+            await events_until(ws, of_type("response.done"), events)
+            await send(ws, {"type": "conversation.item.retrieve", "item_id": events[-1]["response"]["output"][0]["id"]})
+            await events_until(ws, of_type("conversation.item.retrieved"), events)
+            return events
+
+    events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    response_id = events[0]["response"]["id"]
+    started = kinds.index("input_audio_buffer.speech_started")
+    after = [e for e in events[started + 1 :] if e.get("response_id") == response_id or e["type"] == "response.done"]
+    assert after[0]["type"] == "response.done", [e["type"] for e in after]
+    done = after[0]["response"]
+    assert done["id"] == response_id
+    assert done["status"] == "cancelled"
+    assert done["status_details"]["reason"] == "turn_detected"
+    # In the conversation, the answer holds only what had been spoken.
+    kept = events[-1]["item"]
+    assert kept["status"] == "incomplete"
+    spoken = "".join(e["delta"] for e in events[:started] if e["type"] == "response.audio_transcript.delta")
+    assert spoken.startswith(kept["content"][0]["transcript"])
+
+
+@pytest.mark.parametrize(("wire", "ffmpeg_codec"), [("g711_ulaw", "mulaw"), ("g711_alaw", "alaw")])
+def test_telephone_audio_in_and_out(server, wire, ffmpeg_codec):
+    telephone = pcm(CLIP, rate=8_000, codec=ffmpeg_codec)
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(
+                ws,
+                {
+                    "type": "session.update",
+                    "session": {"turn_detection": None, "input_audio_format": wire, "output_audio_format": wire},
+                },
+            )
+            await events_until(ws, of_type("session.updated"))
+            await push_to_talk(ws, telephone, chunk=1_600)  # 200 ms of 8 kHz G.711
+            await send(ws, {"type": "response.create"})
+            return await events_until(ws, of_type("response.done"))
+
+    events = asyncio.run(run())
+    heard = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert heard_the_clip(heard["transcript"]), heard["transcript"]
+    answer = decode_wire(audio_of(events), ffmpeg_codec, 8_000)
+    assert loud(answer) and answer.size > 8_000 // 2
+    assert events[-1]["response"]["status"] == "completed"
