@@ -249,6 +249,8 @@ class RealtimeSession:
         """The session is over: every engine job of it stops, nothing more is sent of it."""
         if self.response is not None:
             self.response.closed = True
+            self.response.status = "cancelled"
+            self.response.status_details = {"type": "cancelled", "reason": "session_closed"}
             self.response.deadline.end("disconnect")
             self.response = None
         for deadline in list(self._deadlines):
@@ -790,6 +792,16 @@ class RealtimeSession:
         finally:
             current_deadline.reset(token)
             self._deadlines.discard(response.deadline)
+            log.info(
+                "realtime response",
+                extra={
+                    "event": "realtime.response",
+                    "status": response.status,
+                    "reason": (response.status_details or {}).get("reason"),
+                    "output_tokens": (response.usage or {}).get("output_tokens"),
+                    "spoken_pieces": len(response.spoken),
+                },
+            )
 
     def _fail(self, response: Response, code: str, message: str) -> None:
         response.status = "failed"

@@ -1,0 +1,142 @@
+"""/v1/realtime's limits on a server of their own (small ones, `LEA_REALTIME_*`): each gives
+its `error` event (and, for the session's length and idle time, close code 1008); one session
+too many is refused at the handshake with 503. A hang-up stops the answer under way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.realtime_client import beta_session, chunks, events_until, next_event, of_type, send, silence_pcm, ws_url
+from tests.server import API_KEY
+from tests.waiting import wait_for
+
+LIMITS = {
+    "LEA_REALTIME_MAX_SESSIONS": "2",
+    "LEA_REALTIME_IDLE_SECONDS": "2",
+    "LEA_REALTIME_MAX_SESSION_SECONDS": "6",
+    "LEA_REALTIME_MAX_BUFFER_SECONDS": "1",
+    "LEA_REALTIME_MAX_EVENT_BYTES": "8192",
+    "LEA_LLM_MAX_REPLY_TOKENS": "200",
+}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory, models_dir):
+    from tests.server import LeaServer
+
+    lea = LeaServer(tmp_path_factory.mktemp("realtime-limits"), models_dir, LIMITS)
+    lea.start()
+    yield lea
+    lea.stop()
+
+
+def test_an_event_too_large_is_an_error_and_the_session_goes_on(limited):
+    async def run():
+        async with beta_session(limited) as (ws, _):
+            await send(ws, {"event_id": "big", "type": "session.update", "session": {"instructions": "x" * 10_000}})
+            error = await next_event(ws)
+            await send(ws, {"type": "session.update", "session": {"instructions": "court"}})
+            return error, await next_event(ws)
+
+    error, updated = asyncio.run(run())
+    assert error["type"] == "error" and error["error"]["code"] == "event_too_large"
+    assert updated["type"] == "session.updated"
+
+
+def test_audio_beyond_the_buffer_limit_is_refused(limited):
+    async def run():
+        async with beta_session(limited) as (ws, _):
+            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
+            await events_until(ws, of_type("session.updated"))
+            for piece in chunks(silence_pcm(1.5), 2_400):  # 50 ms appends, 1.5 s in all
+                await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+            await send(ws, {"type": "input_audio_buffer.clear"})
+            return await events_until(ws, of_type("input_audio_buffer.cleared"))
+
+    events = asyncio.run(run())
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors and all(e["error"]["code"] == "input_audio_buffer_too_large" for e in errors)
+    assert len(errors) == 10  # the appends past the first second, each refused
+
+
+def test_an_idle_session_is_closed_with_its_reason(limited):
+    async def run():
+        async with beta_session(limited) as (ws, _):
+            error = await next_event(ws)  # nothing sent: the idle limit ends it
+            with pytest.raises(ConnectionClosed) as closed:
+                await next_event(ws)
+            return error, closed.value
+
+    error, closed = asyncio.run(run())
+    assert error["error"]["code"] == "idle_timeout"
+    assert closed.rcvd.code == 1008
+
+
+def test_a_session_ends_at_its_length_limit(limited):
+    async def run():
+        events = []
+        async with beta_session(limited) as (ws, _):
+
+            async def keep_busy() -> None:  # never idle
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        await send(ws, {"type": "session.update", "session": {}})
+                        await asyncio.sleep(0.5)
+
+            busy = asyncio.create_task(keep_busy())
+            try:
+                while True:
+                    events.append(await next_event(ws))
+            except ConnectionClosed as closed:
+                await busy
+                return events, closed
+
+    events, closed = asyncio.run(run())
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "session_expired"
+    assert all(e["type"] == "session.updated" for e in events[:-1])
+    assert closed.rcvd.code == 1008
+
+
+def test_a_hang_up_stops_the_answer_under_way(limited):
+    async def run():
+        async with beta_session(limited) as (ws, _):
+            await send(
+                ws,
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Raconte une longue histoire de maison."}]},
+                },
+            )
+            await send(ws, {"type": "response.create"})
+            await events_until(ws, of_type("response.audio_transcript.delta"))
+        # Gone while she writes.
+
+    asyncio.run(run())
+
+    def responses() -> list[dict]:
+        return [e for e in limited.log_events() if e.get("event") == "realtime.response"]
+
+    # Every response logs how it ended, cancelled or not: the wait ends either way.
+    wait_for(lambda: bool(responses()), "the answer's end logged", while_possible=lambda: limited.process.poll() is None)
+    ended = responses()[-1]
+    assert ended["status"] == "cancelled" and ended["reason"] == "session_closed"
+
+
+def test_one_session_too_many_is_refused_at_the_handshake(limited):
+    async def run():
+        async with beta_session(limited), beta_session(limited):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(ws_url(limited), additional_headers={"Authorization": f"Bearer {API_KEY}"}):
+                    pass
+            return refused.value.response
+
+    response = asyncio.run(run())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert json.loads(response.body)["error"]["type"] == "server_error"
