@@ -4,17 +4,72 @@ OpenAI-compatible server on the LAN…) is one new module that satisfies `ChatEn
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: `arguments` is the JSON text of the arguments object."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant message's calls (its `content` may then be empty)."""
+    tool_call_id: str | None = None
+    """A `tool` message: the call it answers."""
+    name: str | None = None
+    """A `tool` message: the tool's name (found from its call)."""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call; `parameters` is a checked JSON Schema object
+    (`lea_local.llm.grammar.check_schema`)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """The tools of a generation and what the model must do with them. `mode`: "auto" (text or
+    calls, the model chooses), "required" (at least one call), "named" (one call of `name`)."""
+
+    tools: tuple[ToolSpec, ...]
+    mode: Literal["auto", "required", "named"] = "auto"
+    name: str | None = None
+    parallel: bool = True
+    """Several calls in one reply allowed."""
+
+
+@dataclass(frozen=True)
+class JsonOutput:
+    """The reply is one JSON object: any (`schema` None) or one valid against `schema`."""
+
+    schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed call: the first of each call carries its `id` and `name`, the
+    others pieces of its `arguments`; joined by `index`, they give the reply's `tool_calls`."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
@@ -22,7 +77,17 @@ class ChatReply:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: Literal["stop", "length", "cancelled", "tool_calls"]
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+class FeatureRefused(ValueError):
+    """The engine cannot honour a request's `tools` or `response_format` (a remote server that
+    refuses them): the caller's request, answered 400 naming `param`."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class PromptRejected(ValueError):
@@ -70,8 +135,17 @@ class ChatEngine(Protocol):
         top_p: float | None = None,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        tools: ToolUse | None = None,
+        json_output: JsonOutput | None = None,
+        on_tool_call: Callable[[ToolCallDelta], None] | None = None,
     ) -> ChatReply:
         """Blocking generation; calls `on_text` with each new piece of text as it comes.
+
+        `tools`: the model may (or must) call these; the calls come back in the reply's
+        `tool_calls` (finish_reason "tool_calls") and, piece by piece, through `on_tool_call`.
+        `json_output`: the reply's text is one JSON object (valid against its schema). Both
+        optional: without them, plain text as before. Raises FeatureRefused when the engine
+        cannot honour them.
 
         `max_tokens` is capped at what the context window leaves after the prompt. `top_p`:
         nucleus sampling (None: the engine's default). `stop`: extra strings that end the reply,

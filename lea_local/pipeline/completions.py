@@ -1,7 +1,8 @@
 """The stateless completion behind the OpenAI-compatible API: the caller's messages → prompt
 check → the LLM queue → the model's reply. The sibling of `turns` without its memory: no
 history is read, nothing is stored, the system prompt is the caller's, and the reply is the
-model's raw text (no clean-up), as OpenAI-compatible servers answer."""
+model's raw text (no clean-up), as OpenAI-compatible servers answer. With tools, the reply may
+be calls instead (or after some text); with a JSON output, it is one JSON object."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lea_local.llm.base import ChatEngine, ChatMessage, PromptRejected
+from lea_local.llm.base import (
+    ChatEngine,
+    ChatMessage,
+    FeatureRefused,
+    JsonOutput,
+    PromptRejected,
+    ToolCall,
+    ToolCallDelta,
+    ToolUse,
+)
 from lea_local.llm.context import PromptTooLong
 from lea_local.pipeline.errors import ContextLengthExceeded, EngineFailure
 from lea_local.runtime.cancellation import GenerationCancelled
@@ -34,6 +44,10 @@ class CompletionRequest:
     top_p: float | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     seed: int | None = None
+    tools: ToolUse | None = None
+    """The model may (or must) call these."""
+    json_output: JsonOutput | None = None
+    """The reply is one JSON object (valid against its schema)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,9 @@ class Completion:
     same as the non-streamed one."""
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls, each one's `arguments` exactly the pieces handed to `on_tool_call` joined."""
 
 
 class ChatCompletions:
@@ -58,8 +74,10 @@ class ChatCompletions:
         *,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        on_tool_call: Callable[[ToolCallDelta], None] | None = None,
     ) -> Completion:
-        """Raises ContextLengthExceeded, PromptRejected, QueueFull, GenerationCancelled, EngineFailure."""
+        """Raises ContextLengthExceeded, PromptRejected, FeatureRefused, QueueFull,
+        GenerationCancelled, EngineFailure."""
         chars = sum(len(m.content) for m in request.messages)
         # Every message costs at least one token of chat template: too many cannot fit either.
         if chars > self.engine.context_size * MAX_CHARS_PER_TOKEN or len(request.messages) > self.engine.context_size:
@@ -68,13 +86,17 @@ class ChatCompletions:
                 f"the messages ({len(request.messages)} messages, {chars} characters) are far longer. "
                 "Please reduce the length of the messages."
             )
-        completion = await self.llm_queue.run(self._generate, request, on_text, cancel)
+        completion = await self.llm_queue.run(self._generate, request, on_text, cancel, on_tool_call)
         count("tokens_generated", completion.completion_tokens)
         count("prompt_tokens", completion.prompt_tokens)
         return completion
 
     def _generate(
-        self, request: CompletionRequest, on_text: Callable[[str], None] | None, cancel: threading.Event | None
+        self,
+        request: CompletionRequest,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event | None,
+        on_tool_call: Callable[[ToolCallDelta], None] | None = None,
     ) -> Completion:
         log.info(
             "llm.prompt",
@@ -82,6 +104,8 @@ class ChatCompletions:
                 "event": "llm.prompt",
                 "api": "openai",
                 "messages": len(request.messages),
+                **({"tools": len(request.tools.tools), "tool_choice": request.tools.mode} if request.tools else {}),
+                **({"json_output": "schema" if request.json_output.schema else "object"} if request.json_output else {}),
                 **(
                     {"prompt": [{"role": m.role, "content": m.content} for m in request.messages]}
                     if self.log_content
@@ -96,6 +120,9 @@ class ChatCompletions:
             if on_text is not None:
                 on_text(piece)
 
+        structured = {}
+        if request.tools is not None or request.json_output is not None:
+            structured = {"tools": request.tools, "json_output": request.json_output, "on_tool_call": on_tool_call}
         try:
             reply = self.engine.generate(
                 request.messages,
@@ -106,6 +133,7 @@ class ChatCompletions:
                 seed=request.seed,
                 on_text=collect,
                 cancel=cancel,
+                **structured,  # type: ignore[arg-type]
             )
         except GenerationCancelled as exc:
             log.info(
@@ -118,7 +146,7 @@ class ChatCompletions:
                 f"This model's maximum context length is {self.engine.context_size} tokens. However, your "
                 f"messages resulted in {exc.tokens} tokens. Please reduce the length of the messages."
             ) from exc
-        except (PromptRejected, QueueFull):  # QueueFull: a remote engine unreachable or refusing (503)
+        except (PromptRejected, FeatureRefused, QueueFull):  # QueueFull: a remote engine unreachable or refusing (503)
             raise
         except Exception as exc:
             log.exception("the language model failed")
@@ -127,5 +155,8 @@ class ChatCompletions:
             text="".join(pieces),
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
-            finish_reason="length" if reply.finish_reason == "length" else "stop",
+            finish_reason=(
+                reply.finish_reason if reply.finish_reason in ("length", "tool_calls") else "stop"  # type: ignore[arg-type]
+            ),
+            tool_calls=reply.tool_calls,
         )

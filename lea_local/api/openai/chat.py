@@ -4,6 +4,7 @@ queue, admission, time budget and cancellation as the agent's text turn."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -28,12 +29,27 @@ from lea_local.api.openai.schemas import (
     Choice,
     ChunkChoice,
     ChunkDelta,
+    ChunkFunction,
+    ChunkToolCall,
+    FinishReason,
     RequestMessage,
+    ResponseFunction,
     ResponseMessage,
+    ResponseToolCall,
     Usage,
 )
 from lea_local.api.streaming import SSE_HEADERS, event_stream_operation, open_stream
-from lea_local.llm.base import ChatMessage, PromptRejected
+from lea_local.llm.base import (
+    ChatMessage,
+    FeatureRefused,
+    JsonOutput,
+    PromptRejected,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    ToolUse,
+)
+from lea_local.llm.grammar import MAX_SCHEMA_CHARS, MAX_TOOLS, SchemaRefused, check_buildable, check_name, check_schema
 from lea_local.pipeline.completions import ChatCompletions, Completion, CompletionRequest
 from lea_local.pipeline.errors import ContextLengthExceeded, EngineFailure
 from lea_local.runtime.inference_queue import InferenceQueue, current_deadline
@@ -44,6 +60,8 @@ log = logging.getLogger(__name__)
 
 _MSGSPEC_PATH = re.compile(r"(?s)^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$")
 _MISSING_FIELD = re.compile(r"missing required field `(?P<field>[^`]+)`")
+# The id given to a legacy `function_call` of the history (its result, a `function` message, has none).
+LEGACY_CALL_ID = "call_legacy_"
 
 
 # The 200 answer is JSON, or server-sent events when the request has `stream: true`.
@@ -78,30 +96,46 @@ async def chat_completions(
     # Only the LLM: no speech is made for a completion.
     stages = [stage for stage in services.turn_stages("chat") if stage[0] is services.llm_queue]
     timeout = settings.turn_timeout("chat")
+    legacy = data.functions is not None
     try:
         if data.stream:
             include_usage = bool(data.stream_options and data.stream_options.include_usage)
-            return await _streamed(request, completions, wanted, answer, timeout, stages, include_usage)  # type: ignore[return-value]
+            return await _streamed(request, completions, wanted, answer, timeout, stages, include_usage, legacy)  # type: ignore[return-value]
         async with request_deadline(request, timeout, stages) as deadline:
             completion = await completions.complete(wanted, cancel=deadline.cancel)
     except ContextLengthExceeded as exc:
         raise OpenAIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except PromptRejected as exc:
         raise OpenAIError(400, str(exc), param="messages") from exc
+    except FeatureRefused as exc:
+        raise OpenAIError(400, str(exc), param=exc.param) from exc
     return ChatCompletion(
         id=answer.id,
         object="chat.completion",
         created=answer.created,
         model=answer.model,
-        choices=[
-            Choice(
-                index=0,
-                message=ResponseMessage(role="assistant", content=completion.text),
-                finish_reason=completion.finish_reason,
-            )
-        ],
+        choices=[Choice(index=0, message=_message(completion, legacy), finish_reason=_finish(completion, legacy))],
         usage=_usage(completion),
     )
+
+
+def _message(completion: Completion, legacy: bool) -> ResponseMessage:
+    calls = completion.tool_calls
+    content = completion.text if completion.text or not calls else None
+    if legacy:
+        function = ResponseFunction(calls[0].name, calls[0].arguments) if calls else None
+        return ResponseMessage(role="assistant", content=content, function_call=function)
+    return ResponseMessage(
+        role="assistant",
+        content=content,
+        tool_calls=[ResponseToolCall(c.id, "function", ResponseFunction(c.name, c.arguments)) for c in calls] or None,
+    )
+
+
+def _finish(completion: Completion, legacy: bool) -> FinishReason:
+    if legacy and completion.finish_reason == "tool_calls":
+        return "function_call"
+    return completion.finish_reason
 
 
 @dataclass(frozen=True)
@@ -137,26 +171,15 @@ def completion_request(data: ChatCompletionRequest, settings: Settings) -> Compl
         raise OpenAIError(400, "n: only one choice per request is supported (n=1)", param="n")
     if data.stream_options is not None and not data.stream:
         raise OpenAIError(400, "stream_options is only allowed when stream is true", param="stream_options")
-    # Tools and JSON modes are refused rather than ignored: the client would wait for tool calls
-    # or parse the reply as JSON, and get prose.
-    tool_fields = (
-        (data.tools, data.tool_choice, "tools", "tool_choice"),
-        (data.functions, data.function_call, "functions", "function_call"),
-    )
-    for tools, choice, name, choice_name in tool_fields:
-        if tools and choice != "none":
-            raise OpenAIError(400, f"{name} are not supported: the local model does not call tools", param=name)
-        if choice not in (None, "none", "auto"):
-            raise OpenAIError(400, f"{choice_name}: the local model does not call tools", param=choice_name)
-    if data.response_format is not None and data.response_format.type != "text":
+    tools = tool_use(data)
+    json_output = _json_output(data)
+    if tools is not None and json_output is not None:
         raise OpenAIError(
-            400,
-            f"response_format {data.response_format.type[:40]!r} is not supported: only 'text'",
-            param="response_format",
+            400, "response_format json_object/json_schema cannot be combined with tools here", param="response_format"
         )
     stop = [data.stop] if isinstance(data.stop, str) else list(data.stop or [])
     return CompletionRequest(
-        messages=[_chat_message(i, message) for i, message in enumerate(data.messages)],
+        messages=chat_messages(data.messages),
         max_tokens=min(
             data.max_completion_tokens or data.max_tokens or settings.llm_max_reply_tokens,
             settings.llm_max_completion_tokens,
@@ -165,17 +188,129 @@ def completion_request(data: ChatCompletionRequest, settings: Settings) -> Compl
         top_p=data.top_p,
         stop=stop,
         seed=data.seed,
+        tools=tools,
+        json_output=json_output,
     )
 
 
-def _chat_message(index: int, message: RequestMessage) -> ChatMessage:
-    where = f"messages[{index}]"
-    if message.role in ("tool", "function"):
-        message_text = f"{where}: role '{message.role}' is not supported: the local model does not call tools"
-        raise OpenAIError(400, message_text, param=f"{where}.role")
-    if message.tool_calls:
-        raise OpenAIError(400, f"{where}: tool calls are not supported", param=f"{where}.tool_calls")
-    if isinstance(message.content, str):
+def _schema_refused(exc: SchemaRefused, param: str, what: str) -> OpenAIError:
+    where = f" at `{exc.path}`" if exc.path else ""
+    return OpenAIError(400, f"{param}: {what}{where} {exc}", param=param)
+
+
+def tool_use(data: ChatCompletionRequest) -> ToolUse | None:
+    """The request's tools and tool_choice (or the legacy functions and function_call); None
+    when the model is to call nothing."""
+    legacy = data.functions is not None
+    if legacy and data.tools is not None:
+        raise OpenAIError(400, "functions: give tools or the legacy functions, not both", param="functions")
+    raw = data.functions if legacy else data.tools
+    field, choice_field = ("functions", "function_call") if legacy else ("tools", "tool_choice")
+    choice = data.function_call if legacy else data.tool_choice
+    if data.function_call is not None and not legacy:
+        raise OpenAIError(400, "function_call needs functions (or use tools and tool_choice)", param="function_call")
+    if not raw:
+        if choice not in (None, "none", "auto"):
+            raise OpenAIError(400, f"{choice_field}: there are no {field} to call", param=choice_field)
+        return None
+    if len(raw) > MAX_TOOLS:
+        raise OpenAIError(400, f"{field}: at most {MAX_TOOLS} are accepted, not {len(raw)}", param=field)
+    specs: list[ToolSpec] = []
+    total = 0
+    for i, tool in enumerate(raw):
+        where = f"{field}[{i}]"
+        if legacy:
+            function = tool
+        else:
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                raise OpenAIError(400, f"{where}.type: only 'function' tools are supported", param=f"{where}.type")
+            function = tool.get("function")
+            where = f"{where}.function"
+        if not isinstance(function, dict):
+            raise OpenAIError(400, f"{where}: a function object is required", param=where)
+        name = function.get("name")
+        why = check_name(name)
+        if why is not None:
+            raise OpenAIError(400, f"{where}.name {why}", param=f"{where}.name")
+        if any(spec.name == name for spec in specs):
+            raise OpenAIError(400, f"{where}.name: {name!r} is given twice", param=f"{where}.name")
+        description = function.get("description") or ""
+        if not isinstance(description, str):
+            raise OpenAIError(400, f"{where}.description must be a string", param=f"{where}.description")
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        try:
+            schema = check_schema(parameters)
+            check_buildable(schema)
+        except SchemaRefused as exc:
+            raise _schema_refused(exc, f"{where}.parameters", "the schema") from exc
+        total += len(json.dumps(schema, separators=(",", ":")))
+        if total > MAX_SCHEMA_CHARS:
+            raise OpenAIError(400, f"{field}: the schemas are larger than {MAX_SCHEMA_CHARS} characters", param=field)
+        specs.append(ToolSpec(name=name, description=description, parameters=schema))  # type: ignore[arg-type]
+    parallel = not legacy and data.parallel_tool_calls is not False
+    if choice is None or choice == "auto":
+        return ToolUse(tuple(specs), "auto", parallel=parallel)
+    if choice == "none":
+        return None
+    if choice == "required" and not legacy:
+        return ToolUse(tuple(specs), "required", parallel=parallel)
+    named = choice.get("name") if legacy and isinstance(choice, dict) else None
+    if not legacy and isinstance(choice, dict) and choice.get("type") == "function":
+        function = choice.get("function")
+        named = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(named, str):
+        expected = "'auto', 'none' or {\"name\": …}" if legacy else "'auto', 'none', 'required' or a named function"
+        raise OpenAIError(400, f"{choice_field} must be {expected}", param=choice_field)
+    if all(spec.name != named for spec in specs):
+        raise OpenAIError(400, f"{choice_field}: {named[:64]!r} is not one of the {field}", param=choice_field)
+    return ToolUse(tuple(specs), "named", name=named, parallel=False)
+
+
+def _json_output(data: ChatCompletionRequest) -> JsonOutput | None:
+    fmt = data.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return JsonOutput()
+    if fmt.type != "json_schema":
+        message = f"response_format.type {fmt.type[:40]!r}: expected 'text', 'json_object' or 'json_schema'"
+        raise OpenAIError(400, message, param="response_format.type")
+    if fmt.json_schema is None:
+        raise OpenAIError(400, "response_format.json_schema is required", param="response_format.json_schema")
+    why = check_name(fmt.json_schema.name)
+    if why is not None:
+        raise OpenAIError(400, f"response_format.json_schema.name {why}", param="response_format.json_schema.name")
+    if fmt.json_schema.schema is None:
+        return JsonOutput()
+    try:
+        schema = check_schema(fmt.json_schema.schema)
+        check_buildable(schema)
+    except SchemaRefused as exc:
+        raise _schema_refused(exc, "response_format.json_schema.schema", "the schema") from exc
+    return JsonOutput(schema)
+
+
+def chat_messages(messages: Sequence[RequestMessage]) -> list[ChatMessage]:
+    """The conversation, calls and their results included; each `tool` message must answer a
+    call of an earlier assistant message."""
+    out: list[ChatMessage] = []
+    calls: dict[str, str] = {}  # id → name
+    for i, message in enumerate(messages):
+        chat = _chat_message(i, message, calls)
+        for call in chat.tool_calls:
+            calls[call.id] = call.name
+        out.append(chat)
+    return out
+
+
+def _chat_message(index: int, message: RequestMessage, calls: dict[str, str]) -> ChatMessage:
+    where = f"{messages_param(index)}"
+    carries_calls = bool(message.tool_calls) or message.function_call is not None
+    if message.content is None:
+        if not (message.role == "assistant" and carries_calls):
+            raise OpenAIError(400, f"{where}.content is required", param=f"{where}.content")
+        text = ""
+    elif isinstance(message.content, str):
         text = message.content
     else:
         texts = []
@@ -187,8 +322,43 @@ def _chat_message(index: int, message: RequestMessage) -> ChatMessage:
                 raise OpenAIError(400, f"{where}.content[{j}].text is required", param=f"{where}.content[{j}].text")
             texts.append(part.text)
         text = "\n".join(texts)
+    if carries_calls and message.role != "assistant":
+        field = "tool_calls" if message.tool_calls else "function_call"
+        raise OpenAIError(400, f"{where}.{field}: only assistant messages carry calls", param=f"{where}.{field}")
+    if message.role == "assistant" and carries_calls:
+        made = []
+        for j, call in enumerate(message.tool_calls or []):
+            why = check_name(call.function.name)
+            if why is not None:
+                param = f"{where}.tool_calls[{j}].function.name"
+                raise OpenAIError(400, f"{param} {why}", param=param)
+            made.append(ToolCall(call.id, call.function.name, call.function.arguments))
+        if message.function_call is not None:  # legacy: one call, answered by the next `function` message
+            made.append(ToolCall(f"{LEGACY_CALL_ID}{index}", message.function_call.name, message.function_call.arguments))
+        return ChatMessage("assistant", text, tool_calls=tuple(made))
+    if message.role == "tool":
+        if message.tool_call_id is None:
+            raise OpenAIError(400, f"{where}.tool_call_id is required", param=f"{where}.tool_call_id")
+        if message.tool_call_id not in calls:
+            raise OpenAIError(
+                400,
+                f"{where}.tool_call_id {message.tool_call_id[:64]!r} answers no call of an earlier assistant message",
+                param=f"{where}.tool_call_id",
+            )
+        return ChatMessage("tool", text, tool_call_id=message.tool_call_id, name=calls[message.tool_call_id])
+    if message.role == "function":  # legacy: the result of the last function_call
+        legacy_ids = [call_id for call_id in calls if call_id.startswith(LEGACY_CALL_ID)]
+        if not legacy_ids or message.name is None or calls[legacy_ids[-1]] != message.name:
+            raise OpenAIError(
+                400, f"{where}: a function message must follow the function_call it answers", param=f"{where}.name"
+            )
+        return ChatMessage("tool", text, tool_call_id=legacy_ids[-1], name=message.name)
     # `developer` is OpenAI's newer name for the system role.
-    return ChatMessage("system" if message.role == "developer" else message.role, text)
+    return ChatMessage("system" if message.role == "developer" else message.role, text)  # type: ignore[arg-type]
+
+
+def messages_param(index: int) -> str:
+    return f"messages[{index}]"
 
 
 async def _streamed(
@@ -199,23 +369,39 @@ async def _streamed(
     timeout: float,
     stages: Sequence[tuple[InferenceQueue, float]],
     include_usage: bool,
+    legacy: bool = False,
 ) -> Stream:
-    async def work(emit: Callable[[str | Completion], None]) -> None:
+    async def work(emit: Callable[[str | ToolCallDelta | Completion], None]) -> None:
         deadline = current_deadline.get()
         completion = await completions.complete(
-            wanted, on_text=emit, cancel=deadline.cancel if deadline is not None else None
+            wanted, on_text=emit, on_tool_call=emit, cancel=deadline.cancel if deadline is not None else None
         )
         emit(completion)  # the last item: also what a reply with no text at all sends
 
     # Raises before anything is sent (503, 400, 504…): an ordinary HTTP error.
-    items: AsyncIterator[str | Completion] = await open_stream(request, timeout, stages, work)
+    items: AsyncIterator[str | ToolCallDelta | Completion] = await open_stream(request, timeout, stages, work)
     return Stream(
-        _events(items, answer, include_usage),
+        _events(items, answer, include_usage, legacy),
         headers=SSE_HEADERS,
     )
 
 
-async def _events(items: AsyncIterator[str | Completion], answer: _Answer, include_usage: bool) -> AsyncIterator[bytes]:
+def _call_delta(item: ToolCallDelta, legacy: bool) -> ChunkDelta:
+    """A call's fragment: the first of each call has its id and name (and empty arguments)."""
+    function = ChunkFunction(name=item.name, arguments=item.arguments)
+    if legacy:
+        return ChunkDelta(function_call=function)
+    first = item.id is not None
+    return ChunkDelta(
+        tool_calls=[
+            ChunkToolCall(index=item.index, id=item.id, type="function" if first else None, function=function)
+        ]
+    )
+
+
+async def _events(
+    items: AsyncIterator[str | ToolCallDelta | Completion], answer: _Answer, include_usage: bool, legacy: bool = False
+) -> AsyncIterator[bytes]:
     def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         return _event(
             ChatCompletionChunk(
@@ -233,8 +419,12 @@ async def _events(items: AsyncIterator[str | Completion], answer: _Answer, inclu
         async for item in items:
             if isinstance(item, str):
                 yield chunk([ChunkChoice(index=0, delta=ChunkDelta(content=item))])
+            elif isinstance(item, ToolCallDelta):
+                if legacy and item.index > 0:
+                    continue  # the legacy API has one call
+                yield chunk([ChunkChoice(index=0, delta=_call_delta(item, legacy))])
             else:
-                yield chunk([ChunkChoice(index=0, delta=ChunkDelta(), finish_reason=item.finish_reason)])
+                yield chunk([ChunkChoice(index=0, delta=ChunkDelta(), finish_reason=_finish(item, legacy))])
                 if include_usage:
                     yield chunk([], _usage(item))
     except Exception as exc:  # the stream has begun: the error goes in it, in OpenAI's shape

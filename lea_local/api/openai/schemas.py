@@ -2,9 +2,9 @@
 send and read them (errors: `lea_local.api.openai.errors`).
 
 Fields this server does not act on (`frequency_penalty`, `presence_penalty`, `logprobs`,
-`parallel_tool_calls`, `metadata`…) are ignored, as OpenAI ignores what it does not know;
-fields whose silent neglect would mislead the client (tools, JSON output) are declared here so
-that the route can refuse them."""
+`metadata`…) are ignored, as OpenAI ignores what it does not know. Tools (and the legacy
+functions) and JSON output are read by the route (`chat.py`), which checks each tool's schema
+itself so that its errors name the parameter at fault."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 # Integers are 64-bit, as in OpenAI's schema (JSON allows any size).
 INT64_MAX = 2**63 - 1
@@ -29,15 +29,31 @@ class ContentPart(msgspec.Struct):
     text: str | None = None
 
 
+class FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str
+    """The arguments object as JSON text."""
+
+
+class MessageToolCall(msgspec.Struct):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
 class RequestMessage(msgspec.Struct):
     role: Role
-    """`developer` is read as `system`; `tool` and `function` are refused (no tool calling here)."""
-    content: str | list[ContentPart]
-    """Required: a message without text (an assistant's tool calls) has no use here."""
+    """`developer` is read as `system`; `function` (legacy) as `tool`."""
+    content: str | list[ContentPart] | None = None
+    """Required, except on an assistant message that carries `tool_calls` or `function_call`."""
     name: str | None = None
-    """Accepted and ignored."""
-    tool_calls: list[dict[str, Any]] | None = None
-    """Refused when not empty (no tool calling here)."""
+    """A `function` message's function; ignored on the other roles."""
+    tool_calls: list[MessageToolCall] | None = None
+    """An assistant message's calls, answered by the `tool` messages after it."""
+    tool_call_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    """A `tool` message: the call it answers (one of an earlier assistant message's)."""
+    function_call: FunctionCall | None = None
+    """Legacy: an assistant message's one call."""
 
 
 class StreamOptions(msgspec.Struct):
@@ -45,9 +61,20 @@ class StreamOptions(msgspec.Struct):
     """Send a last chunk, with empty `choices`, that carries the request's `usage`."""
 
 
+class JsonSchemaFormat(msgspec.Struct):
+    name: str
+    schema: dict[str, Any] | None = None
+    """A JSON Schema object; the reply validates against it (absent: any JSON object)."""
+    strict: bool | None = None
+    """Accepted: the reply is always constrained to the schema."""
+    description: str | None = None
+
+
 class ResponseFormat(msgspec.Struct):
     type: str
-    """Only `text`: JSON modes are refused rather than answered with text that is not JSON."""
+    """`text`, `json_object` (the reply is one JSON object) or `json_schema` (one valid against
+    `json_schema.schema`)."""
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(msgspec.Struct):
@@ -79,12 +106,17 @@ class ChatCompletionRequest(msgspec.Struct):
     """Only 1."""
     user: str | None = None
     """Accepted and ignored."""
-    tools: list[dict[str, Any]] | None = None
-    """Refused when not empty, unless `tool_choice` is "none": the local model calls no tools."""
+    tools: list[Any] | None = None
+    """Functions the model may call: `{"type": "function", "function": {name, description,
+    parameters, strict}}`, at most 128; each `parameters` a JSON Schema object."""
     tool_choice: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
-    """Legacy `tools`: refused the same way."""
+    """`auto` (default with tools), `none`, `required`, or `{"type": "function", "function": {"name": …}}`."""
+    parallel_tool_calls: bool | None = None
+    """Several calls in one reply (default true)."""
+    functions: list[Any] | None = None
+    """Legacy `tools`: the answer then has `function_call` (one call at most)."""
     function_call: str | dict[str, Any] | None = None
+    """Legacy `tool_choice`: `auto`, `none` or `{"name": …}`."""
     response_format: ResponseFormat | None = None
 
 
@@ -94,10 +126,26 @@ class Usage(msgspec.Struct):
     total_tokens: int
 
 
+class ResponseFunction(msgspec.Struct):
+    name: str
+    arguments: str
+    """JSON text, valid against the function's parameters."""
+
+
+class ResponseToolCall(msgspec.Struct):
+    id: str
+    type: Literal["function"]
+    function: ResponseFunction
+
+
 class ResponseMessage(msgspec.Struct):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    """None when the reply is only calls."""
     refusal: None = None
+    tool_calls: list[ResponseToolCall] | None = None
+    function_call: ResponseFunction | None = None
+    """Legacy (`functions` in the request)."""
 
 
 class Choice(msgspec.Struct):
@@ -117,9 +165,25 @@ class ChatCompletion(msgspec.Struct):
     usage: Usage
 
 
+class ChunkFunction(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(msgspec.Struct, omit_defaults=True):
+    """A fragment of a call: the first of each (by `index`) has its id, type and name."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkFunction | None = None
+
+
 class ChunkDelta(msgspec.Struct, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+    function_call: ChunkFunction | None = None
 
 
 class ChunkChoice(msgspec.Struct):
