@@ -14,14 +14,24 @@ from litestar.handlers.base import BaseRouteHandler
 API_KEY_HEADER = "X-API-Key"
 
 
+BROWSER_KEY_SUBPROTOCOL = "openai-insecure-api-key."
+"""A browser's WebSocket cannot send headers: OpenAI's Realtime clients in a page offer the key as
+the subprotocol `openai-insecure-api-key.<key>` instead (the console's hands-free mode does)."""
+
+
 def presented_key(connection: ASGIConnection) -> str | None:
-    """The key the caller sent: `X-API-Key` when present, else a Bearer token."""
+    """The key the caller sent: `X-API-Key` when present, else a Bearer token, else (a websocket
+    opened by a page) the key subprotocol."""
     key = connection.headers.get(API_KEY_HEADER)
     if key:
         return key
     scheme, _, token = (connection.headers.get("Authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
+    if connection.scope["type"] == "websocket":
+        for offered in (connection.headers.get("Sec-WebSocket-Protocol") or "").split(","):
+            if offered.strip().startswith(BROWSER_KEY_SUBPROTOCOL):
+                return offered.strip().removeprefix(BROWSER_KEY_SUBPROTOCOL) or None
     return None
 
 

@@ -81,11 +81,22 @@ def _admit(scope: Scope, receive: Receive) -> tuple[Services, set[RealtimeSessio
     return services, sessions
 
 
+def _subprotocols(scope: Scope) -> list[str]:
+    return [p.strip() for p in scope.get("subprotocols", []) if p.strip()]
+
+
 def _dialect(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name.lower() == b"openai-beta" and b"realtime=v1" in value.replace(b" ", b"").lower():
             return "beta"
-    return "ga"
+    # A page cannot send headers: it offers the subprotocol `openai-beta.realtime-v1` instead.
+    return "beta" if "openai-beta.realtime-v1" in _subprotocols(scope) else "ga"
+
+
+def _accepted_subprotocol(scope: Scope) -> str | None:
+    """`realtime` when the client offered it (a page does, beside its key): a browser drops a
+    connection whose answer selects none of the subprotocols it offered."""
+    return "realtime" if "realtime" in _subprotocols(scope) else None
 
 
 @asgi("/v1/realtime", copy_scope=False, include_in_schema=False)
@@ -115,7 +126,7 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
         log_content=settings.log_content,
     )
     sessions.add(session)
-    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.accept", "subprotocol": _accepted_subprotocol(scope)})
     log.info("realtime session opened", extra={"event": "realtime.open", "dialect": session.dialect, "sessions": len(sessions)})
 
     async def next_message() -> str | bytes | None:

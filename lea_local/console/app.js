@@ -4,6 +4,7 @@
 import { ApiProblem, callApi, saveKey, savedKey, streamApi } from "./api.js";
 import { PiecePlayer, PushToTalk, microphoneProblem } from "./audio.js";
 import { DocumentsPanel } from "./knowledge.js";
+import { HandsFreeCall } from "./realtime.js";
 import { ConsoleSession } from "./session.js";
 
 const CHAT_STREAM = "/api/external/agent/chat/stream";
@@ -313,6 +314,62 @@ document.addEventListener("keyup", (event) => {
   if (event.code !== "Space" || !talker.held) return;
   event.preventDefault();
   stopTalking();
+});
+
+// --- hands-free (/v1/realtime) --------------------------------------------------------------------
+
+const HANDS_FREE_STATES = {
+  connecting: "Connexion…",
+  listening: "À l'écoute : parlez.",
+  hearing: "Je vous écoute…",
+  thinking: "Léa réfléchit…",
+  speaking: "Léa parle (parlez pour l'interrompre).",
+  off: "Appel terminé.",
+};
+const handsFreeState = $("hands-free-state");
+const handsFreeButton = $("hands-free");
+let call = null;
+
+function showCallState(state) {
+  handsFreeState.dataset.state = state;
+  handsFreeState.textContent = HANDS_FREE_STATES[state] || state;
+  const on = state !== "off";
+  handsFreeButton.setAttribute("aria-pressed", String(on));
+  handsFreeButton.textContent = on ? "Raccrocher" : "Mains libres";
+  page.talk.disabled = on || turnUnderWay;
+  page.send.disabled = on || turnUnderWay;
+  if (!on) call = null;
+}
+
+handsFreeButton.addEventListener("click", () => {
+  if (call) {
+    call.stop();
+    return;
+  }
+  if (turnUnderWay || !needKey()) return;
+  const problem = microphoneProblem();
+  if (problem) {
+    showProblem(problem);
+    return;
+  }
+  clearProblem();
+  player.reset();
+  call = new HandsFreeCall({
+    state: showCallState,
+    transcript: (text) => {
+      page.transcript.textContent = text;
+      page.transcript.classList.remove("muted");
+    },
+    answer: (text, done) => {
+      page.answer.textContent = text || "—";
+      page.answer.dataset.state = done ? (done === "completed" ? "done" : done) : "streaming";
+    },
+    played: (chunks) => {
+      handsFreeState.dataset.played = String(chunks);
+    },
+    problem: showProblem,
+  });
+  call.start();
 });
 
 // --- forms and buttons ----------------------------------------------------------------------------
