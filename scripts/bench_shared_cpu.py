@@ -109,7 +109,7 @@ def asr_child(threads: int) -> None:
 
     settings = Settings(asr_threads=threads)
     recognizer = build_recognizer(settings, resolve_model_paths(settings).asr)
-    audio = decode_audio(CLIP.read_bytes())
+    audio = decode_audio(CLIP.read_bytes(), max_seconds=120, timeout=60).samples
     seconds = len(audio) / 16_000
     recognizer.transcribe(audio)  # warm
     ratios = []
