@@ -130,7 +130,7 @@ def _check(node: Any, root: dict, path: str, depth: int) -> None:
     kind = node.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
     for one in kinds:
-        if one not in TYPES:
+        if not isinstance(one, str) or one not in TYPES:
             raise SchemaRefused(f"unknown type {json.dumps(one)[:40]}", _at(path, "type"))
     for key in _REPETITION_KEYWORDS:
         if key in node:
