@@ -292,3 +292,43 @@ def test_expiry_and_state_cover_partial_files_and_failure_markers(tmp_path):
     assert store.state(stale) is None  # expired
     assert store.sweep() == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{live}.part"]
+
+
+def test_a_realtime_session_runs_through_nginx_over_wss(deployment):
+    """The shipped nginx upgrades /v1/realtime to a websocket over TLS (issue 27, item 11)."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    from tests.realtime_client import events_until, next_event, of_type, send
+
+    async def run() -> tuple[dict, list[dict]]:
+        url = deployment.nginx.url.replace("https://", "wss://") + "/v1/realtime?model=lea"
+        headers = {"X-API-Key": API_KEY, "OpenAI-Beta": "realtime=v1"}
+        async with connect(url, additional_headers=headers, ssl=deployment.nginx.ssl_context(), max_size=None) as ws:
+            created = await next_event(ws)
+            item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Bonjour, qui es-tu ?"}]}
+            await send(ws, {"type": "conversation.item.create", "item": item})
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            return created, await events_until(ws, of_type("response.done"))
+
+    created, events = asyncio.run(run())
+    assert created["type"] == "session.created"
+    assert "".join(e["delta"] for e in events if e["type"] == "response.text.delta").strip()
+    assert events[-1]["response"]["status"] == "completed"
+
+
+def test_the_realtime_location_outlasts_a_silent_broker():
+    """A quiet session sends no frame for up to LEA_REALTIME_IDLE_SECONDS: nginx must not cut it first."""
+    import re
+
+    from lea_local.settings import Settings
+
+    site = (Path(__file__).resolve().parent.parent / "deploy/nginx/lea-local.conf").read_text()
+    block = site[site.index("location = /v1/realtime") :]
+    block = block[: block.index("}")]
+    seconds = {name: int(value) for name, value in re.findall(r"(proxy_(?:read|send)_timeout) (\d+)s;", block)}
+    idle = Settings.model_fields["realtime_idle_seconds"].default
+    assert seconds["proxy_read_timeout"] > idle and seconds["proxy_send_timeout"] > idle
+    assert "proxy_set_header Upgrade $http_upgrade;" in block
