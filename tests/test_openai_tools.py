@@ -404,3 +404,157 @@ def test_the_agent_endpoint_is_unchanged_by_tools(server):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["success"] is True and body["response"] and "tool_calls" not in body
+
+
+# --- remote engines: tools and JSON output pass through -----------------------------------------
+@pytest.mark.slow
+def test_tools_pass_through_a_remote_engine(server, make_server):
+    # A lea-local whose LLM is another lea-local (the shared server): the call is made and
+    # constrained there, and streamed back through both.
+    front = make_server({"LEA_LLM_URL": f"{server.url}/v1", "LEA_LLM_API_KEY": API_KEY, "LEA_LLM_CONTEXT_SIZE": "4096"})
+    options: dict[str, Any] = {"tools": TOOLS, "tool_choice": GEOCODE, **GREEDY}
+    direct = sync_client(server).chat.completions.create(model="gpt-4o", messages=ADDRESS, **options)
+    through = sync_client(front).chat.completions.create(model="gpt-4o", messages=ADDRESS, **options)
+    [call] = through.choices[0].message.tool_calls
+    assert through.choices[0].finish_reason == "tool_calls"
+    assert (call.function.name, call.function.arguments) == (
+        "geocode_address",
+        direct.choices[0].message.tool_calls[0].function.arguments,
+    )
+    calls, finish = reassembled(
+        list(sync_client(front).chat.completions.create(model="gpt-4o", messages=ADDRESS, stream=True, **options))
+    )
+    assert finish == "tool_calls" and [(c["name"], c["arguments"]) for c in calls] == [
+        ("geocode_address", call.function.arguments)
+    ]
+    # The round trip's history (a call, its result) goes through too.
+    answered = sync_client(front).chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            *ADDRESS,
+            through.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"address": "5554 rue Saint-Denis"}'},
+        ],
+        temperature=0,
+        max_tokens=8,
+    )
+    assert answered.choices[0].message.content
+    parsed = sync_client(front).chat.completions.create(
+        model="gpt-4o", messages=ADDRESS, response_format={"type": "json_object"}, temperature=0, max_tokens=100
+    )
+    assert isinstance(json.loads(parsed.choices[0].message.content or ""), dict)
+
+
+def test_remote_request_carries_the_tools_and_reads_the_streamed_calls():
+    from lea_local.llm.base import ChatMessage, JsonOutput, ToolCall, ToolCallDelta, ToolSpec, ToolUse
+    from lea_local.llm.remote_engine import RemoteChatEngine
+    from tests.test_remote_engines import fake_server, sse
+
+    seen: list[tuple[str, dict]] = []
+    fragments = [
+        {"index": 0, "id": "call_x", "type": "function", "function": {"name": "geocode_address", "arguments": ""}},
+        {"index": 0, "function": {"arguments": '{"partial_address": '}},
+        {"index": 0, "function": {"arguments": '"5554 rue Saint-Denis"}'}},
+        # A server that sends a whole call in one fragment.
+        {"index": 1, "id": "call_y", "function": {"name": "get_draft", "arguments": "{}"}},
+    ]
+    routes = {
+        ("GET", "/v1/models"): {"data": [{"id": "qwen"}]},
+        ("POST", "/v1/chat/completions"): lambda body: sse(
+            *[{"choices": [{"index": 0, "delta": {"tool_calls": [f]}, "finish_reason": None}]} for f in fragments],
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        ),
+    }
+    engine = RemoteChatEngine("http://llm:9000", context_size=4096, transport=fake_server(routes, seen))
+    geocode = ToolSpec("geocode_address", "g", {"type": "object", "properties": {}})
+    history = [
+        ChatMessage("user", "Bonjour"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("call_a", "geocode_address", "{}"),)),
+        ChatMessage("tool", "ok", tool_call_id="call_a", name="geocode_address"),
+    ]
+    deltas: list[ToolCallDelta] = []
+    reply = engine.generate(
+        history,
+        max_tokens=64,
+        temperature=0,
+        tools=ToolUse((geocode,), "named", name="geocode_address", parallel=False),
+        on_tool_call=deltas.append,
+    )
+    sent = seen[-1][1]
+    assert sent["tools"][0]["function"]["name"] == "geocode_address"
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "geocode_address"}}
+    assert sent["parallel_tool_calls"] is False
+    assert sent["messages"][1]["tool_calls"][0]["id"] == "call_a" and sent["messages"][1]["content"] is None
+    assert sent["messages"][2] == {"role": "tool", "content": "ok", "tool_call_id": "call_a"}
+    assert reply.finish_reason == "tool_calls"
+    assert reply.tool_calls == (
+        ToolCall("call_x", "geocode_address", '{"partial_address": "5554 rue Saint-Denis"}'),
+        ToolCall("call_y", "get_draft", "{}"),
+    )
+    assert [(d.index, d.id, d.name) for d in deltas if d.name] == [(0, "call_x", "geocode_address"), (1, "call_y", "get_draft")]
+    engine.generate([ChatMessage("user", "x")], max_tokens=8, temperature=0, json_output=JsonOutput({"type": "object"}))
+    assert seen[-1][1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": {"type": "object"}, "strict": True},
+    }
+
+
+def test_a_remote_server_refusing_tools_is_a_400_naming_tools():
+    from lea_local.llm.base import ChatMessage, FeatureRefused, ToolSpec, ToolUse
+    from lea_local.llm.remote_engine import RemoteChatEngine
+    from tests.test_remote_engines import fake_server
+
+    refusal = {"error": {"message": "tools param requires --jinja flag", "type": "not_supported_error"}}
+    routes = {
+        ("GET", "/v1/models"): {"data": [{"id": "m"}]},
+        ("POST", "/v1/chat/completions"): lambda body: httpx.Response(400 if "tools" in body else 500, json=refusal),
+    }
+    engine = RemoteChatEngine("http://llm:9000", context_size=4096, transport=fake_server(routes, []))
+    tools = ToolUse((ToolSpec("f", "", {"type": "object", "properties": {}}),), "auto")
+    with pytest.raises(FeatureRefused) as refused:
+        engine.generate([ChatMessage("user", "x")], max_tokens=8, temperature=0, tools=tools)
+    assert refused.value.param == "tools" and "--jinja" in str(refused.value)
+
+
+def test_an_engine_refusing_tools_answers_400_streamed_or_not(tmp_path):
+    from litestar.testing import TestClient
+
+    from lea_local.api.app import create_app
+    from lea_local.llm.base import ChatReply, FeatureRefused
+    from lea_local.pipeline.turns import ChatTurns
+    from lea_local.runtime.inference_queue import InferenceQueue
+    from lea_local.services import Services
+    from lea_local.settings import Settings
+    from lea_local.store.conversations import ConversationStore
+    from tests.fixtures.engines import LocalStandInEngine
+
+    class RefusingEngine(LocalStandInEngine):
+        """A remote engine whose server refuses tools (as RemoteChatEngine reports it)."""
+
+        model_name = "refusing"
+
+        def count_prompt_tokens(self, messages):
+            return 10
+
+        def generate(self, messages, *, max_tokens, tools=None, **kwargs):
+            if tools is not None:
+                raise FeatureRefused("the LLM server refuses tools (answered 400)", "tools")
+            return ChatReply("ok", 1, 1, "stop")
+
+    settings = Settings(_env_file=None, api_keys=API_KEY, data_dir=tmp_path)
+    store = ConversationStore.from_url(settings.effective_database_url)
+
+    def build(_: Settings) -> Services:
+        engine = RefusingEngine()
+        queue = InferenceQueue("language model", max_waiting=4)
+        turns = ChatTurns(engine=engine, store=store, llm_queue=queue, system_prompt="s", max_reply_tokens=64, temperature=0)
+        return Services(settings=settings, store=store, chat_engine=engine, llm_queue=queue, turns=turns)
+
+    with TestClient(create_app(settings, build=build), raise_server_exceptions=False) as client:
+        while client.get("/ready").status_code != 200:
+            pass
+        for stream in (False, True):
+            body = {"model": "gpt-4o", "messages": ADDRESS, "tools": [GEOCODE_ADDRESS], "stream": stream}
+            r = client.post(PATH, json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == "tools" and "refuses tools" in r.json()["error"]["message"]

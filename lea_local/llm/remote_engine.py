@@ -7,6 +7,11 @@ What is found out about the server at start (`LEA_LLM_URL`):
   `n_ctx`, vLLM's `max_model_len`), else `LEA_LLM_CONTEXT_SIZE`'s default (4096). llama-cpp-python's
   server does not say its `--n_ctx`: set `LEA_LLM_CONTEXT_SIZE` to it;
 - how prompts are counted, exactly where the server can tokenise (`TOKEN_COUNTING` below).
+
+Tools and JSON output pass through as OpenAI's `tools`, `tool_choice`, `parallel_tool_calls` and
+`response_format`: the server constrains them (llama-server with `--jinja`, vLLM with a tool
+parser, another lea-local). A server that refuses them (a 4xx) is the caller's 400
+(FeatureRefused), never a reply without the calls or the JSON asked for.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -22,9 +28,10 @@ from typing import Any, Literal
 
 import httpx
 
-from lea_local.llm.base import ChatMessage, ChatReply
+from lea_local.llm.base import ChatMessage, ChatReply, FeatureRefused, JsonOutput, ToolCall, ToolCallDelta, ToolUse
 from lea_local.llm.context import PromptTooLong
 from lea_local.llm.repetition import RepetitionDetector
+from lea_local.llm.tool_formats import openai_tools
 from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.runtime.remote_http import (
     RemoteEngineError,
@@ -258,7 +265,8 @@ class RemoteChatEngine:
             body = {"model": self.request_model, "messages": _wire(messages), "add_generation_prompt": True}
             return int(request_json(self._client, "POST", "/tokenize", engine=ENGINE, json=body)["count"])
         if self._overheads is not None:
-            return sum(self.count_text_tokens(m.content) + self._overheads[m.role] for m in messages)
+            overheads = self._overheads
+            return sum(self.count_text_tokens(m.content) + overheads.get(m.role, overheads["user"]) for m in messages)
         return estimate_prompt_tokens(messages)
 
     # --- generation -------------------------------------------------------------------------
@@ -273,6 +281,9 @@ class RemoteChatEngine:
         top_p: float | None = None,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        tools: ToolUse | None = None,
+        json_output: JsonOutput | None = None,
+        on_tool_call: Callable[[ToolCallDelta], None] | None = None,
     ) -> ChatReply:
         prompt_tokens = self.count_prompt_tokens(messages)
         if prompt_tokens >= self.context_size:  # not even one token of reply would fit
@@ -291,36 +302,54 @@ class RemoteChatEngine:
             body["stop"] = list(stop)
         if seed is not None:
             body["seed"] = seed
+        body.update(_structured(tools, json_output))
         if self.kind in ("llama-cpp-server", "llama-cpp-python-server"):
             body["repeat_penalty"] = self.repeat_penalty
         elif self.kind == "vllm":
             body["repetition_penalty"] = self.repeat_penalty
         repetition = RepetitionDetector()
         finish_reason, usage, pieces = "stop", None, 0
-        with open_response(
-            self._client, "POST", "/v1/chat/completions", engine=ENGINE, cancel=cancel, json=body
-        ) as response:
-            for chunk in _events(response):
-                if cancel is not None and cancel.is_set():
-                    break
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                choices = chunk.get("choices") or []
-                if not choices:
-                    continue
-                choice = choices[0]
-                text = (choice.get("delta") or {}).get("content") or ""
-                if text:
-                    pieces += 1
-                    if repetition.feed(text):
-                        # A loop: leaving closes the stream, and the server stops generating it.
-                        log.info("llm.loop_stopped", extra={"event": "llm.loop_stopped"})
+        calls: dict[int, dict[str, str]] = {}  # the server's index → id, name, arguments
+        try:
+            with open_response(
+                self._client, "POST", "/v1/chat/completions", engine=ENGINE, cancel=cancel, json=body
+            ) as response:
+                for chunk in _events(response):
+                    if cancel is not None and cancel.is_set():
                         break
-                    if on_text is not None:
-                        on_text(text)
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
-            # Leaving the block closes the connection: a server still generating stops.
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    choices = chunk.get("choices") or []
+                    if not choices:
+                        continue
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    for fragment in delta.get("tool_calls") or []:
+                        pieces += 1
+                        _call_fragment(fragment, calls, on_tool_call)
+                    text = delta.get("content") or ""
+                    if text:
+                        pieces += 1
+                        if repetition.feed(text):
+                            # A loop: leaving closes the stream, and the server stops generating it.
+                            log.info("llm.loop_stopped", extra={"event": "llm.loop_stopped"})
+                            break
+                        if on_text is not None:
+                            on_text(text)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+                # Leaving the block closes the connection: a server still generating stops.
+        except RemoteEngineError as exc:
+            refused = _REFUSED.search(str(exc))
+            if refused is None or (tools is None and json_output is None):
+                raise
+            param = "tools" if tools is not None else "response_format"
+            raise FeatureRefused(
+                f"the LLM server at {loggable_url(str(self._client.base_url))} refuses {param} "
+                f"(answered {refused.group(1)}): {str(exc)[-300:]}. llama-server needs --jinja, vLLM a tool parser "
+                "(--enable-auto-tool-choice --tool-call-parser …)",
+                param,
+            ) from exc
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("generation cancelled", completion_tokens=pieces)
         if usage and not repetition.fired:
@@ -329,11 +358,14 @@ class RemoteChatEngine:
             completion_tokens = self.count_text_tokens(repetition.text)
         else:
             completion_tokens = pieces  # servers stream about one token per chunk
+        made = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items()))
         return ChatReply(
             text=repetition.kept_text(),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            finish_reason="length" if finish_reason == "length" and not repetition.fired else "stop",
+            # Some servers end their calls with "stop".
+            finish_reason="length" if finish_reason == "length" and not repetition.fired else "tool_calls" if made else "stop",
+            tool_calls=made,
         )
 
     def prompt_cache_stats(self) -> None:
@@ -344,8 +376,63 @@ class RemoteChatEngine:
         self._client.close()
 
 
-def _wire(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
+_REFUSED = re.compile(r"answered (4\d\d)")
+
+
+def _wire(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    wired: list[dict[str, Any]] = []
+    for m in messages:
+        entry: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            entry["content"] = m.content or None
+            entry["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ]
+        if m.role == "tool":
+            entry["tool_call_id"] = m.tool_call_id
+        wired.append(entry)
+    return wired
+
+
+def _structured(tools: ToolUse | None, json_output: JsonOutput | None) -> dict[str, Any]:
+    """The request's tools and JSON output in OpenAI's fields."""
+    body: dict[str, Any] = {}
+    if tools is not None:
+        body["tools"] = openai_tools(tools.tools)
+        if tools.mode == "named":
+            body["tool_choice"] = {"type": "function", "function": {"name": tools.name}}
+        else:
+            body["tool_choice"] = tools.mode
+        body["parallel_tool_calls"] = tools.parallel
+    if json_output is not None:
+        if json_output.schema is None:
+            body["response_format"] = {"type": "json_object"}
+        else:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": dict(json_output.schema), "strict": True},
+            }
+    return body
+
+
+def _call_fragment(
+    fragment: dict[str, Any], calls: dict[int, dict[str, str]], on_tool_call: Callable[[ToolCallDelta], None] | None
+) -> None:
+    """One streamed fragment of a call, kept and passed on: the first of each index with its id
+    and name (a server that sends the whole call at once gives one fragment)."""
+    index = fragment.get("index", len(calls))
+    function = fragment.get("function") or {}
+    arguments = function.get("arguments") or ""
+    if index not in calls:
+        call_id = fragment.get("id") or f"call_{index}"
+        calls[index] = {"id": call_id, "name": function.get("name") or "", "arguments": arguments}
+        delta = ToolCallDelta(len(calls) - 1, call_id, calls[index]["name"], arguments)
+    else:
+        calls[index]["arguments"] += arguments
+        delta = ToolCallDelta(list(calls).index(index), arguments=arguments)
+    if on_tool_call is not None:
+        on_tool_call(delta)
 
 
 def _events(response: httpx.Response) -> Any:
