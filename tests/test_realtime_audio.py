@@ -122,8 +122,14 @@ def test_a_spoken_sentence_is_one_turn_from_its_start_to_its_end():
     speech = to_recogniser(np.frombuffer(pcm(CLIP), dtype="<i2"), 24_000)
     quiet = np.zeros(16_000, dtype=np.float32)
     events = turn_events(np.concatenate([quiet, speech, quiet]), TurnDetection(silence_duration_ms=800))
-    assert [e.kind for e in events] == ["started", "stopped"]
-    started, stopped = events
+    turns = [e for e in events if e.kind in ("started", "stopped")]
+    assert [e.kind for e in turns] == ["started", "stopped"]
+    started, stopped = turns
+    # Each pause inside the speech is announced, then either resumed or, the last, the stop.
+    pauses = [e.kind for e in events if e.kind in ("paused", "resumed")]
+    assert pauses and pauses[-1] == "paused" and pauses.count("paused") == pauses.count("resumed") + 1
+    last_pause = [e for e in events if e.kind == "paused"][-1]
+    assert last_pause.at_ms == stopped.at_ms  # its recognition is the turn's
     assert 1_000 - 300 - 100 <= started.at_ms + 300 <= 1_000 + len(speech) / 16  # speech starts after the quiet second
     assert stopped.at_ms - started.at_ms > 2_000  # the whole sentence, not its first word
     assert stopped.at_ms <= 1_000 + len(speech) / 16 + 100

@@ -147,6 +147,10 @@ def test_server_vad_through_the_official_sdk_in_real_time(server):
             return events
 
     events = asyncio.run(run())
+    # Recognised while the broker was still silent, before the turn's end was certain: the
+    # recognition started at the pause is the turn's.
+    recognitions = [e for e in server.log_events() if e.get("event") == "realtime.transcription"]
+    assert recognitions and recognitions[-1]["at_pause"] is True
     kinds = [e.type for e in events]
     order = [
         "input_audio_buffer.speech_started",
@@ -171,6 +175,20 @@ def test_server_vad_through_the_official_sdk_in_real_time(server):
     assert loud(decode_wire(audio, "s16le", 24_000))
     assert events[-1].response.status == "completed"
     assert kinds.count("response.created") == 1
+
+
+def test_the_latency_benchmark_times_a_realtime_turn(server):
+    from lea_local.tools.realtime_bench import realtime_round
+
+    figures = realtime_round(server.url, API_KEY, SPEECH)
+    assert set(figures) == {
+        "realtime_stopped_to_first_audio",
+        "realtime_last_speech_to_first_audio",
+        "realtime_stopped_to_transcript",
+        "realtime_stopped_to_first_text",
+    }
+    assert 0 < figures["realtime_stopped_to_transcript"] <= figures["realtime_stopped_to_first_text"]
+    assert figures["realtime_stopped_to_first_text"] <= figures["realtime_stopped_to_first_audio"]
 
 
 def test_silence_committed_makes_no_turn(server):

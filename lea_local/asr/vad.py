@@ -68,7 +68,7 @@ class TurnDetection:
 @dataclass(frozen=True)
 class VoiceEvent:
     kind: str
-    """`started` or `stopped`."""
+    """`started`, `paused`, `resumed` or `stopped`."""
     at_ms: int
     """Milliseconds of the stream where speech started (its padding included) or stopped."""
 
@@ -79,6 +79,10 @@ class TurnDetector:
     `silence_duration_ms` of windows below `threshold - 0.15` (Silero's own hysteresis)."""
 
     MIN_SPEECH_WINDOWS = 3
+    PAUSE_MS = 160
+    """Silence inside speech after which a `paused` event comes (the turn may be ending: its
+    recognition can start), followed by `resumed` if speech goes on, or by `stopped` at the same
+    `at_ms` once the silence reaches `silence_duration_ms`. None when that is no longer."""
 
     def __init__(self, options: TurnDetection) -> None:
         self.options = options
@@ -100,10 +104,16 @@ class TurnDetector:
                     start = end_ms - self._run * WINDOW_MS
                     events.append(VoiceEvent("started", max(0, start - self.options.prefix_padding_ms)))
             else:
+                pause_windows = -(-self.PAUSE_MS // WINDOW_MS)
+                pausing = self.options.silence_duration_ms > pause_windows * WINDOW_MS
                 if p >= self.options.threshold:
+                    if pausing and self._silent >= pause_windows:
+                        events.append(VoiceEvent("resumed", end_ms))
                     self._silent = 0
                 elif p < low or self._silent:  # between the thresholds, a silence goes on
                     self._silent += 1
+                    if pausing and self._silent == pause_windows:
+                        events.append(VoiceEvent("paused", end_ms - self._silent * WINDOW_MS))
                     if self._silent * WINDOW_MS >= self.options.silence_duration_ms:
                         self.speaking, self._run = False, 0
                         events.append(VoiceEvent("stopped", end_ms - self._silent * WINDOW_MS))

@@ -7,8 +7,10 @@ their engine calls. HTTP: the same text and voice turns against a real server st
 ratio HTTP/direct. Streamed and OpenAI-compatible routes: the time to the first streamed delta
 (agent stream and /v1/chat/completions) against the engine's first token direct, a whole
 /v1/chat/completions against the same generation direct, and the first audio byte of
-/v1/audio/speech against the first phrase's synthesis direct. Both ASR engines are compared on
-the same weights when both are available.
+/v1/audio/speech against the first phrase's synthesis direct. Voice to voice over /v1/realtime:
+the clip streamed at the microphone's pace with server VAD, from `speech_stopped` (and from the
+clip's last chunk) to the answer's first audio. Both ASR engines are compared on the same weights
+when both are available.
 Every figure is the median of --runs runs after one warm-up run. The machine and the settings
 are printed with the numbers; `--json` writes them all.
 """
@@ -33,6 +35,8 @@ import numpy as np
 
 from lea_local.asr.decode import decode_audio
 from lea_local.settings import Settings
+from lea_local.tools.realtime_bench import NOTES as REALTIME_NOTES
+from lea_local.tools.realtime_bench import realtime_round, utterance_pcm
 from lea_local.tools.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -400,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "agent_first_delta_minus_first_token": "target ≤ 0.030 s",
         "openai_first_delta_minus_first_token": "target ≤ 0.030 s",
         "speech_first_byte_over_first_phrase": "target ≤ 1.2",
+        **REALTIME_NOTES,
     }
     units = {"llm_prompt_tps": "tok/s", "llm_generation_tps": "tok/s", "asr_rtf": "×", "tts_rtf": "×"}
     units.update(
@@ -431,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                 system_prompt = direct_bench.services.turns.system_prompt.content
                 messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": TEXT_MESSAGE}]
                 over_http.update(http_stream_round(client, messages, SPEECH_TEXT))
+                # Voice to voice over /v1/realtime: the clip streamed at the microphone's pace.
+                over_http.update(realtime_round(server.url, BENCH_KEY, utterance_pcm(args.clip)))
             if run == 0:
                 continue
             record(direct, {**turn, **speech})

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -123,6 +124,9 @@ class Response:
     spoken: list[tuple[str, float]] = field(default_factory=list)
     """Each spoken piece and its audio's length in ms, as sent."""
     usage: dict[str, Any] | None = None
+    first_phrase_cut: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
+    """The session's event loop, for what the LLM's thread hands over."""
 
 
 class RealtimeSession:
@@ -164,6 +168,9 @@ class RealtimeSession:
         self._vad_origin_ms = 0.0
         self._speech_item: str | None = None
         self._speech_start_ms = 0.0
+        # A recognition started at a pause in the speech, of the speech up to it: the turn's
+        # own if the speech stops there (`_speech_stopped`), dropped if it goes on.
+        self._speculation: tuple[float, asyncio.Task[tuple[str | None, float]], Deadline] | None = None
         self.response: Response | None = None
         self._transcribing: dict[str, asyncio.Task[str | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -351,6 +358,8 @@ class RealtimeSession:
             )
             self._vad_origin_ms = self._stream_ms
         self._speech_item = None
+        if self._speculation is not None:
+            self._drop_speculation()
 
     def _clear_buffer(self) -> None:
         self._buffer, self._buffer_samples = [], 0
@@ -369,6 +378,13 @@ class RealtimeSession:
         self._buffer_samples = rest.size
         self._buffer_start_ms = self._stream_ms - self._ms(rest.size)
         return taken
+
+    def _peek_buffer(self, start_ms: float, end_ms: float) -> np.ndarray:
+        """The buffered samples between two stream times, left in the buffer."""
+        audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=np.int16)
+        rate = self._input.rate
+        first = max(0, int((start_ms - self._buffer_start_ms) * rate / 1000))
+        return audio[first : max(first, int((end_ms - self._buffer_start_ms) * rate / 1000))].copy()
 
     def _trim_buffer(self, keep_ms: float) -> None:
         excess = self._buffer_samples - int(keep_ms * self._input.rate / 1000)
@@ -397,6 +413,10 @@ class RealtimeSession:
             at_ms = self._vad_origin_ms + voice.at_ms
             if voice.kind == "started":
                 self._speech_started(at_ms)
+            elif voice.kind == "paused":
+                self._speculate(at_ms)
+            elif voice.kind == "resumed":
+                self._drop_speculation()
             else:
                 self._speech_stopped(at_ms)
         if self._speech_item is None:
@@ -404,6 +424,7 @@ class RealtimeSession:
             self._trim_buffer(self.config.turn_detection["prefix_padding_ms"] + VAD_KEEP_MS)
 
     def _speech_started(self, at_ms: float) -> None:
+        self._drop_speculation()
         self._speech_item = new_id("item")
         self._speech_start_ms = max(at_ms, self._buffer_start_ms)
         self.emit(
@@ -417,11 +438,31 @@ class RealtimeSession:
         if self.response is not None and detection is not None and detection.get("interrupt_response", True):
             self._cancel_response("turn_detected")
 
+    def _speculate(self, at_ms: float) -> None:
+        """The broker paused: recognise the speech so far now, so that little is left to do if
+        the pause turns out to be the end of the turn."""
+        self._drop_speculation()
+        samples = self._peek_buffer(self._speech_start_ms, at_ms)
+        task, deadline = self._recognition_task(to_recogniser(samples, self._input.rate), at_pause=True)
+        self._speculation = (at_ms, task, deadline)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            _, task, deadline = self._speculation
+            self._speculation = None
+            deadline.end("cancelled")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its outcome is not wanted
+
     def _speech_stopped(self, at_ms: float) -> None:
         item_id, self._speech_item = self._speech_item or new_id("item"), None
         self.emit({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(at_ms), "item_id": item_id})
         samples = self._take_buffer(self._speech_start_ms, at_ms)
-        transcription = self._commit(samples, item_id)
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None and speculation[0] != at_ms:  # of other audio: not this turn's
+            self._speculation = speculation
+            self._drop_speculation()
+            speculation = None
+        transcription = self._commit(samples, item_id, speculation[1] if speculation else None)
         detection = self.config.turn_detection
         if detection is not None and detection.get("create_response", True):
             self._spawn(self._respond_once_heard(transcription))
@@ -456,7 +497,12 @@ class RealtimeSession:
             self._reset_vad()
         self.emit({"type": "input_audio_buffer.cleared"})
 
-    def _commit(self, samples: np.ndarray, item_id: str) -> asyncio.Task[str | None]:
+    def _commit(
+        self,
+        samples: np.ndarray,
+        item_id: str,
+        recognised: asyncio.Task[tuple[str | None, float]] | None = None,
+    ) -> asyncio.Task[str | None]:
         """The committed audio becomes a user item, transcribed in the background; the task
         gives its words (None: no speech, and the item is gone again)."""
         previous = self.items[-1].id if self.items else None
@@ -465,7 +511,7 @@ class RealtimeSession:
         self.emit({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id})
         self._item_added(item, previous)
         audio = to_recogniser(samples, self._input.rate)
-        task = self._spawn(self._transcribe(item, audio))
+        task = self._spawn(self._transcribe(item, audio, recognised))
         self._transcribing[item_id] = task
         task.add_done_callback(lambda _: self._transcribing.pop(item_id, None))
         return task
@@ -491,25 +537,60 @@ class RealtimeSession:
 
     # --- transcription ------------------------------------------------------------------------
 
-    async def _transcribe(self, item: Item, samples: np.ndarray) -> str | None:
+    async def _recognition(
+        self, samples: np.ndarray, deadline: Deadline, at_pause: bool = False
+    ) -> tuple[str | None, float]:
+        """The words in 16 kHz samples (None: no speech), on the ASR queue, admitted like any
+        turn's recognition; and the recogniser's seconds. Raises QueueFull, EngineFailure,
+        GenerationCancelled."""
         voice = self.engines.voice
-        deadline = Deadline(time.monotonic() + self.limits.turn_seconds)
         self._deadlines.add(deadline)
         token = current_deadline.set(deadline)
+        queued = time.perf_counter()
+        try:
+            with admit(deadline, [(voice.asr_queue, 1.0)]):
+                text, seconds = await voice.asr_queue.run(self._recognise, samples, deadline.cancel)
+        finally:
+            current_deadline.reset(token)
+            self._deadlines.discard(deadline)
+        log.info(
+            "realtime transcription",
+            extra={
+                "event": "realtime.transcription",
+                "audio_seconds": round(samples.size / RECOGNISER_RATE, 3),
+                "asr_seconds": round(seconds, 3),
+                "total_seconds": round(time.perf_counter() - queued, 3),
+                "at_pause": at_pause,
+            },
+        )
+        return text, seconds
+
+    def _recognition_task(
+        self, samples: np.ndarray, at_pause: bool = False
+    ) -> tuple[asyncio.Task[tuple[str | None, float]], Deadline]:
+        deadline = Deadline(time.monotonic() + self.limits.turn_seconds)
+        return self._spawn(self._recognition(samples, deadline, at_pause)), deadline
+
+    async def _transcribe(
+        self,
+        item: Item,
+        samples: np.ndarray,
+        recognised: asyncio.Task[tuple[str | None, float]] | None = None,
+    ) -> str | None:
+        """The item's words, from its audio (`recognised`: a recognition already under way of
+        that very audio, started while the broker paused)."""
         text: str | None = None
         failure: tuple[str, str] | None = None
         try:
-            with admit(deadline, [(voice.asr_queue, 1.0)]):
-                text = await voice.asr_queue.run(self._recognise, samples, deadline.cancel)
+            if recognised is None:
+                recognised, _ = self._recognition_task(samples)
+            text, _ = await recognised
         except QueueFull as exc:
             failure = ("overloaded", str(exc))
         except EngineFailure as exc:
             failure = ("server_error", str(exc))
-        except GenerationCancelled:
+        except (GenerationCancelled, asyncio.CancelledError):
             return None  # the session ended
-        finally:
-            current_deadline.reset(token)
-            self._deadlines.discard(deadline)
         if text is None:
             failure = failure or ("no_speech", "no speech was heard in the committed audio: it makes no turn")
             if self.config.transcription is not None:
@@ -540,17 +621,19 @@ class RealtimeSession:
             self._item_done(item)
         return text
 
-    def _recognise(self, samples: np.ndarray, cancel: threading.Event) -> str | None:  # in a worker thread
+    def _recognise(self, samples: np.ndarray, cancel: threading.Event) -> tuple[str | None, float]:  # in a worker thread
+        """The words heard (None: none) and the recogniser's seconds."""
         voice = self.engines.voice
         decoded = DecodedAudio(samples=samples.astype(np.float32), container="realtime")
+        started = time.perf_counter()
         try:
             transcript = voice.transcribe(decoded, cancel, language=self.config.language)
         except NoSpeech:
             voice.record_transcription(log, decoded, self.config.language, "", speech=False)
-            return None
+            return None, time.perf_counter() - started
         heard = not is_hallucination(transcript.text)
         voice.record_transcription(log, decoded, transcript.language, transcript.text, speech=heard)
-        return transcript.text.strip() if heard else None
+        return (transcript.text.strip() if heard else None), time.perf_counter() - started
 
     # --- conversation items -------------------------------------------------------------------
 
@@ -676,6 +759,7 @@ class RealtimeSession:
 
     def _start_response(self, response: Response) -> None:
         response.deadline = Deadline(time.monotonic() + self.limits.turn_seconds)
+        response.loop = asyncio.get_running_loop()
         self.response = response
         self.emit({"type": "response.created", "response": self._render_response(response)})
         response.task = self._spawn(self._run_response(response))
@@ -832,28 +916,58 @@ class RealtimeSession:
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.ensure_future(self._speak(response, sentences, where)) if spoken else None
         loop = asyncio.get_running_loop()
+        # Where the LLM and the voice share the CPU (one slot, `LEA_TTS_OVERLAP` after the reply),
+        # each sentence is spoken inside the LLM's job, generation pausing meanwhile: the first
+        # audio leaves after the first sentence instead of after the whole reply, and the two
+        # engines never fight over the cores. Else (a GPU, a remote engine) speech runs beside
+        # generation on its own queue.
+        inline = spoken and not self.engines.speech.overlap_generation
+        cancel = response.deadline.cancel
 
-        def take(delta: str) -> None:  # on the event loop
-            if not delta or response.closed:
-                return
-            response.sent_text += delta
-            self._send(response, {"type": delta_event, **where, "delta": delta})
-            for sentence in splitter.feed(delta):
-                sentences.put_nowait(sentence)
+        def send_text(delta: str) -> None:  # on the event loop
+            if delta and not response.closed:
+                response.sent_text += delta
+                self._send(response, {"type": delta_event, **where, "delta": delta})
+
+        head: list[str | None] = [""]  # the answer's text until its first pause: spoken as soon as it is there
+
+        def pieces(delta: str) -> list[str]:
+            """What of the text so far can be spoken: its first phrase as soon as its first
+            pause (a comma, a sentence's end) is written, then whole sentences."""
+            if head[0] is not None:
+                head[0] += delta
+                cut = first_pause(head[0])
+                if cut is None:
+                    return []
+                first, delta = head[0][:cut].strip(), head[0][cut:]
+                head[0] = None
+                response.first_phrase_cut = True
+                return [first, *splitter.feed(delta)]
+            return splitter.feed(delta)
 
         def on_text(piece: str) -> None:  # in the LLM's thread
-            loop.call_soon_threadsafe(lambda: take(cleaner.feed(piece)))
+            delta = cleaner.feed(piece)
+            if not delta:
+                return
+            loop.call_soon_threadsafe(send_text, delta)
+            for sentence in pieces(delta):
+                if inline:
+                    self._speak_now(response, sentence, where, cancel)
+                elif spoken:
+                    loop.call_soon_threadsafe(sentences.put_nowait, sentence)
 
         try:
             cap = min(chat.max_reply_tokens, response.max_tokens or chat.max_reply_tokens)
-            reply: ChatReply = await chat.llm_queue.run(
-                self._generate, prompt, cap, response.temperature, on_text, response.deadline.cancel
-            )
+            reply: ChatReply = await chat.llm_queue.run(self._generate, prompt, cap, response.temperature, on_text, cancel)
             await asyncio.sleep(0)  # the last pieces' callbacks run first
             final = clean_reply(reply.text) or EMPTY_REPLY_FALLBACK
-            take(cleaner.finish(final))
-            for sentence in splitter.flush():
-                sentences.put_nowait(sentence)
+            rest = cleaner.finish(final)
+            send_text(rest)
+            if spoken:
+                if head[0] is not None:  # no pause in the whole answer
+                    rest, head[0] = head[0] + rest, None
+                for sentence in splitter.feed(rest) + splitter.flush():
+                    sentences.put_nowait(sentence)
             sentences.put_nowait(None)
             if speaker is not None:
                 await speaker
@@ -902,38 +1016,65 @@ class RealtimeSession:
             raise EngineFailure("language model") from exc
 
     async def _speak(self, response: Response, sentences: asyncio.Queue[str | None], where: dict[str, Any]) -> None:
-        """Each sentence as soon as it is written: synthesised on the speech queue, resampled to
-        the session's output format, sent in deltas."""
+        """The sentences not spoken during generation, one by one on the speech queue."""
         speech = self.engines.speech
-        codec = AudioCodec(self.config.output_format)
-        first = True
         while (sentence := await sentences.get()) is not None:
-            for phrase in split_first_phrase(sentence) if first else [sentence]:
-                first = False
+            for phrase in self._phrases(response, sentence):
                 text = normalize_for_speech(phrase, speech.locale)
                 if not text or response.closed:
                     continue
                 pcm = await speech.queue.run(self._synthesize, text, response.deadline.cancel)
-                if response.closed:
-                    return
-                data = from_voice(pcm, speech.synthesizer.sample_rate, codec)
-                step = int(codec.bytes_per_second() * AUDIO_DELTA_SECONDS)
-                for start in range(0, len(data), step):
-                    self._send(
-                        response,
-                        {
-                            "type": "response.output_audio.delta",
-                            **where,
-                            "delta": base64.b64encode(data[start : start + step]).decode("ascii"),
-                        },
-                    )
-                response.spoken.append((phrase, len(data) * 1000 / codec.bytes_per_second()))
+                self._send_audio(response, where, phrase, pcm)
+
+    def _phrases(self, response: Response, sentence: str) -> list[str]:
+        """The answer's first sentence cut at its first pause: its audio is ready sooner."""
+        if response.spoken or response.first_phrase_cut:
+            return [sentence]
+        response.first_phrase_cut = True
+        return split_first_phrase(sentence)
+
+    def _speak_now(self, response: Response, sentence: str, where: dict[str, Any], cancel: threading.Event) -> None:
+        """A sentence spoken in the LLM's thread (generation waits); its audio goes out at once."""
+        speech = self.engines.speech
+        for phrase in self._phrases(response, sentence):
+            text = normalize_for_speech(phrase, speech.locale)
+            if text:
+                pcm = self._synthesize(text, cancel)
+                assert response.loop is not None
+                response.loop.call_soon_threadsafe(self._send_audio, response, where, phrase, pcm)
+
+    def _send_audio(self, response: Response, where: dict[str, Any], phrase: str, pcm: np.ndarray) -> None:
+        """A phrase's audio, in the session's output format, in deltas (on the event loop)."""
+        if response.closed or not pcm.size:
+            return
+        codec = AudioCodec(self.config.output_format)
+        data = from_voice(pcm, self.engines.speech.synthesizer.sample_rate, codec)
+        step = int(codec.bytes_per_second() * AUDIO_DELTA_SECONDS)
+        for start in range(0, len(data), step):
+            self._send(
+                response,
+                {"type": "response.output_audio.delta", **where, "delta": base64.b64encode(data[start : start + step]).decode("ascii")},
+            )
+        response.spoken.append((phrase, len(data) * 1000 / codec.bytes_per_second()))
 
     def _synthesize(self, text: str, cancel: threading.Event) -> np.ndarray:  # in a worker thread
         if cancel.is_set():
             raise GenerationCancelled("the response ended before its speech")
         chunks = [chunk for chunk in self.engines.speech.synthesizer.synthesize(text, speed=self.config.speed)]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+
+_FIRST_PAUSE = re.compile(r"(?<=[.!?…,;:])\s+")
+FIRST_PHRASE_MIN_CHARS = 15
+
+
+def first_pause(text: str) -> int | None:
+    """Where the answer's first phrase ends: after its first punctuation and the space behind
+    it, once at least `FIRST_PHRASE_MIN_CHARS` are written (None: not yet)."""
+    for match in _FIRST_PAUSE.finditer(text):
+        if match.start() >= FIRST_PHRASE_MIN_CHARS:
+            return match.end()
+    return None
 
 
 def _usage(reply: ChatReply) -> dict[str, Any]:
