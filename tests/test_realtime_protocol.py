@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import httpx
 import openai
@@ -16,7 +17,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.realtime_client import beta_session, events_until, next_event, of_type, send, ws_url
+from tests.conftest import db_rows
 from tests.server import API_KEY
+from tests.waiting import wait_for
 
 
 def sdk(server, key: str = API_KEY) -> AsyncOpenAI:
@@ -281,3 +284,56 @@ def test_a_second_response_while_one_runs_is_an_error_and_cancel_ends_it(server)
     done = events[-1]["response"]
     assert done["status"] == "cancelled"
     assert done["status_details"]["reason"] == "client_cancelled"
+
+
+def closed_sessions(server) -> int:
+    return sum(1 for e in server.log_events() if e.get("event") == "realtime.close")
+
+
+def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
+    session_id = f"rt-{uuid.uuid4()}"
+
+    async def turn(text: str) -> list[dict]:
+        async with beta_session(server, query=f"model=gpt-realtime&session_id={session_id}") as (ws, _):
+            await send(
+                ws,
+                {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}},
+            )
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            return await events_until(ws, of_type("response.done"))
+
+    before = closed_sessions(server)
+    events = asyncio.run(turn("Je cherche un condo à Laval."))
+    # The session's turns are stored before it ends (its close is logged after).
+    wait_for(lambda: closed_sessions(server) > before, "the session closed", while_possible=lambda: server.process.poll() is None)
+    reply = events[-1]["response"]["output"][0]["content"][0]["text"]
+    conversations = [c for c in db_rows(server.data_dir)["conversations"] if c[1] == session_id]
+    assert len(conversations) == 1
+    conversation_id = conversations[0][0]
+    messages = [m for m in db_rows(server.data_dir)["messages"] if m[1] == conversation_id]
+    assert [(m[2], m[3]) for m in messages] == [("user", "Je cherche un condo à Laval."), ("assistant", reply.strip())]
+
+    # The text route continues it…
+    with server.client() as client:
+        r = server.chat(client, "Quel budget faut-il prévoir ?", session_id=session_id)
+    assert r.status_code == 200, r.text
+    assert r.json()["conversation_id"] == conversation_id
+    # …and a new realtime session with the same session_id starts from all of it.
+    before = closed_sessions(server)
+    asyncio.run(turn("Merci, et pour Longueuil ?"))
+    wait_for(lambda: closed_sessions(server) > before, "the session closed", while_possible=lambda: server.process.poll() is None)
+    prompts = [e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"]
+    assert "Je cherche un condo à Laval." in prompts[-1] and "Quel budget faut-il prévoir ?" in prompts[-1]
+    messages = [m for m in db_rows(server.data_dir)["messages"] if m[1] == conversation_id]
+    assert [m[2] for m in messages] == ["user", "assistant"] * 3
+
+
+def test_a_bad_session_id_is_refused_at_the_handshake(server):
+    async def attempt():
+        with pytest.raises(InvalidStatus) as refused:
+            async with beta_session(server, query="model=x&session_id=" + "a" * 200):
+                pass
+        return refused.value.response
+
+    assert asyncio.run(attempt()).status_code == 400

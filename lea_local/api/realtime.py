@@ -19,7 +19,9 @@ from litestar.connection import ASGIConnection
 from litestar.types import Receive, Scope, Send
 
 from lea_local.api.auth import key_is_valid, presented_key
+from lea_local.api.errors import ApiError
 from lea_local.api.openai.errors import openai_error_body
+from lea_local.api.validation import clean_identifier
 from lea_local.pipeline.realtime import RealtimeEngines, RealtimeLimits, RealtimeSession, SessionEnded
 from lea_local.services import Services
 from lea_local.settings import Settings
@@ -111,6 +113,12 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
     settings = services.settings
     assert services.voice is not None and services.speech is not None
     query = ASGIConnection(scope, receive).query_params  # type: ignore[var-annotated]
+    try:
+        session_id = clean_identifier(query.get("session_id"), "session_id")
+        user_id = clean_identifier(query.get("user_id"), "user_id", 256)
+    except ApiError as exc:
+        await _answer(send, scope, 400, str(exc.detail), {})
+        return
     session = RealtimeSession(
         RealtimeEngines(chat=services.turns, voice=services.voice, speech=services.speech),
         RealtimeLimits(
@@ -124,6 +132,8 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
         model=query.get("model") or services.chat_engine.model_name,
         language=None if settings.asr_language == "auto" else settings.asr_language,
         log_content=settings.log_content,
+        session_id=session_id,
+        user_id=user_id,
     )
     sessions.add(session)
     await send({"type": "websocket.accept", "subprotocol": _accepted_subprotocol(scope)})

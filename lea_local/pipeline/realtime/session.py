@@ -20,8 +20,10 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -57,6 +59,8 @@ from lea_local.pipeline.realtime.transcripts import is_hallucination
 from lea_local.pipeline.turns import EMPTY_REPLY_FALLBACK, ChatTurns
 from lea_local.pipeline.voice import VoiceTurns
 from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.store.conversations import TurnRecord
+from lea_local.store.database import utcnow
 from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFull, admit, current_deadline
 from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
@@ -126,6 +130,7 @@ class Response:
     usage: dict[str, Any] | None = None
     first_phrase_cut: bool = False
     loop: asyncio.AbstractEventLoop | None = None
+    started_at: datetime | None = None
     """The session's event loop, for what the LLM's thread hands over."""
 
 
@@ -139,13 +144,22 @@ class RealtimeSession:
         model: str,
         language: str | None,
         log_content: bool = False,
+        session_id: str | None = None,
+        user_id: str | None = None,
     ) -> None:
+        """`session_id`: the conversation store's session this one continues (a new one when
+        None); its turns are stored there, as a text or voice turn's are."""
         self.engines = engines
         self.limits = limits
         self.dialect = dialect
         self.id = new_id("sess")
         self.conversation_id = new_id("conv")
         self.log_content = log_content
+        self.store_session = session_id or str(uuid.uuid4())
+        self.continued = session_id is not None
+        self.user_id = user_id
+        self.stored_conversation: int | None = None
+        self._stored_items: set[str] = set()
         chat = engines.chat
         self.config: SessionConfig = initial_config(
             dialect,
@@ -174,6 +188,7 @@ class RealtimeSession:
         self.response: Response | None = None
         self._transcribing: dict[str, asyncio.Task[str | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._storing: set[asyncio.Task[None]] = set()
         self._deadlines: set[Deadline] = set()
         self._reset_vad()
 
@@ -187,6 +202,8 @@ class RealtimeSession:
         """Until the client hangs up (`receive` gives None) or a limit ends the session
         (SessionEnded, once its `error` event is sent). Whatever the session had running stops."""
         writer = asyncio.create_task(self._write(send))
+        if self.continued:
+            await self._load_history()
         self.emit({"type": "session.created", "session": render_session(self.config, self.dialect, self.id)})
         try:
             while True:
@@ -206,6 +223,8 @@ class RealtimeSession:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
+            if self._storing:  # the turns already answered are stored before the session ends
+                await asyncio.gather(*self._storing, return_exceptions=True)
 
     async def _receive_within_limits(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> str | bytes | None:
         while True:
@@ -760,6 +779,7 @@ class RealtimeSession:
     def _start_response(self, response: Response) -> None:
         response.deadline = Deadline(time.monotonic() + self.limits.turn_seconds)
         response.loop = asyncio.get_running_loop()
+        response.started_at = utcnow()
         self.response = response
         self.emit({"type": "response.created", "response": self._render_response(response)})
         response.task = self._spawn(self._run_response(response))
@@ -788,6 +808,11 @@ class RealtimeSession:
             self.response = None
         self.emit({"type": "response.done", "response": self._render_response(response)})
         self._last_activity = time.monotonic()
+        if response.conversation and response.status in ("completed", "incomplete", "cancelled"):
+            # Not cancelled by a hang-up: a client that heard `response.done` may leave at once.
+            storing = asyncio.ensure_future(self._store_turn(response))
+            self._storing.add(storing)
+            storing.add_done_callback(self._storing.discard)
 
     def _send(self, response: Response, event: dict[str, Any]) -> None:
         """A response's event, unless the response is already over."""
@@ -886,6 +911,64 @@ class RealtimeSession:
                     "spoken_pieces": len(response.spoken),
                 },
             )
+
+    # --- memory -------------------------------------------------------------------------------
+
+    async def _load_history(self) -> None:
+        """A continued session starts with its stored conversation's newest turns."""
+        chat = self.engines.chat
+        context = await anyio.to_thread.run_sync(
+            chat.store.context_for, self.store_session, None, chat.history_chars
+        )
+        self.stored_conversation = context.conversation_id
+        for message in context.history:
+            if message.role not in ("user", "assistant"):
+                continue
+            kind = "input_text" if message.role == "user" else "text"
+            item = Item(new_id("item"), "message", role=message.role, content=[Part(kind, message.content)])  # type: ignore[arg-type]
+            self.items.append(item)
+            self._stored_items.add(item.id)
+
+    async def _store_turn(self, response: Response) -> None:
+        """A finished answer and the user's words before it, stored as one turn of the
+        session's conversation (the text routes continue it with the same `session_id`)."""
+        item = response.item
+        if item is None or item not in self.items or not item.text():
+            return
+        index = self.items.index(item)
+        said = [
+            i for i in self.items[:index]
+            if i.id not in self._stored_items and i.type == "message" and i.role == "user" and i.text()
+        ]
+        if not said:
+            return
+        chat = self.engines.chat
+        now = utcnow()
+        record = TurnRecord(
+            session_id=self.store_session,
+            conversation_id=self.stored_conversation,
+            user_message="\n".join(i.text() for i in said),
+            user_at=response.started_at or now,
+            reply=item.text(),
+            reply_at=now,
+            model=chat.engine.model_name,
+            prompt_tokens=(response.usage or {}).get("input_tokens", 0),
+            completion_tokens=(response.usage or {}).get("output_tokens", 0),
+            user_id=self.user_id,
+        )
+        try:
+            async with chat.session_locks.turn(self.store_session, self.user_id):
+                await chat.session_locks.confirm(self.store_session)
+                self.stored_conversation = await anyio.to_thread.run_sync(chat.store.record_turn, record)
+        except Exception:
+            log.exception("a realtime turn could not be stored")
+            log.info("realtime turn not stored", extra={"event": "realtime.stored", "stored": False})
+            return
+        self._stored_items.update(i.id for i in [*said, item])
+        log.info(
+            "realtime turn stored",
+            extra={"event": "realtime.stored", "stored": True, "conversation_id": self.stored_conversation},
+        )
 
     def _fail(self, response: Response, code: str, message: str) -> None:
         response.status = "failed"
