@@ -337,3 +337,90 @@ def test_a_bad_session_id_is_refused_at_the_handshake(server):
         return refused.value.response
 
     assert asyncio.run(attempt()).status_code == 400
+
+
+TOOLS = [
+    {"type": "function", "name": "get_draft", "description": "Le brouillon de promesse d'achat en cours", "parameters": {}},
+    {
+        "type": "function",
+        "name": "search_listings",
+        "description": "Cherche des propriétés à vendre",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "max_price": {"type": "integer"}},
+            "required": ["city", "max_price"],
+        },
+    },
+]
+
+
+def test_a_tool_round_trip(server):
+    """Léa calls a tool mid-conversation (its arguments streamed, then valid against the
+    schema); the client answers with the call's output and asks again; Léa answers from it."""
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(ws, {"type": "session.update", "session": {"tools": TOOLS, "tool_choice": "auto", "turn_detection": None}})
+            await events_until(ws, of_type("session.updated"))
+            await send(
+                ws,
+                {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Trouve-moi une maison à Laval sous 500 000 $."}]}},
+            )
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(
+                ws,
+                {"type": "response.create", "response": {"modalities": ["text"], "tool_choice": {"type": "function", "name": "search_listings"}}},
+            )
+            called = await events_until(ws, of_type("response.done"))
+            call = called[-1]["response"]["output"][-1]
+            await send(
+                ws,
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "function_call_output",
+                        "call_id": call["call_id"],
+                        "output": json.dumps({"résultats": [{"adresse": "12 rue des Érables, Laval", "prix": 475000}]}, ensure_ascii=False),
+                    },
+                },
+            )
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(ws, {"type": "response.create", "response": {"modalities": ["text"], "tool_choice": "none"}})
+            answered = await events_until(ws, of_type("response.done"))
+            return called, answered
+
+    called, answered = asyncio.run(run())
+    kinds = [e["type"] for e in called]
+    added = next(e for e in called if e["type"] == "response.output_item.added" and e["item"]["type"] == "function_call")
+    assert added["item"]["name"] == "search_listings"
+    done = next(e for e in called if e["type"] == "response.function_call_arguments.done")
+    assert kinds.index("response.function_call_arguments.delta") < kinds.index("response.function_call_arguments.done")
+    streamed = "".join(e["delta"] for e in called if e["type"] == "response.function_call_arguments.delta")
+    assert streamed == done["arguments"]
+    arguments = json.loads(done["arguments"])
+    assert isinstance(arguments["city"], str) and isinstance(arguments["max_price"], int)
+    assert done["name"] == "search_listings" and done["call_id"] == added["item"]["call_id"]
+    response = called[-1]["response"]
+    assert response["status"] == "completed"
+    call = response["output"][-1]
+    assert call["type"] == "function_call" and call["call_id"] == done["call_id"] and call["arguments"] == done["arguments"]
+    # The second answer is text, written with the tool's output in its prompt.
+    assert answered[-1]["response"]["status"] == "completed"
+    assert answered[-1]["response"]["output"][0]["type"] == "message"
+    assert "".join(e["delta"] for e in answered if e["type"] == "response.text.delta").strip()
+    prompts = [e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"]
+    assert any("12 rue des Érables" in m for m in prompts[-1])
+
+
+def test_a_tool_the_server_cannot_enforce_is_an_error(server):
+    async def run():
+        async with beta_session(server) as (ws, _):
+            bad = {"type": "function", "name": "bad name!", "parameters": {}}
+            await send(ws, {"event_id": "t1", "type": "session.update", "session": {"tools": [bad]}})
+            first = await next_event(ws)
+            await send(ws, {"event_id": "t2", "type": "session.update", "session": {"tool_choice": {"type": "function", "name": "nope"}}})
+            return first, await next_event(ws)
+
+    first, second = asyncio.run(run())
+    assert first["error"]["event_id"] == "t1" and first["error"]["param"] == "session.tools[0].name"
+    assert second["error"]["event_id"] == "t2" and second["error"]["param"] == "tool_choice"

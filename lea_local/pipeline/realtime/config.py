@@ -7,10 +7,13 @@ dialects of the protocol. GA (the official SDKs' `client.realtime.connect`): nes
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from lea_local.llm.base import ToolSpec, ToolUse
+from lea_local.llm.grammar import MAX_SCHEMA_CHARS, MAX_TOOLS, SchemaRefused, check_buildable, check_name, check_schema
 from lea_local.pipeline.realtime.audio import BETA_NAMES, GA_NAMES, WIRE_RATES, WireFormat
 
 Dialect = Literal["ga", "beta"]
@@ -160,7 +163,59 @@ def _transcription(value: Any, param: str, config: SessionConfig) -> tuple[dict[
 def _tools(value: Any, param: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise ConfigError(f"'{param}' must be a list of tools", param, "invalid_type")
+    tool_use(value, "auto", param)  # each checked now: a bad schema is this event's error
     return copy.deepcopy(value)
+
+
+def tool_use(tools: list[dict[str, Any]], choice: Any, param: str = "session.tools") -> ToolUse | None:
+    """The Realtime protocol's flat tools (`{"type": "function", "name", "description",
+    "parameters"}`) and `tool_choice` ("auto", "none", "required", or `{"type": "function",
+    "name"}`) as the chat engine takes them; None when nothing is to be called. ConfigError
+    names a tool or schema the server cannot enforce."""
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise ConfigError("'tool_choice': there are no tools to call", "tool_choice")
+        return None
+    if len(tools) > MAX_TOOLS:
+        raise ConfigError(f"'{param}': at most {MAX_TOOLS} tools", param)
+    specs: list[ToolSpec] = []
+    total = 0
+    for index, tool in enumerate(tools):
+        where = f"{param}[{index}]"
+        if tool.get("type", "function") != "function":
+            raise ConfigError(f"'{where}.type': only 'function' tools are supported", f"{where}.type", "unsupported_value")
+        name = tool.get("name")
+        if (why := check_name(name)) is not None:
+            raise ConfigError(f"'{where}.name' {why}", f"{where}.name")
+        if any(spec.name == name for spec in specs):
+            raise ConfigError(f"'{where}.name': {name!r} is given twice", f"{where}.name")
+        description = tool.get("description") or ""
+        if not isinstance(description, str):
+            raise ConfigError(f"'{where}.description' must be a string", f"{where}.description", "invalid_type")
+        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+        try:
+            schema = check_schema(parameters)
+            check_buildable(schema)
+        except SchemaRefused as exc:
+            at = f" at `{exc.path}`" if exc.path else ""
+            raise ConfigError(f"'{where}.parameters': the schema{at} {exc}", f"{where}.parameters") from exc
+        total += len(json.dumps(schema, separators=(",", ":")))
+        if total > MAX_SCHEMA_CHARS:
+            raise ConfigError(f"'{param}': the schemas are larger than {MAX_SCHEMA_CHARS} characters", param)
+        specs.append(ToolSpec(name=name, description=description, parameters=schema))  # type: ignore[arg-type]
+    if choice is None or choice == "auto":
+        return ToolUse(tuple(specs), "auto")
+    if choice == "none":
+        return None
+    if choice == "required":
+        return ToolUse(tuple(specs), "required")
+    named = choice.get("name") if isinstance(choice, dict) and choice.get("type", "function") == "function" else None
+    if not isinstance(named, str) or all(spec.name != named for spec in specs):
+        raise ConfigError(
+            "'tool_choice' must be 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": one of the tools}",
+            "tool_choice",
+        )
+    return ToolUse(tuple(specs), "named", name=named, parallel=False)
 
 
 def apply_update(config: SessionConfig, update: Any, dialect: Dialect) -> SessionConfig:
@@ -176,6 +231,8 @@ def apply_update(config: SessionConfig, update: Any, dialect: Dialect) -> Sessio
         new.tools = _tools(update["tools"], "session.tools")
     if "tool_choice" in update:
         new.tool_choice = copy.deepcopy(update["tool_choice"])
+    if "tools" in update or "tool_choice" in update:
+        tool_use(new.tools, new.tool_choice)
     if "temperature" in update:
         new.temperature = _number(update["temperature"], "session.temperature", 0.0, 2.0)
     if dialect == "beta":

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lea_local.llm.base import ChatMessage
+from lea_local.llm.base import ChatMessage, ToolCall
 from lea_local.pipeline.realtime.config import ConfigError, Dialect
 
 # The GA event names; beta's where they differ.
@@ -81,9 +81,11 @@ class Item:
         return " ".join(p.text.strip() for p in self.content if p.text and p.text.strip())
 
     def chat_message(self) -> ChatMessage | None:
+        if self.type == "function_call":
+            call = ToolCall(self.call_id or self.id, self.name or "", self.arguments or "{}")
+            return ChatMessage("assistant", "", tool_calls=(call,))
         if self.type == "function_call_output":
-            # Tools are not served yet: a tool's result is read as what the user relays.
-            return ChatMessage("user", f"[résultat de l'outil] {self.output}") if self.output else None
+            return ChatMessage("tool", self.output or "", tool_call_id=self.call_id)
         if self.type != "message" or not (text := self.text()):
             return None
         return ChatMessage("assistant" if self.role == "assistant" else "user", text)

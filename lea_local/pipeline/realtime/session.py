@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 from lea_local.asr.base import NoSpeech
 from lea_local.asr.decode import DecodedAudio
 from lea_local.asr.vad import SpeechProbabilities, TurnDetection, TurnDetector
-from lea_local.llm.base import ChatMessage, ChatReply, PromptRejected
+from lea_local.llm.base import ChatMessage, ChatReply, FeatureRefused, PromptRejected, ToolCallDelta, ToolUse
 from lea_local.llm.context import PromptTooLong
 from lea_local.llm.reply_cleaner import ReplyStream, clean_reply
 from lea_local.pipeline.errors import EngineFailure
@@ -53,6 +53,7 @@ from lea_local.pipeline.realtime.config import (
     max_tokens,
     modalities,
     render_session,
+    tool_use,
 )
 from lea_local.pipeline.realtime.items import Item, Part, event_name, item_from_client, new_id
 from lea_local.pipeline.realtime.transcripts import is_hallucination
@@ -129,6 +130,10 @@ class Response:
     """Each spoken piece and its audio's length in ms, as sent."""
     usage: dict[str, Any] | None = None
     first_phrase_cut: bool = False
+    outputs: list[Item] = field(default_factory=list)
+    """Its output items in order: the answer's message (`item`) and the function calls."""
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = "auto"
     loop: asyncio.AbstractEventLoop | None = None
     started_at: datetime | None = None
     """The session's event loop, for what the LLM's thread hands over."""
@@ -736,6 +741,8 @@ class RealtimeSession:
             instructions=config.instructions,
             max_tokens=None if config.max_output_tokens == "inf" else config.max_output_tokens,
             temperature=config.temperature,
+            tools=config.tools,
+            tool_choice=config.tool_choice,
         )
 
     async def _response_create(self, event: dict[str, Any], event_id: str | None) -> None:
@@ -764,6 +771,13 @@ class RealtimeSession:
             if params["conversation"] not in ("auto", "none"):
                 raise ConfigError("'response.conversation' must be 'auto' or 'none'", "response.conversation")
             response.conversation = params["conversation"] == "auto"
+        if "tools" in params:
+            if not isinstance(params["tools"], list) or not all(isinstance(t, dict) for t in params["tools"]):
+                raise ConfigError("'response.tools' must be a list of tools", "response.tools", "invalid_type")
+            response.tools = params["tools"]
+        if "tool_choice" in params:
+            response.tool_choice = params["tool_choice"]
+        tool_use(response.tools, response.tool_choice, "response.tools")  # checked before it starts
         response.metadata = params.get("metadata")
         self._start_response(response)
 
@@ -825,7 +839,7 @@ class RealtimeSession:
             "object": "realtime.response",
             "status": response.status,
             "status_details": response.status_details,
-            "output": [response.item.render(self.dialect)] if response.item is not None else [],
+            "output": [item.render(self.dialect) for item in response.outputs],
             "conversation_id": self.conversation_id if response.conversation else None,
             "usage": response.usage,
             "metadata": response.metadata,
@@ -848,16 +862,23 @@ class RealtimeSession:
         return shown
 
     def _prompt(self, response: Response) -> list[ChatMessage]:
-        """The session's conversation as chat messages, consecutive turns of one role joined
-        (chat templates want them alternating)."""
+        """The session's conversation as chat messages: consecutive turns of one role joined
+        (chat templates want them alternating), a function's calls with the answer before them,
+        each call's output as a `tool` message naming its function."""
         messages = [ChatMessage("system", response.instructions or self.engines.chat.system_prompt.content)]
+        names = {item.call_id: item.name for item in self.items if item.type == "function_call"}
         for item in self.items:
-            if item is response.item or (message := item.chat_message()) is None:
+            if (message := item.chat_message()) is None:
                 continue
+            last = messages[-1]
             if message.role == "system":
                 messages[0] = ChatMessage("system", f"{messages[0].content}\n\n{message.content}")
-            elif len(messages) > 1 and messages[-1].role == message.role:
-                messages[-1] = ChatMessage(message.role, f"{messages[-1].content}\n{message.content}")
+            elif message.role == "tool":
+                messages.append(replace(message, name=names.get(message.tool_call_id)))
+            elif message.tool_calls and last.role == "assistant" and len(messages) > 1:
+                messages[-1] = replace(last, tool_calls=last.tool_calls + message.tool_calls)
+            elif len(messages) > 1 and last.role == message.role and not last.tool_calls and message.role != "tool":
+                messages[-1] = ChatMessage(message.role, f"{last.content}\n{message.content}")
             else:
                 messages.append(message)
         return messages
@@ -889,7 +910,7 @@ class RealtimeSession:
             self._finish(response)
         except QueueFull as exc:
             self._fail(response, "overloaded", str(exc))
-        except (EngineFailure, PromptTooLong, PromptRejected) as exc:
+        except (EngineFailure, PromptTooLong, PromptRejected, FeatureRefused, ConfigError) as exc:
             self._fail(response, "server_error", str(exc))
         except GenerationCancelled:
             pass  # cancelled: its response.done is already out
@@ -977,28 +998,44 @@ class RealtimeSession:
             response.item.status = "incomplete"
         self._finish(response)
 
+    def _open_output(self, response: Response, item: Item) -> int:
+        """A new output item of the response (on the event loop): announced, and added to the
+        conversation unless the response is out of band. Returns its output index."""
+        previous = self.items[-1].id if self.items else None
+        response.outputs.append(item)
+        if response.conversation:
+            self.items.append(item)
+        index = len(response.outputs) - 1
+        self._send(response, {"type": "response.output_item.added", "output_index": index, "item": item.render(self.dialect)})
+        if response.conversation:
+            self._item_added(item, previous)
+        return index
+
     async def _generate_and_speak(self, response: Response, spoken: bool) -> None:
         chat = self.engines.chat
         if response.closed:
             return
-        item = Item(new_id("item"), "message", role="assistant", content=[Part("audio" if spoken else "text", "")], status="in_progress")
-        item.spoken = response.spoken  # the same list: conversation.item.truncate reads it
-        response.item = item
-        previous = self.items[-1].id if self.items else None
+        tools = tool_use(response.tools, response.tool_choice)
         prompt = self._prompt(response)
-        if response.conversation:
-            self.items.append(item)
-        self._send(response, {"type": "response.output_item.added", "output_index": 0, "item": item.render(self.dialect)})
-        if response.conversation:
-            self._item_added(item, previous)
-        where = {"item_id": item.id, "output_index": 0, "content_index": 0}
-        self._send(response, {"type": "response.content_part.added", **where, "part": item.content[0].render(self.dialect)})
+        loop = asyncio.get_running_loop()
+        where: dict[str, Any] = {}
+
+        def open_message() -> None:  # on the event loop: the answer's message, once it says something
+            if response.item is not None or response.closed:
+                return
+            item = Item(new_id("item"), "message", role="assistant", content=[Part("audio" if spoken else "text", "")], status="in_progress")
+            item.spoken = response.spoken  # the same list: conversation.item.truncate reads it
+            response.item = item
+            where.update(item_id=item.id, output_index=self._open_output(response, item), content_index=0)
+            self._send(response, {"type": "response.content_part.added", **where, "part": item.content[0].render(self.dialect)})
+
+        if tools is None:
+            open_message()  # without tools, the answer is a message from the start
         delta_event = "response.output_audio_transcript.delta" if spoken else "response.output_text.delta"
         cleaner = ReplyStream()
         splitter = SentenceSplitter()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.ensure_future(self._speak(response, sentences, where)) if spoken else None
-        loop = asyncio.get_running_loop()
         # Where the LLM and the voice share the CPU (one slot, `LEA_TTS_OVERLAP` after the reply),
         # each sentence is spoken inside the LLM's job, generation pausing meanwhile: the first
         # audio leaves after the first sentence instead of after the whole reply, and the two
@@ -1006,11 +1043,35 @@ class RealtimeSession:
         # generation on its own queue.
         inline = spoken and not self.engines.speech.overlap_generation
         cancel = response.deadline.cancel
+        calls: dict[int, Item] = {}
 
         def send_text(delta: str) -> None:  # on the event loop
             if delta and not response.closed:
+                open_message()
                 response.sent_text += delta
                 self._send(response, {"type": delta_event, **where, "delta": delta})
+
+        def take_call(delta: ToolCallDelta) -> None:  # on the event loop
+            if response.closed:
+                return
+            item = calls.get(delta.index)
+            if item is None:
+                call_id = delta.id or new_id("call")
+                item = Item(new_id("item"), "function_call", call_id=call_id, name=delta.name or "", arguments="", status="in_progress")
+                calls[delta.index] = item
+                self._open_output(response, item)
+            if delta.arguments:
+                item.arguments = (item.arguments or "") + delta.arguments
+                self._send(
+                    response,
+                    {
+                        "type": "response.function_call_arguments.delta",
+                        "item_id": item.id,
+                        "output_index": response.outputs.index(item),
+                        "call_id": item.call_id,
+                        "delta": delta.arguments,
+                    },
+                )
 
         head: list[str | None] = [""]  # the answer's text until its first pause: spoken as soon as it is there
 
@@ -1039,11 +1100,18 @@ class RealtimeSession:
                 elif spoken:
                     loop.call_soon_threadsafe(sentences.put_nowait, sentence)
 
+        def on_tool_call(delta: ToolCallDelta) -> None:  # in the LLM's thread
+            loop.call_soon_threadsafe(take_call, delta)
+
         try:
             cap = min(chat.max_reply_tokens, response.max_tokens or chat.max_reply_tokens)
-            reply: ChatReply = await chat.llm_queue.run(self._generate, prompt, cap, response.temperature, on_text, cancel)
+            reply: ChatReply = await chat.llm_queue.run(
+                self._generate, prompt, cap, response.temperature, on_text, cancel, tools, on_tool_call
+            )
             await asyncio.sleep(0)  # the last pieces' callbacks run first
-            final = clean_reply(reply.text) or EMPTY_REPLY_FALLBACK
+            final = clean_reply(reply.text)
+            if not final and not reply.tool_calls:
+                final = EMPTY_REPLY_FALLBACK
             rest = cleaner.finish(final)
             send_text(rest)
             if spoken:
@@ -1059,21 +1127,45 @@ class RealtimeSession:
                 speaker.cancel()
         if response.closed:
             return
-        final_text = cleaner.sent if not cleaner.retracted else final
-        item.content[0].text = final_text
-        item.status = "completed"
         response.usage = _usage(reply)
         if response.max_tokens is not None and reply.finish_reason == "length" and cap == response.max_tokens:
             response.status_details = {"type": "incomplete", "reason": "max_output_tokens"}
-        if spoken:
-            self._send(response, {"type": "response.output_audio.done", **where})
-            self._send(response, {"type": "response.output_audio_transcript.done", **where, "transcript": final_text})
-        else:
-            self._send(response, {"type": "response.output_text.done", **where, "text": final_text})
-        self._send(response, {"type": "response.content_part.done", **where, "part": item.content[0].render(self.dialect)})
-        self._send(response, {"type": "response.output_item.done", "output_index": 0, "item": item.render(self.dialect)})
-        if response.conversation and item in self.items:
-            self._item_done(item)
+        item = response.item
+        if item is not None:
+            final_text = cleaner.sent if not cleaner.retracted else final
+            item.content[0].text = final_text
+            item.status = "completed"
+            if spoken:
+                self._send(response, {"type": "response.output_audio.done", **where})
+                self._send(response, {"type": "response.output_audio_transcript.done", **where, "transcript": final_text})
+            else:
+                self._send(response, {"type": "response.output_text.done", **where, "text": final_text})
+            self._send(response, {"type": "response.content_part.done", **where, "part": item.content[0].render(self.dialect)})
+            self._send(response, {"type": "response.output_item.done", "output_index": where["output_index"], "item": item.render(self.dialect)})
+            if response.conversation and item in self.items:
+                self._item_done(item)
+        # The calls as the engine finished them (their arguments valid against their schema).
+        for index, call in enumerate(reply.tool_calls):
+            if (call_item := calls.get(index)) is None:
+                call_item = calls[index] = Item(new_id("item"), "function_call", call_id=call.id, name=call.name, arguments="")
+                self._open_output(response, call_item)
+            call_item.call_id, call_item.name, call_item.arguments = call.id, call.name, call.arguments
+            call_item.status = "completed"
+            output_index = response.outputs.index(call_item)
+            self._send(
+                response,
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": call_item.id,
+                    "output_index": output_index,
+                    "call_id": call.id,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                },
+            )
+            self._send(response, {"type": "response.output_item.done", "output_index": output_index, "item": call_item.render(self.dialect)})
+            if response.conversation and call_item in self.items:
+                self._item_done(call_item)
 
     def _generate(
         self,
@@ -1082,6 +1174,8 @@ class RealtimeSession:
         temperature: float,
         on_text: Callable[[str], None],
         cancel: threading.Event,
+        tools: ToolUse | None = None,
+        on_tool_call: Callable[[ToolCallDelta], None] | None = None,
     ) -> ChatReply:  # in a worker thread
         engine = self.engines.chat.engine
         budget = engine.context_size - max_tokens
@@ -1091,8 +1185,18 @@ class RealtimeSession:
         if self.log_content:
             log.info("llm.prompt", extra={"event": "llm.prompt", "api": "realtime", "prompt": [m.content for m in prompt]})
         try:
-            return engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, on_text=on_text, cancel=cancel)
-        except (GenerationCancelled, PromptTooLong, PromptRejected, QueueFull):
+            if tools is None:
+                return engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, on_text=on_text, cancel=cancel)
+            return engine.generate(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                on_text=on_text,
+                cancel=cancel,
+                tools=tools,
+                on_tool_call=on_tool_call,
+            )
+        except (GenerationCancelled, PromptTooLong, PromptRejected, FeatureRefused, QueueFull):
             raise
         except Exception as exc:
             log.exception("the language model failed")
