@@ -82,9 +82,32 @@ def chunks(audio: bytes, bytes_per_chunk: int) -> list[str]:
 def decode_wire(data: bytes, codec: str, rate: int) -> np.ndarray:
     """Wire audio decoded by real ffmpeg → float samples at `rate`."""
     out = subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", codec, "-ar", str(rate), "-ac", "1",
-         "-i", "pipe:0", "-f", "f32le", "-ac", "1", "-ar", str(rate), "pipe:1"],
-        input=data, capture_output=True, check=True, timeout=60,
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            codec,
+            "-ar",
+            str(rate),
+            "-ac",
+            "1",
+            "-i",
+            "pipe:0",
+            "-f",
+            "f32le",
+            "-ac",
+            "1",
+            "-ar",
+            str(rate),
+            "pipe:1",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
+        timeout=60,
     ).stdout
     return np.frombuffer(out, dtype=np.float32)
 

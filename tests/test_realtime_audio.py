@@ -31,9 +31,32 @@ FFMPEG_CODECS = {"mulaw": (ulaw_encode, ulaw_decode), "alaw": (alaw_encode, alaw
 
 def ffmpeg_raw(data: bytes, source: str, target: str) -> bytes:
     return subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", source, "-ar", "8000", "-ac", "1",
-         "-i", "pipe:0", "-f", target, "-ar", "8000", "-ac", "1", "pipe:1"],
-        input=data, capture_output=True, check=True, timeout=60,
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            source,
+            "-ar",
+            "8000",
+            "-ac",
+            "1",
+            "-i",
+            "pipe:0",
+            "-f",
+            target,
+            "-ar",
+            "8000",
+            "-ac",
+            "1",
+            "pipe:1",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
+        timeout=60,
     ).stdout
 
 
@@ -110,8 +133,8 @@ def test_streaming_vad_gives_the_model_s_own_probabilities():
     assert whole.max() > 0.9  # it does hear the speech
 
 
-def turn_events(samples: np.ndarray, options: TurnDetection = TurnDetection()):
-    stream, detector = SpeechProbabilities(), TurnDetector(options)
+def turn_events(samples: np.ndarray, options: TurnDetection | None = None):
+    stream, detector = SpeechProbabilities(), TurnDetector(options or TurnDetection())
     events = []
     for i in range(0, samples.size, 1_600):
         events += detector.push(stream.feed(samples[i : i + 1_600]))

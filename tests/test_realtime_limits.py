@@ -110,7 +110,11 @@ def test_a_hang_up_stops_the_answer_under_way(limited):
                 ws,
                 {
                     "type": "conversation.item.create",
-                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Raconte une longue histoire de maison."}]},
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Raconte une longue histoire de maison."}],
+                    },
                 },
             )
             await send(ws, {"type": "response.create"})
@@ -123,7 +127,9 @@ def test_a_hang_up_stops_the_answer_under_way(limited):
         return [e for e in limited.log_events() if e.get("event") == "realtime.response"]
 
     # Every response logs how it ended, cancelled or not: the wait ends either way.
-    wait_for(lambda: bool(responses()), "the answer's end logged", while_possible=lambda: limited.process.poll() is None)
+    wait_for(
+        lambda: bool(responses()), "the answer's end logged", while_possible=lambda: limited.process.poll() is None
+    )
     ended = responses()[-1]
     assert ended["status"] == "cancelled" and ended["reason"] == "session_closed"
 

@@ -10,14 +10,13 @@ import json
 import uuid
 
 import httpx
-import openai
 import pytest
 from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.realtime_client import beta_session, events_until, next_event, of_type, send, ws_url
 from tests.conftest import db_rows
+from tests.realtime_client import beta_session, events_until, next_event, of_type, send, ws_url
 from tests.server import API_KEY
 from tests.waiting import wait_for
 
@@ -175,13 +174,39 @@ BAD_EVENTS = [
         "invalid_value",
         "session.input_audio_format",
     ),
-    (json.dumps({"event_id": "e5", "type": "input_audio_buffer.append", "audio": "***"}), "e5", "invalid_audio", "audio"),
-    (json.dumps({"event_id": "e6", "type": "input_audio_buffer.append", "audio": "AAAA"}), "e6", "invalid_audio", "audio"),
-    (json.dumps({"event_id": "e7", "type": "input_audio_buffer.commit"}), "e7", "input_audio_buffer_commit_empty", None),
-    (json.dumps({"event_id": "e8", "type": "response.cancel"}), "e8", "response_cancel_not_active", None),
-    (json.dumps({"event_id": "e9", "type": "conversation.item.delete", "item_id": "nope"}), "e9", "item_not_found", "item_id"),
     (
-        json.dumps({"event_id": "e10", "type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_image"}]}}),
+        json.dumps({"event_id": "e5", "type": "input_audio_buffer.append", "audio": "***"}),
+        "e5",
+        "invalid_audio",
+        "audio",
+    ),
+    (
+        json.dumps({"event_id": "e6", "type": "input_audio_buffer.append", "audio": "AAAA"}),
+        "e6",
+        "invalid_audio",
+        "audio",
+    ),
+    (
+        json.dumps({"event_id": "e7", "type": "input_audio_buffer.commit"}),
+        "e7",
+        "input_audio_buffer_commit_empty",
+        None,
+    ),
+    (json.dumps({"event_id": "e8", "type": "response.cancel"}), "e8", "response_cancel_not_active", None),
+    (
+        json.dumps({"event_id": "e9", "type": "conversation.item.delete", "item_id": "nope"}),
+        "e9",
+        "item_not_found",
+        "item_id",
+    ),
+    (
+        json.dumps(
+            {
+                "event_id": "e10",
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_image"}]},
+            }
+        ),
         "e10",
         "invalid_value",
         "item.content[0].type",
@@ -227,7 +252,12 @@ def test_items_are_created_and_deleted_and_answered_in_text(server):
                 ws,
                 {
                     "type": "conversation.item.create",
-                    "item": {"id": "item_gone", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Oublie ceci."}]},
+                    "item": {
+                        "id": "item_gone",
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Oublie ceci."}],
+                    },
                 },
             )
             created = await next_event(ws)
@@ -237,7 +267,11 @@ def test_items_are_created_and_deleted_and_answered_in_text(server):
                 ws,
                 {
                     "type": "conversation.item.create",
-                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Bonjour, qui es-tu ?"}]},
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Bonjour, qui es-tu ?"}],
+                    },
                 },
             )
             await events_until(ws, of_type("conversation.item.created"))
@@ -269,7 +303,14 @@ def test_a_second_response_while_one_runs_is_an_error_and_cancel_ends_it(server)
         async with beta_session(server) as (ws, _):
             await send(
                 ws,
-                {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Décris une maison."}]}},
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Décris une maison."}],
+                    },
+                },
             )
             await events_until(ws, of_type("conversation.item.created"))
             await send(ws, {"type": "response.create"})
@@ -297,7 +338,10 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
         async with beta_session(server, query=f"model=gpt-realtime&session_id={session_id}") as (ws, _):
             await send(
                 ws,
-                {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}},
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+                },
             )
             await events_until(ws, of_type("conversation.item.created"))
             await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
@@ -306,7 +350,11 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
     before = closed_sessions(server)
     events = asyncio.run(turn("Je cherche un condo à Laval."))
     # The session's turns are stored before it ends (its close is logged after).
-    wait_for(lambda: closed_sessions(server) > before, "the session closed", while_possible=lambda: server.process.poll() is None)
+    wait_for(
+        lambda: closed_sessions(server) > before,
+        "the session closed",
+        while_possible=lambda: server.process.poll() is None,
+    )
     reply = events[-1]["response"]["output"][0]["content"][0]["text"]
     conversations = [c for c in db_rows(server.data_dir)["conversations"] if c[1] == session_id]
     assert len(conversations) == 1
@@ -322,8 +370,14 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
     # …and a new realtime session with the same session_id starts from all of it.
     before = closed_sessions(server)
     asyncio.run(turn("Merci, et pour Longueuil ?"))
-    wait_for(lambda: closed_sessions(server) > before, "the session closed", while_possible=lambda: server.process.poll() is None)
-    prompts = [e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"]
+    wait_for(
+        lambda: closed_sessions(server) > before,
+        "the session closed",
+        while_possible=lambda: server.process.poll() is None,
+    )
+    prompts = [
+        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
+    ]
     assert "Je cherche un condo à Laval." in prompts[-1] and "Quel budget faut-il prévoir ?" in prompts[-1]
     messages = [m for m in db_rows(server.data_dir)["messages"] if m[1] == conversation_id]
     assert [m[2] for m in messages] == ["user", "assistant"] * 3
@@ -340,7 +394,12 @@ def test_a_bad_session_id_is_refused_at_the_handshake(server):
 
 
 TOOLS = [
-    {"type": "function", "name": "get_draft", "description": "Le brouillon de promesse d'achat en cours", "parameters": {}},
+    {
+        "type": "function",
+        "name": "get_draft",
+        "description": "Le brouillon de promesse d'achat en cours",
+        "parameters": {},
+    },
     {
         "type": "function",
         "name": "search_listings",
@@ -360,16 +419,32 @@ def test_a_tool_round_trip(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(ws, {"type": "session.update", "session": {"tools": TOOLS, "tool_choice": "auto", "turn_detection": None}})
+            await send(
+                ws,
+                {"type": "session.update", "session": {"tools": TOOLS, "tool_choice": "auto", "turn_detection": None}},
+            )
             await events_until(ws, of_type("session.updated"))
             await send(
                 ws,
-                {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Trouve-moi une maison à Laval sous 500 000 $."}]}},
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Trouve-moi une maison à Laval sous 500 000 $."}],
+                    },
+                },
             )
             await events_until(ws, of_type("conversation.item.created"))
             await send(
                 ws,
-                {"type": "response.create", "response": {"modalities": ["text"], "tool_choice": {"type": "function", "name": "search_listings"}}},
+                {
+                    "type": "response.create",
+                    "response": {
+                        "modalities": ["text"],
+                        "tool_choice": {"type": "function", "name": "search_listings"},
+                    },
+                },
             )
             called = await events_until(ws, of_type("response.done"))
             call = called[-1]["response"]["output"][-1]
@@ -380,7 +455,10 @@ def test_a_tool_round_trip(server):
                     "item": {
                         "type": "function_call_output",
                         "call_id": call["call_id"],
-                        "output": json.dumps({"résultats": [{"adresse": "12 rue des Érables, Laval", "prix": 475000}]}, ensure_ascii=False),
+                        "output": json.dumps(
+                            {"résultats": [{"adresse": "12 rue des Érables, Laval", "prix": 475000}]},
+                            ensure_ascii=False,
+                        ),
                     },
                 },
             )
@@ -391,7 +469,9 @@ def test_a_tool_round_trip(server):
 
     called, answered = asyncio.run(run())
     kinds = [e["type"] for e in called]
-    added = next(e for e in called if e["type"] == "response.output_item.added" and e["item"]["type"] == "function_call")
+    added = next(
+        e for e in called if e["type"] == "response.output_item.added" and e["item"]["type"] == "function_call"
+    )
     assert added["item"]["name"] == "search_listings"
     done = next(e for e in called if e["type"] == "response.function_call_arguments.done")
     assert kinds.index("response.function_call_arguments.delta") < kinds.index("response.function_call_arguments.done")
@@ -403,12 +483,18 @@ def test_a_tool_round_trip(server):
     response = called[-1]["response"]
     assert response["status"] == "completed"
     call = response["output"][-1]
-    assert call["type"] == "function_call" and call["call_id"] == done["call_id"] and call["arguments"] == done["arguments"]
+    assert (
+        call["type"] == "function_call"
+        and call["call_id"] == done["call_id"]
+        and call["arguments"] == done["arguments"]
+    )
     # The second answer is text, written with the tool's output in its prompt.
     assert answered[-1]["response"]["status"] == "completed"
     assert answered[-1]["response"]["output"][0]["type"] == "message"
     assert "".join(e["delta"] for e in answered if e["type"] == "response.text.delta").strip()
-    prompts = [e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"]
+    prompts = [
+        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
+    ]
     assert any("12 rue des Érables" in m for m in prompts[-1])
 
 
@@ -418,7 +504,14 @@ def test_a_tool_the_server_cannot_enforce_is_an_error(server):
             bad = {"type": "function", "name": "bad name!", "parameters": {}}
             await send(ws, {"event_id": "t1", "type": "session.update", "session": {"tools": [bad]}})
             first = await next_event(ws)
-            await send(ws, {"event_id": "t2", "type": "session.update", "session": {"tool_choice": {"type": "function", "name": "nope"}}})
+            await send(
+                ws,
+                {
+                    "event_id": "t2",
+                    "type": "session.update",
+                    "session": {"tool_choice": {"type": "function", "name": "nope"}},
+                },
+            )
             return first, await next_event(ws)
 
     first, second = asyncio.run(run())

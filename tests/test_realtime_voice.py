@@ -66,7 +66,10 @@ def test_push_to_talk_in_the_beta_dialect(server):
             events = await events_until(ws, of_type("response.done"))
             # The answer's transcript keeps only the pieces the client played (its first).
             answer = events[-1]["response"]["output"][0]
-            await send(ws, {"type": "conversation.item.truncate", "item_id": answer["id"], "content_index": 0, "audio_end_ms": 1})
+            await send(
+                ws,
+                {"type": "conversation.item.truncate", "item_id": answer["id"], "content_index": 0, "audio_end_ms": 1},
+            )
             truncated = await next_event(ws)
             await send(ws, {"type": "conversation.item.retrieve", "item_id": answer["id"]})
             retrieved = await next_event(ws)
@@ -244,7 +247,13 @@ def test_barge_in_cancels_the_answer_at_once(server):
                 ws,
                 {
                     "type": "conversation.item.create",
-                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Décris en détail une belle maison de campagne avec jardin."}]},
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [
+                            {"type": "input_text", "text": "Décris en détail une belle maison de campagne avec jardin."}
+                        ],
+                    },
                 },
             )
             await events_until(ws, of_type("conversation.item.created"))

@@ -137,7 +137,10 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
     )
     sessions.add(session)
     await send({"type": "websocket.accept", "subprotocol": _accepted_subprotocol(scope)})
-    log.info("realtime session opened", extra={"event": "realtime.open", "dialect": session.dialect, "sessions": len(sessions)})
+    log.info(
+        "realtime session opened",
+        extra={"event": "realtime.open", "dialect": session.dialect, "sessions": len(sessions)},
+    )
 
     async def next_message() -> str | bytes | None:
         message = await receive()

@@ -48,7 +48,9 @@ async def _turn(url: str, key: str, speech: bytes, silence_ms: int) -> dict[str,
         async def microphone() -> None:
             for start in range(0, len(audio), step):
                 piece = audio[start : start + step]
-                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()}))
+                await ws.send(
+                    json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()})
+                )
                 if start + step >= speech_end and "last_speech_chunk" not in marks:
                     marks["last_speech_chunk"] = time.perf_counter()
                 await asyncio.sleep(CHUNK_SECONDS)

@@ -60,7 +60,9 @@ class SessionConfig:
     max_output_tokens: int | Literal["inf"] = "inf"
 
 
-def initial_config(dialect: Dialect, *, model: str, instructions: str, language: str | None, temperature: float) -> SessionConfig:
+def initial_config(
+    dialect: Dialect, *, model: str, instructions: str, language: str | None, temperature: float
+) -> SessionConfig:
     return SessionConfig(
         model=model,
         instructions=instructions,
@@ -152,7 +154,9 @@ def _transcription(value: Any, param: str, config: SessionConfig) -> tuple[dict[
         return None, config.language
     value = _object(value, param)
     language = value.get("language", config.language)
-    if language is not None and (not isinstance(language, str) or not 2 <= len(language) <= 3 or not language.isalpha()):
+    if language is not None and (
+        not isinstance(language, str) or not 2 <= len(language) <= 3 or not language.isalpha()
+    ):
         raise ConfigError(f"'{param}.language' must be an ISO-639-1 code such as 'fr'", f"{param}.language")
     shown = {k: v for k, v in value.items() if k in ("model", "language", "prompt")}
     shown.setdefault("model", "whisper-1")
@@ -183,7 +187,9 @@ def tool_use(tools: list[dict[str, Any]], choice: Any, param: str = "session.too
     for index, tool in enumerate(tools):
         where = f"{param}[{index}]"
         if tool.get("type", "function") != "function":
-            raise ConfigError(f"'{where}.type': only 'function' tools are supported", f"{where}.type", "unsupported_value")
+            raise ConfigError(
+                f"'{where}.type': only 'function' tools are supported", f"{where}.type", "unsupported_value"
+            )
         name = tool.get("name")
         if (why := check_name(name)) is not None:
             raise ConfigError(f"'{where}.name' {why}", f"{where}.name")
@@ -251,11 +257,15 @@ def apply_update(config: SessionConfig, update: Any, dialect: Dialect) -> Sessio
                 update["input_audio_transcription"], "session.input_audio_transcription", new
             )
         if "turn_detection" in update:
-            new.turn_detection = _turn_detection(update["turn_detection"], "session.turn_detection", config.turn_detection)
+            new.turn_detection = _turn_detection(
+                update["turn_detection"], "session.turn_detection", config.turn_detection
+            )
         if "input_audio_noise_reduction" in update:
             new.noise_reduction = update["input_audio_noise_reduction"]
         if "max_response_output_tokens" in update:
-            new.max_output_tokens = max_tokens(update["max_response_output_tokens"], "session.max_response_output_tokens")
+            new.max_output_tokens = max_tokens(
+                update["max_response_output_tokens"], "session.max_response_output_tokens"
+            )
         return new
     if update.get("type", "realtime") != "realtime":
         raise ConfigError("'session.type' must be 'realtime' (transcription sessions are not served)", "session.type")

@@ -60,9 +60,9 @@ from lea_local.pipeline.realtime.transcripts import is_hallucination
 from lea_local.pipeline.turns import EMPTY_REPLY_FALLBACK, ChatTurns
 from lea_local.pipeline.voice import VoiceTurns
 from lea_local.runtime.cancellation import GenerationCancelled
+from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFull, admit, current_deadline
 from lea_local.store.conversations import TurnRecord
 from lea_local.store.database import utcnow
-from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFull, admit, current_deadline
 from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
 from lea_local.tts.speech import SpeechService
@@ -551,7 +551,9 @@ class RealtimeSession:
 
     def _item_done(self, item: Item) -> None:
         if self.dialect == "ga":
-            self.emit({"type": "conversation.item.done", "previous_item_id": self._previous(item), "item": item.render("ga")})
+            self.emit(
+                {"type": "conversation.item.done", "previous_item_id": self._previous(item), "item": item.render("ga")}
+            )
 
     def _previous(self, item: Item) -> str | None:
         for index, candidate in enumerate(self.items):
@@ -645,7 +647,9 @@ class RealtimeSession:
             self._item_done(item)
         return text
 
-    def _recognise(self, samples: np.ndarray, cancel: threading.Event) -> tuple[str | None, float]:  # in a worker thread
+    def _recognise(
+        self, samples: np.ndarray, cancel: threading.Event
+    ) -> tuple[str | None, float]:  # in a worker thread
         """The words heard (None: none) and the recogniser's seconds."""
         voice = self.engines.voice
         decoded = DecodedAudio(samples=samples.astype(np.float32), container="realtime")
@@ -676,7 +680,9 @@ class RealtimeSession:
         elif (anchor := self._find(previous)) is not None:
             position = self.items.index(anchor) + 1
         else:
-            raise ConfigError(f"previous_item_id {previous!r} is not in the conversation", "previous_item_id", "item_not_found")
+            raise ConfigError(
+                f"previous_item_id {previous!r} is not in the conversation", "previous_item_id", "item_not_found"
+            )
         self.items.insert(position, item)
         self._item_added(item, self.items[position - 1].id if position else None)
         audio_parts = [p for p in item.content if p.kind == "input_audio" and p.audio]
@@ -708,7 +714,9 @@ class RealtimeSession:
         `audio_end_ms` (the client says how far it played)."""
         item = self._find(event.get("item_id"))
         if item is None or item.role != "assistant":
-            raise ConfigError("'item_id' must name an assistant message of the conversation", "item_id", "item_not_found")
+            raise ConfigError(
+                "'item_id' must name an assistant message of the conversation", "item_id", "item_not_found"
+            )
         end_ms = event.get("audio_end_ms")
         if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
             raise ConfigError("'audio_end_ms' must be a non-negative integer", "audio_end_ms")
@@ -856,7 +864,12 @@ class RealtimeSession:
         else:
             shown.update(
                 output_modalities=list(response.modalities),
-                audio={"output": {"format": render_session(self.config, "ga", self.id)["audio"]["output"]["format"], "voice": self.config.voice}},
+                audio={
+                    "output": {
+                        "format": render_session(self.config, "ga", self.id)["audio"]["output"]["format"],
+                        "voice": self.config.voice,
+                    }
+                },
                 max_output_tokens=max_output,
             )
         return shown
@@ -895,7 +908,11 @@ class RealtimeSession:
                     response.status = "failed"
                     response.status_details = {
                         "type": "failed",
-                        "error": {"type": "invalid_request_error", "code": "no_speech", "message": "no speech was heard: nothing to answer"},
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "no_speech",
+                            "message": "no speech was heard: nothing to answer",
+                        },
                     }
                     self._finish(response)
                     return
@@ -938,9 +955,7 @@ class RealtimeSession:
     async def _load_history(self) -> None:
         """A continued session starts with its stored conversation's newest turns."""
         chat = self.engines.chat
-        context = await anyio.to_thread.run_sync(
-            chat.store.context_for, self.store_session, None, chat.history_chars
-        )
+        context = await anyio.to_thread.run_sync(chat.store.context_for, self.store_session, None, chat.history_chars)
         self.stored_conversation = context.conversation_id
         for message in context.history:
             if message.role not in ("user", "assistant"):
@@ -958,7 +973,8 @@ class RealtimeSession:
             return
         index = self.items.index(item)
         said = [
-            i for i in self.items[:index]
+            i
+            for i in self.items[:index]
             if i.id not in self._stored_items and i.type == "message" and i.role == "user" and i.text()
         ]
         if not said:
@@ -993,7 +1009,10 @@ class RealtimeSession:
 
     def _fail(self, response: Response, code: str, message: str) -> None:
         response.status = "failed"
-        response.status_details = {"type": "failed", "error": {"type": "server_error", "code": code, "message": message}}
+        response.status_details = {
+            "type": "failed",
+            "error": {"type": "server_error", "code": code, "message": message},
+        }
         if response.item is not None:
             response.item.status = "incomplete"
         self._finish(response)
@@ -1006,7 +1025,9 @@ class RealtimeSession:
         if response.conversation:
             self.items.append(item)
         index = len(response.outputs) - 1
-        self._send(response, {"type": "response.output_item.added", "output_index": index, "item": item.render(self.dialect)})
+        self._send(
+            response, {"type": "response.output_item.added", "output_index": index, "item": item.render(self.dialect)}
+        )
         if response.conversation:
             self._item_added(item, previous)
         return index
@@ -1023,11 +1044,19 @@ class RealtimeSession:
         def open_message() -> None:  # on the event loop: the answer's message, once it says something
             if response.item is not None or response.closed:
                 return
-            item = Item(new_id("item"), "message", role="assistant", content=[Part("audio" if spoken else "text", "")], status="in_progress")
+            item = Item(
+                new_id("item"),
+                "message",
+                role="assistant",
+                content=[Part("audio" if spoken else "text", "")],
+                status="in_progress",
+            )
             item.spoken = response.spoken  # the same list: conversation.item.truncate reads it
             response.item = item
             where.update(item_id=item.id, output_index=self._open_output(response, item), content_index=0)
-            self._send(response, {"type": "response.content_part.added", **where, "part": item.content[0].render(self.dialect)})
+            self._send(
+                response, {"type": "response.content_part.added", **where, "part": item.content[0].render(self.dialect)}
+            )
 
         if tools is None:
             open_message()  # without tools, the answer is a message from the start
@@ -1057,7 +1086,14 @@ class RealtimeSession:
             item = calls.get(delta.index)
             if item is None:
                 call_id = delta.id or new_id("call")
-                item = Item(new_id("item"), "function_call", call_id=call_id, name=delta.name or "", arguments="", status="in_progress")
+                item = Item(
+                    new_id("item"),
+                    "function_call",
+                    call_id=call_id,
+                    name=delta.name or "",
+                    arguments="",
+                    status="in_progress",
+                )
                 calls[delta.index] = item
                 self._open_output(response, item)
             if delta.arguments:
@@ -1137,17 +1173,30 @@ class RealtimeSession:
             item.status = "completed"
             if spoken:
                 self._send(response, {"type": "response.output_audio.done", **where})
-                self._send(response, {"type": "response.output_audio_transcript.done", **where, "transcript": final_text})
+                self._send(
+                    response, {"type": "response.output_audio_transcript.done", **where, "transcript": final_text}
+                )
             else:
                 self._send(response, {"type": "response.output_text.done", **where, "text": final_text})
-            self._send(response, {"type": "response.content_part.done", **where, "part": item.content[0].render(self.dialect)})
-            self._send(response, {"type": "response.output_item.done", "output_index": where["output_index"], "item": item.render(self.dialect)})
+            self._send(
+                response, {"type": "response.content_part.done", **where, "part": item.content[0].render(self.dialect)}
+            )
+            self._send(
+                response,
+                {
+                    "type": "response.output_item.done",
+                    "output_index": where["output_index"],
+                    "item": item.render(self.dialect),
+                },
+            )
             if response.conversation and item in self.items:
                 self._item_done(item)
         # The calls as the engine finished them (their arguments valid against their schema).
         for index, call in enumerate(reply.tool_calls):
             if (call_item := calls.get(index)) is None:
-                call_item = calls[index] = Item(new_id("item"), "function_call", call_id=call.id, name=call.name, arguments="")
+                call_item = calls[index] = Item(
+                    new_id("item"), "function_call", call_id=call.id, name=call.name, arguments=""
+                )
                 self._open_output(response, call_item)
             call_item.call_id, call_item.name, call_item.arguments = call.id, call.name, call.arguments
             call_item.status = "completed"
@@ -1163,7 +1212,14 @@ class RealtimeSession:
                     "arguments": call.arguments,
                 },
             )
-            self._send(response, {"type": "response.output_item.done", "output_index": output_index, "item": call_item.render(self.dialect)})
+            self._send(
+                response,
+                {
+                    "type": "response.output_item.done",
+                    "output_index": output_index,
+                    "item": call_item.render(self.dialect),
+                },
+            )
             if response.conversation and call_item in self.items:
                 self._item_done(call_item)
 
@@ -1183,10 +1239,14 @@ class RealtimeSession:
         while len(prompt) > 2 and engine.count_prompt_tokens(prompt) > budget:
             prompt = [prompt[0], *prompt[2:]]
         if self.log_content:
-            log.info("llm.prompt", extra={"event": "llm.prompt", "api": "realtime", "prompt": [m.content for m in prompt]})
+            log.info(
+                "llm.prompt", extra={"event": "llm.prompt", "api": "realtime", "prompt": [m.content for m in prompt]}
+            )
         try:
             if tools is None:
-                return engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, on_text=on_text, cancel=cancel)
+                return engine.generate(
+                    prompt, max_tokens=max_tokens, temperature=temperature, on_text=on_text, cancel=cancel
+                )
             return engine.generate(
                 prompt,
                 max_tokens=max_tokens,
@@ -1240,7 +1300,11 @@ class RealtimeSession:
         for start in range(0, len(data), step):
             self._send(
                 response,
-                {"type": "response.output_audio.delta", **where, "delta": base64.b64encode(data[start : start + step]).decode("ascii")},
+                {
+                    "type": "response.output_audio.delta",
+                    **where,
+                    "delta": base64.b64encode(data[start : start + step]).decode("ascii"),
+                },
             )
         response.spoken.append((phrase, len(data) * 1000 / codec.bytes_per_second()))
 
