@@ -202,3 +202,30 @@ def test_a_control_token_opener_is_reported_without_text():
     watch = TriggerWatch(FORMATS["mistral"], None)
     assert not watch.feed("Bien.")
     assert watch.feed("") and watch.triggered and watch.finish() == "Bien."
+
+
+@pytest.mark.parametrize(
+    ("family", "pieces"),
+    [
+        ("hermes", ["```", "json\n{"]),
+        ("hermes", ["{{", '"name"']),
+        ("hermes", [" ", '{"name": "a"']),
+        ("generic", ['{"', "name"]),
+        ("mistral", ["[{", '"name"']),
+    ],
+)
+def test_a_reply_that_begins_like_a_call_is_one(family, pieces):
+    # How models also write calls (Qwen's fenced or doubled-brace JSON): constrained from there.
+    sent: list[str] = []
+    watch = TriggerWatch(FORMATS[family], sent.append)
+    assert feed_all(watch, pieces) and watch.finish() == "" and sent == []
+
+
+def test_a_reply_that_only_looks_like_an_opener_at_first_is_text():
+    sent: list[str] = []
+    watch = TriggerWatch(FORMATS["hermes"], sent.append)
+    assert not feed_all(watch, ["`", "``python\nprint(1)"])
+    assert watch.finish() == "".join(sent) == "```python\nprint(1)"
+    # Later in a reply, only the family's own opener starts a call.
+    watch = TriggerWatch(FORMATS["hermes"], None)
+    assert not feed_all(watch, ["Voici : ", '{"name": "x"}'])

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lea_local.llm import grammar_sampler
 from lea_local.llm.abort import DecodeAbort
 from lea_local.llm.base import (
     ChatMessage,
@@ -100,6 +101,8 @@ class LlamaCppChatEngine:
             verbose=False,
         )
         self._abort = DecodeAbort(self._llama._ctx.ctx)
+        # Grammars (tool calls, JSON output) checked token first, as llama.cpp's server does.
+        grammar_sampler.install(self._llama)
         self._cpu_share = cpu_share
         self._most_threads = self._llama.n_threads
         self.threads = self._most_threads

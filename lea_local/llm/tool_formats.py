@@ -38,6 +38,10 @@ class ToolFormat:
     arguments_key: str = "arguments"
     trigger_at_start_only: bool = False
     """The trigger only counts as the reply's first non-blank text (llama3's bare JSON)."""
+    start_triggers: tuple[str, ...] = ()
+    """Other openers that start a call when the reply begins with them: how models of the family
+    also write calls (Qwen's bare or fenced JSON, with the doubled braces its template shows).
+    The call is then constrained in the family's own syntax from there."""
     template_knows_tools: bool = True
     parallel_calls: bool = True
 
@@ -63,12 +67,20 @@ class ToolFormat:
 
 
 FORMATS: dict[Family, ToolFormat] = {
-    "mistral": ToolFormat("mistral", trigger="[TOOL_CALLS]", prefill="[TOOL_CALLS]"),
-    "hermes": ToolFormat("hermes", trigger="<tool_call>", prefill="<tool_call>\n"),
+    "mistral": ToolFormat("mistral", trigger="[TOOL_CALLS]", prefill="[TOOL_CALLS]", start_triggers=('[{"',)),
+    "hermes": ToolFormat(
+        "hermes", trigger="<tool_call>", prefill="<tool_call>\n", start_triggers=('{"', '{{"', "```json", "```\n{")
+    ),
     "llama3": ToolFormat(
         "llama3", trigger="{", prefill="", arguments_key="parameters", trigger_at_start_only=True, parallel_calls=False
     ),
-    "generic": ToolFormat("generic", trigger="<tool_call>", prefill="<tool_call>\n", template_knows_tools=False),
+    "generic": ToolFormat(
+        "generic",
+        trigger="<tool_call>",
+        prefill="<tool_call>\n",
+        template_knows_tools=False,
+        start_triggers=('{"', "```json"),
+    ),
 }
 
 
@@ -282,27 +294,30 @@ class TriggerWatch:
             self._send(piece)
             return False
         text = self._held + piece
-        trigger = self._fmt.trigger
-        if self._fmt.trigger_at_start_only:
+        fmt = self._fmt
+        starts = (fmt.trigger,) if fmt.trigger_at_start_only else fmt.start_triggers
+        if not self._sent and starts:
             stripped = text.lstrip()
-            if not stripped:
+            if not stripped:  # blanks before a call are not content
                 self._held = text
                 return False
-            if stripped.startswith(trigger):
+            if any(stripped.startswith(start) for start in starts):
                 self.triggered, self._held = True, ""
                 return True
-            self._watching, self._held = False, ""
-            self._send(text)
-            return False
+            if any(start.startswith(stripped) for start in starts):
+                self._held = text  # may still become an opener
+                return False
+            if fmt.trigger_at_start_only:
+                self._watching, self._held = False, ""
+                self._send(text)
+                return False
+        trigger = fmt.trigger
         at = text.find(trigger)
         if at >= 0:
             before = text[:at]
-            self._send(before if self._sent else before.strip() and before)
+            self._send(before if self._sent or before.strip() else "")  # blanks before a call are not content
             self.triggered, self._held = True, ""
             return True
-        if not self._sent and not text.strip():  # blanks before a call are not content
-            self._held = text
-            return False
         keep = 0
         for size in range(min(len(trigger) - 1, len(text)), 0, -1):
             if trigger.startswith(text[-size:]):

@@ -122,3 +122,13 @@ SYSTEM_PROMPT = (
     "une question à la fois. Utilise les outils pour toutes tes actions. N'appelle jamais un outil create_* "
     "dans le même tour où tu demandes « Je confirme ? »."
 )
+
+PROMISE_TO_PURCHASE = (
+    "Je confirme, crée la promesse d'achat. Acheteur : Paul Roy, 12 rue Laval, Montréal, 514-555-0101, "
+    "paul.roy@example.com. Vendeuse : Marie Tremblay, 5554 rue Saint-Denis, Montréal, 514-555-0202, "
+    "marie.tremblay@example.com. Immeuble : le 5554 rue Saint-Denis, un condo de deux chambres. Prix : 550 000 $. "
+    "Acompte de 10 000 $ le 2026-04-01. Financement de 440 000 $ en 10 jours. Acte de vente le 2026-06-30. "
+    "Conditionnelle à l'inspection et à l'examen des documents. Inclusions : réfrigérateur, cuisinière. "
+    "Délai d'acceptation : 2026-03-20 17:00."
+)
+"""A broker's whole promise to purchase in one message: every required field of `create_pa`."""
