@@ -517,3 +517,48 @@ def test_a_tool_the_server_cannot_enforce_is_an_error(server):
     first, second = asyncio.run(run())
     assert first["error"]["event_id"] == "t1" and first["error"]["param"] == "session.tools[0].name"
     assert second["error"]["event_id"] == "t2" and second["error"]["param"] == "tool_choice"
+
+
+def test_an_out_of_band_response_with_its_own_instructions(server):
+    """`conversation: "none"`: an answer that stays out of the conversation (a classification,
+    a summary), written under the response's own instructions; its metadata comes back."""
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(
+                ws,
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Je veux vendre mon duplex."}]},
+                },
+            )
+            await events_until(ws, of_type("conversation.item.created"))
+            await send(
+                ws,
+                {
+                    "type": "response.create",
+                    "response": {
+                        "conversation": "none",
+                        "modalities": ["text"],
+                        "instructions": "Classe la demande : vente, achat ou location. Un seul mot.",
+                        "metadata": {"purpose": "intent"},
+                    },
+                },
+            )
+            events = await events_until(ws, of_type("response.done"))
+            answer = events[-1]["response"]["output"][0]
+            await send(ws, {"event_id": "where", "type": "conversation.item.retrieve", "item_id": answer["id"]})
+            events.append(await next_event(ws))
+            return events
+
+    events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    assert "conversation.item.created" not in kinds  # the answer is not added to the conversation
+    done = events[-2]["response"]
+    assert done["status"] == "completed"
+    assert done["conversation_id"] is None
+    assert done["metadata"] == {"purpose": "intent"}
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "item_not_found"
+    prompts = [e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"]
+    assert prompts[-1][0] == "Classe la demande : vente, achat ou location. Un seul mot."
+    assert prompts[-1][-1] == "Je veux vendre mon duplex."
