@@ -166,3 +166,29 @@ def test_the_tiny_models_call_grammar_is_one_llama_cpp_parses(tiny_llm_path):
     for mode, name in [("auto", None), ("required", None), ("named", "create_pa")]:
         gbnf = engine.build_grammar(ToolUse(tools, mode, name=name), None)  # type: ignore[arg-type]
         assert "root ::=" in gbnf and "tool_call" in gbnf
+
+
+def test_grammar_first_sampling_picks_what_the_full_check_picks(tiny_llm_path):
+    # Greedy: the grammar-first sampler's choices are exactly those of llama-cpp-python's own
+    # (the whole vocabulary checked at every token), with far fewer full checks.
+    from llama_cpp import Llama, LlamaGrammar
+
+    from lea_local.llm import grammar_sampler
+
+    gbnf = json_grammar(check_schema(SCHEMAS[1]))
+    prompt = "<|im_start|>user\nDonne la fiche de la maison en JSON.<|im_end|>\n<|im_start|>assistant\n"
+    texts = []
+    for install in (False, True):
+        llama = Llama(str(tiny_llm_path), n_ctx=1024, verbose=False)
+        if install:
+            grammar_sampler.install(llama)
+        out = llama.create_completion(
+            prompt, max_tokens=200, temperature=0.0, grammar=LlamaGrammar.from_string(gbnf, verbose=False)
+        )
+        texts.append(out["choices"][0]["text"])
+        if install:
+            sampler = llama._sampler
+            assert isinstance(sampler, grammar_sampler.GrammarFirstSampler)
+            assert sampler.full_checks < out["usage"]["completion_tokens"] / 2
+    assert texts[0] == texts[1]
+    jsonschema_rs.validate(SCHEMAS[1], json.loads(texts[1]))
