@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.conftest import db_rows
 from tests.realtime_client import beta_session, chunks, events_until, next_event, of_type, send, silence_pcm, ws_url
 from tests.server import API_KEY
 from tests.waiting import wait_for
@@ -146,3 +148,36 @@ def test_one_session_too_many_is_refused_at_the_handshake(limited):
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert json.loads(response.body)["error"]["type"] == "server_error"
+
+
+def test_a_stopping_server_closes_its_sessions_as_a_restart(make_server):
+    """SIGTERM: the sessions end at once with close code 1012 (service restart), which tells a
+    client to reconnect (to another replica behind nginx); the turn already answered is stored."""
+    lea = make_server()
+    session_id = "rt-stopping"
+
+    async def run():
+        async with beta_session(lea, query=f"model=x&session_id={session_id}") as (ws, _):
+            await send(
+                ws,
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Bonjour."}],
+                    },
+                },
+            )
+            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            await events_until(ws, of_type("response.done"))
+            lea.process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await next_event(ws)
+            return closed.value
+
+    closed = asyncio.run(run())
+    assert closed.rcvd is not None and closed.rcvd.code == 1012
+    lea.process.wait(timeout=60)
+    assert [row[1] for row in db_rows(lea.data_dir)["conversations"]] == [session_id]

@@ -529,7 +529,11 @@ def test_an_out_of_band_response_with_its_own_instructions(server):
                 ws,
                 {
                     "type": "conversation.item.create",
-                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Je veux vendre mon duplex."}]},
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Je veux vendre mon duplex."}],
+                    },
                 },
             )
             await events_until(ws, of_type("conversation.item.created"))
@@ -559,6 +563,8 @@ def test_an_out_of_band_response_with_its_own_instructions(server):
     assert done["conversation_id"] is None
     assert done["metadata"] == {"purpose": "intent"}
     assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "item_not_found"
-    prompts = [e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"]
+    prompts = [
+        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
+    ]
     assert prompts[-1][0] == "Classe la demande : vente, achat ou location. Un seul mot."
     assert prompts[-1][-1] == "Je veux vendre mon duplex."
