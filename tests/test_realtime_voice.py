@@ -308,3 +308,31 @@ def test_telephone_audio_in_and_out(server, wire, ffmpeg_codec):
     answer = decode_wire(audio_of(events), ffmpeg_codec, 8_000)
     assert loud(answer) and answer.size > 8_000 // 2
     assert events[-1]["response"]["status"] == "completed"
+
+
+def test_an_input_audio_item_is_heard_and_answered(server):
+    """A user message created with its audio (rather than appended and committed): transcribed
+    like committed audio, its words the part's transcript, then answered."""
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
+            await events_until(ws, of_type("session.updated"))
+            audio = base64.b64encode(SPEECH).decode()
+            item = {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]}
+            await send(ws, {"type": "conversation.item.create", "item": item})
+            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            events = await events_until(ws, of_type("response.done"))
+            created = next(e for e in events if e["type"] == "conversation.item.created")
+            await send(ws, {"type": "conversation.item.retrieve", "item_id": created["item"]["id"]})
+            events.append(await next_event(ws))
+            return events
+
+    events = asyncio.run(run())
+    heard = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert heard_the_clip(heard["transcript"]), heard["transcript"]
+    kinds = [e["type"] for e in events]
+    assert kinds.index("conversation.item.input_audio_transcription.completed") < kinds.index("response.text.delta")
+    assert events[-2]["response"]["status"] == "completed"
+    retrieved = events[-1]["item"]["content"][0]
+    assert retrieved == {"type": "input_audio", "transcript": heard["transcript"]}
