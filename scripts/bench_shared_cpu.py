@@ -146,6 +146,19 @@ def bench_turn(runs: int) -> list[dict]:
 
     key = "bench-shared-cpu-2f8a1c9e"
     rows = []
+
+    def turn(client: httpx.Client, contended: bool, run: int) -> dict:
+        started = time.perf_counter()
+        answer = client.post(
+            "/api/external/agent/chat",
+            json={"message": PROMPT, "session_id": f"bench-{contended}-{run}"},
+            headers={"X-API-Key": key},
+        )
+        seconds = time.perf_counter() - started
+        print(f"  turn {'contended' if contended else 'quiet':<10} {answer.status_code} {seconds:6.1f} s")
+        reply = answer.json().get("response", "") if answer.is_success else ""
+        return {"contended": contended, "status": answer.status_code, "seconds": seconds, "reply_chars": len(reply)}
+
     with tempfile.TemporaryDirectory() as data:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEA_LLM_THREADS")}
         env["LEA_LLM_MAX_REPLY_TOKENS"] = "256"
@@ -154,19 +167,7 @@ def bench_turn(runs: int) -> list[dict]:
             with httpx.Client(base_url=server.url, timeout=120) as client:
                 for contended in (False, True):
                     with competitor(contended):
-                        for run in range(runs):
-                            started = time.perf_counter()
-                            answer = client.post(
-                                "/api/external/agent/chat",
-                                json={"message": PROMPT, "session_id": f"bench-{contended}-{run}"},
-                                headers={"X-API-Key": key},
-                            )
-                            seconds = time.perf_counter() - started
-                            rows.append(
-                                {"contended": contended, "status": answer.status_code, "seconds": seconds,
-                                 "reply_chars": len(answer.json().get("response", "")) if answer.is_success else 0}
-                            )
-                            print(f"  turn {'contended' if contended else 'quiet':<10} {answer.status_code} {seconds:6.1f} s")
+                        rows += [turn(client, contended, run) for run in range(runs)]
         finally:
             server.stop()
     return rows
@@ -188,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         contended = [r for r in rows if r["contended"]]
         best = max(r["tok_s"] for r in contended if not r["adaptive"])
         default = next(r["tok_s"] for r in contended if r["adaptive"])
-        print(f"llm under contention: default {default:.1f} tok/s = {default / best:.0%} of the best fixed ({best:.1f})")
+        print(
+            f"llm under contention: default {default:.1f} tok/s = {default / best:.0%} of the best fixed ({best:.1f})"
+        )
         ok &= default >= best / 2
     if "asr" in args.only:
         bench_asr(args.runs)

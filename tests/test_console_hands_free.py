@@ -41,10 +41,34 @@ def one_turn_microphone(tmp_path_factory: pytest.TempPathFactory) -> str:
     (`%noloop`), so the broker says one thing and waits for the answer."""
     wav = tmp_path_factory.mktemp("hands-free-microphone") / "one-turn.wav"
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-t", "1", "-i",
-         "anullsrc=r=48000:cl=mono", "-i", str(CLIP), "-f", "lavfi", "-t", "20", "-i", "anullsrc=r=48000:cl=mono",
-         "-filter_complex", "[1:a]aresample=48000,aformat=channel_layouts=mono[c];[0:a][c][2:a]concat=n=3:v=0:a=1",
-         "-ar", "48000", "-ac", "1", str(wav)],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-t",
+            "1",
+            "-i",
+            "anullsrc=r=48000:cl=mono",
+            "-i",
+            str(CLIP),
+            "-f",
+            "lavfi",
+            "-t",
+            "20",
+            "-i",
+            "anullsrc=r=48000:cl=mono",
+            "-filter_complex",
+            "[1:a]aresample=48000,aformat=channel_layouts=mono[c];[0:a][c][2:a]concat=n=3:v=0:a=1",
+            "-ar",
+            "48000",
+            "-ac",
+            "1",
+            str(wav),
+        ],
         check=True,
     )
     return f"{wav}%noloop"

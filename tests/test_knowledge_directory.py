@@ -134,9 +134,7 @@ def test_the_knowledge_command_with_a_private_directory_deletes_nothing(pg_engin
 
 @pytest.mark.topology
 @pytest.mark.slow
-def test_a_replica_server_with_a_private_directory_stops_at_start_up(
-    pg_engine, tmp_path: Path, models_dir: Path
-):
+def test_a_replica_server_with_a_private_directory_stops_at_start_up(pg_engine, tmp_path: Path, models_dir: Path):
     (tmp_path / "shared").mkdir()
     claim_directory(pg_engine, tmp_path / "shared")
     url = pg_engine.url.render_as_string(hide_password=False)

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import insert, select, update
@@ -82,7 +82,7 @@ def claim_directory(engine: Engine, directory: Path) -> str | None:
         "directory_id": mine,
         "first_path": str(directory.resolve()),
         "first_host": socket.gethostname(),
-        "claimed_at": datetime.now(timezone.utc),
+        "claimed_at": datetime.now(UTC),
     }
     try:
         with engine.begin() as connection:
