@@ -336,3 +336,51 @@ def test_an_input_audio_item_is_heard_and_answered(server):
     assert events[-2]["response"]["status"] == "completed"
     retrieved = events[-1]["item"]["content"][0]
     assert retrieved == {"type": "input_audio", "transcript": heard["transcript"]}
+
+
+IMMOASSIST_SESSION = {
+    "modalities": ["text", "audio"],
+    "voice": "shimmer",
+    "input_audio_format": "pcm16",
+    "output_audio_format": "pcm16",
+    "input_audio_noise_reduction": {"type": "near_field"},
+    "turn_detection": {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 300, "silence_duration_ms": 1200},
+    "tools": [{"type": "function", "name": "get_draft", "description": "Le brouillon en cours", "parameters": {}}],
+    "tool_choice": "auto",
+    "temperature": 0.7,
+    "input_audio_transcription": {"model": "whisper-1", "language": "fr"},
+}
+
+
+def test_a_call_as_immoassist_makes_it(server):
+    """ImmoAssist's Léa service (`../shared/contract/immoassist-next.md`): the beta dialect, its own
+    session.update, the broker's microphone forwarded at its pace; the turn is found after 1.2 s
+    of silence and answered (spoken, or with a tool call)."""
+    stream = silence_pcm(0.5) + SPEECH + silence_pcm(2.0)
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(ws, {"type": "session.update", "session": IMMOASSIST_SESSION})
+            await events_until(ws, of_type("session.updated"))
+
+            async def microphone() -> None:
+                for piece in chunks(stream, CHUNK):
+                    await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+                    await asyncio.sleep(0.1)
+
+            talking = asyncio.create_task(microphone())
+            events = await events_until(ws, of_type("response.done"))
+            await talking
+            return events
+
+    events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    assert kinds.index("input_audio_buffer.speech_started") < kinds.index("input_audio_buffer.committed")
+    heard = events[kinds.index("conversation.item.input_audio_transcription.completed")]
+    assert heard_the_clip(heard["transcript"]), heard["transcript"]
+    done = events[-1]["response"]
+    assert done["status"] == "completed" and done["output"]
+    if done["output"][0]["type"] == "message":
+        assert loud(decode_wire(audio_of(events), "s16le", 24_000))
+    else:
+        assert done["output"][0]["name"] == "get_draft"
