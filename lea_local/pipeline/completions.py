@@ -78,7 +78,7 @@ class ChatCompletions:
     ) -> Completion:
         """Raises ContextLengthExceeded, PromptRejected, FeatureRefused, QueueFull,
         GenerationCancelled, EngineFailure."""
-        chars = sum(len(m.content) for m in request.messages)
+        chars = sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in request.messages)
         # Every message costs at least one token of chat template: too many cannot fit either.
         if chars > self.engine.context_size * MAX_CHARS_PER_TOKEN or len(request.messages) > self.engine.context_size:
             raise ContextLengthExceeded(
