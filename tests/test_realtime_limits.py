@@ -43,11 +43,17 @@ def test_an_event_too_large_is_an_error_and_the_session_goes_on(limited):
         async with beta_session(limited) as (ws, _):
             await send(ws, {"event_id": "big", "type": "session.update", "session": {"instructions": "x" * 10_000}})
             error = await next_event(ws)
+            # Counted in bytes: 3,000 characters of 3 bytes each are over 8 KiB.
+            await ws.send(
+                json.dumps({"type": "session.update", "session": {"instructions": "€" * 3_000}}, ensure_ascii=False)
+            )
+            error_bytes = await next_event(ws)
             await send(ws, {"type": "session.update", "session": {"instructions": "court"}})
-            return error, await next_event(ws)
+            return error, error_bytes, await next_event(ws)
 
-    error, updated = asyncio.run(run())
+    error, error_bytes, updated = asyncio.run(run())
     assert error["type"] == "error" and error["error"]["code"] == "event_too_large"
+    assert error_bytes["type"] == "error" and error_bytes["error"]["code"] == "event_too_large"
     assert updated["type"] == "session.updated"
 
 

@@ -299,9 +299,12 @@ class RealtimeSession:
 
     async def handle(self, message: str | bytes) -> None:
         """One client event; a bad one gets an `error` event naming it, never a dropped socket."""
-        if len(message) > self.limits.max_event_bytes:
+        size = len(message)
+        if isinstance(message, str) and size * 4 > self.limits.max_event_bytes:  # UTF-8: up to 4 bytes a character
+            size = len(message.encode("utf-8", "surrogatepass"))
+        if size > self.limits.max_event_bytes:
             self.error(
-                f"the event is {len(message)} bytes; at most {self.limits.max_event_bytes} are accepted "
+                f"the event is {size} bytes; at most {self.limits.max_event_bytes} are accepted "
                 "(send audio in smaller appends)",
                 code="event_too_large",
             )
