@@ -469,6 +469,11 @@ class RealtimeSession:
         """The broker paused: recognise the speech so far now, so that little is left to do if
         the pause turns out to be the end of the turn."""
         self._drop_speculation()
+        # Only on an idle recogniser: a recognition cannot be stopped inside its segment, and
+        # one dropped at every pause would hold the engine while the real turn waits behind.
+        queue = self.engines.voice.asr_queue
+        if queue.depth or queue.slot.busy >= queue.slot.capacity:
+            return
         samples = self._peek_buffer(self._speech_start_ms, at_ms)
         task, deadline = self._recognition_task(to_recogniser(samples, self._input.rate), at_pause=True)
         self._speculation = (at_ms, task, deadline)
