@@ -10,6 +10,7 @@ routes cannot answer a refused handshake with a status of our choosing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -135,12 +136,6 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
         session_id=session_id,
         user_id=user_id,
     )
-    sessions.add(session)
-    await send({"type": "websocket.accept", "subprotocol": _accepted_subprotocol(scope)})
-    log.info(
-        "realtime session opened",
-        extra={"event": "realtime.open", "dialect": session.dialect, "sessions": len(sessions)},
-    )
 
     async def next_message() -> str | bytes | None:
         message = await receive()
@@ -152,11 +147,18 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.send", "text": text})
 
     how = "hang-up"
+    sessions.add(session)
     try:
+        await send({"type": "websocket.accept", "subprotocol": _accepted_subprotocol(scope)})
+        log.info(
+            "realtime session opened",
+            extra={"event": "realtime.open", "dialect": session.dialect, "sessions": len(sessions)},
+        )
         await session.serve(next_message, send_text)
     except SessionEnded as ended:
         how = ended.reason
-        await send({"type": "websocket.close", "code": ended.code, "reason": ended.reason})
+        with contextlib.suppress(OSError):
+            await send({"type": "websocket.close", "code": ended.code, "reason": ended.reason})
     except OSError:  # the client vanished while an event was being sent
         how = "connection lost"
     finally:

@@ -207,10 +207,16 @@ class RealtimeSession:
         """Until the client hangs up (`receive` gives None) or a limit ends the session
         (SessionEnded, once its `error` event is sent). Whatever the session had running stops."""
         writer = asyncio.create_task(self._write(send))
-        if self.continued:
-            await self._load_history()
-        self.emit({"type": "session.created", "session": render_session(self.config, self.dialect, self.id)})
         try:
+            if self.continued:
+                try:
+                    await self._load_history()
+                except Exception:
+                    log.exception("a realtime session's conversation could not be read")
+                    message = "the conversation of this session_id could not be read"
+                    self.error(message, code="server_error", kind="server_error")
+                    raise SessionEnded(1011, "the conversation could not be read") from None
+            self.emit({"type": "session.created", "session": render_session(self.config, self.dialect, self.id)})
             while True:
                 message = await self._receive_within_limits(receive)
                 if message is None:
