@@ -381,6 +381,11 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
     assert "Je cherche un condo à Laval." in prompts[-1] and "Quel budget faut-il prévoir ?" in prompts[-1]
     messages = [m for m in db_rows(server.data_dir)["messages"] if m[1] == conversation_id]
     assert [m[2] for m in messages] == ["user", "assistant"] * 3
+    # Erasure covers it like any conversation.
+    with server.client() as client:
+        r = client.post("/api/external/agent/erase", json={"session_id": session_id}, headers={"X-API-Key": API_KEY})
+    assert r.status_code == 200, r.text
+    assert not [c for c in db_rows(server.data_dir)["conversations"] if c[1] == session_id]
 
 
 def test_a_bad_session_id_is_refused_at_the_handshake(server):

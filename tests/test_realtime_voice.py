@@ -384,3 +384,25 @@ def test_a_call_as_immoassist_makes_it(server):
         assert loud(decode_wire(audio_of(events), "s16le", 24_000))
     else:
         assert done["output"][0]["name"] == "get_draft"
+
+
+def test_without_transcription_events_the_words_are_still_heard(server):
+    """`input_audio_transcription: null`: no transcription events, but Léa answers the words."""
+
+    async def run():
+        async with beta_session(server) as (ws, _):
+            await send(
+                ws, {"type": "session.update", "session": {"turn_detection": None, "input_audio_transcription": None}}
+            )
+            await events_until(ws, of_type("session.updated"))
+            await push_to_talk(ws, SPEECH)
+            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            return await events_until(ws, of_type("response.done"))
+
+    events = asyncio.run(run())
+    assert not [e for e in events if e["type"].startswith("conversation.item.input_audio_transcription.")]
+    assert events[-1]["response"]["status"] == "completed"
+    prompts = [
+        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
+    ]
+    assert heard_the_clip(prompts[-1][-1]), prompts[-1]
