@@ -86,6 +86,7 @@ def test_an_idle_session_is_closed_with_its_reason(limited):
     assert closed.rcvd.code == 1008
 
 
+@pytest.mark.slow
 def test_a_session_ends_at_its_length_limit(limited):
     async def run():
         events = []
@@ -111,6 +112,7 @@ def test_a_session_ends_at_its_length_limit(limited):
     assert closed.rcvd.code == 1008
 
 
+@pytest.mark.slow
 def test_a_hang_up_stops_the_answer_under_way(limited):
     async def run():
         async with beta_session(limited) as (ws, _):
@@ -156,6 +158,7 @@ def test_one_session_too_many_is_refused_at_the_handshake(limited):
     assert json.loads(response.body)["error"]["type"] == "server_error"
 
 
+@pytest.mark.slow
 def test_a_stopping_server_closes_its_sessions_as_a_restart(make_server):
     """SIGTERM: the sessions end at once with close code 1012 (service restart), which tells a
     client to reconnect (to another replica behind nginx); the turn already answered is stored."""

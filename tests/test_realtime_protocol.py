@@ -418,6 +418,7 @@ TOOLS = [
 ]
 
 
+@pytest.mark.slow
 def test_a_tool_round_trip(server):
     """Léa calls a tool mid-conversation (its arguments streamed, then valid against the
     schema); the client answers with the call's output and asks again; Léa answers from it."""

@@ -47,6 +47,7 @@ async def push_to_talk(ws, audio: bytes, chunk: int = CHUNK) -> None:
     await send(ws, {"type": "input_audio_buffer.commit"})
 
 
+@pytest.mark.slow
 def test_push_to_talk_in_the_beta_dialect(server):
     async def run():
         async with beta_session(server) as (ws, _):
@@ -114,6 +115,7 @@ def test_push_to_talk_in_the_beta_dialect(server):
     assert kept and spoken.startswith(kept) and len(kept) < len(spoken)
 
 
+@pytest.mark.slow
 def test_server_vad_through_the_official_sdk_in_real_time(server):
     """Silence, the sentence, silence, streamed at the microphone's pace: the server finds the
     turn, transcribes it, and answers with audio, on its own."""
@@ -180,6 +182,7 @@ def test_server_vad_through_the_official_sdk_in_real_time(server):
     assert kinds.count("response.created") == 1
 
 
+@pytest.mark.slow
 def test_the_latency_benchmark_times_a_realtime_turn(server):
     from lea_local.tools.realtime_bench import realtime_round
 
@@ -284,6 +287,7 @@ def test_barge_in_cancels_the_answer_at_once(server):
     assert spoken.startswith(kept["content"][0]["transcript"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("wire", "ffmpeg_codec"), [("g711_ulaw", "mulaw"), ("g711_alaw", "alaw")])
 def test_telephone_audio_in_and_out(server, wire, ffmpeg_codec):
     telephone = pcm(CLIP, rate=8_000, codec=ffmpeg_codec)
@@ -310,6 +314,7 @@ def test_telephone_audio_in_and_out(server, wire, ffmpeg_codec):
     assert events[-1]["response"]["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_an_input_audio_item_is_heard_and_answered(server):
     """A user message created with its audio (rather than appended and committed): transcribed
     like committed audio, its words the part's transcript, then answered."""
@@ -352,6 +357,7 @@ IMMOASSIST_SESSION = {
 }
 
 
+@pytest.mark.slow
 def test_a_call_as_immoassist_makes_it(server):
     """ImmoAssist's Léa service (`../shared/contract/immoassist-next.md`): the beta dialect, its own
     session.update, the broker's microphone forwarded at its pace; the turn is found after 1.2 s
@@ -386,6 +392,7 @@ def test_a_call_as_immoassist_makes_it(server):
         assert done["output"][0]["name"] == "get_draft"
 
 
+@pytest.mark.slow
 def test_without_transcription_events_the_words_are_still_heard(server):
     """`input_audio_transcription: null`: no transcription events, but Léa answers the words."""
 
