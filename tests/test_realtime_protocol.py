@@ -133,6 +133,7 @@ def test_beta_session_is_flat_and_takes_immoassists_update(server):
                         },
                         "tools": [{"type": "function", "name": "get_draft", "description": "", "parameters": {}}],
                         "tool_choice": "auto",
+                        "parallel_tool_calls": False,
                         "temperature": 0.7,
                         "input_audio_transcription": {"model": "whisper-1", "language": "fr"},
                     },
@@ -154,6 +155,7 @@ def test_beta_session_is_flat_and_takes_immoassists_update(server):
     assert after["turn_detection"]["create_response"] is True
     assert after["temperature"] == 0.7
     assert after["tools"][0]["name"] == "get_draft"
+    assert session["parallel_tool_calls"] is True and after["parallel_tool_calls"] is False
     assert after["input_audio_noise_reduction"] == {"type": "near_field"}
 
 
@@ -574,3 +576,20 @@ def test_an_out_of_band_response_with_its_own_instructions(server):
     ]
     assert prompts[-1][0] == "Classe la demande : vente, achat ou location. Un seul mot."
     assert prompts[-1][-1] == "Je veux vendre mon duplex."
+
+
+def test_tool_choice_and_parallel_calls_reach_the_engine():
+    """What a session's tools become for the chat engine (no server needed)."""
+    from lea_local.llm.base import ToolUse
+    from lea_local.pipeline.realtime.config import ConfigError, tool_use
+
+    assert tool_use([], "auto") is None and tool_use(TOOLS, "none") is None
+    auto = tool_use(TOOLS, "auto")
+    assert isinstance(auto, ToolUse) and auto.mode == "auto" and auto.parallel
+    assert [t.name for t in auto.tools] == ["get_draft", "search_listings"]
+    assert auto.tools[0].parameters == {"type": "object", "properties": {}}  # ImmoAssist's `{}`
+    assert tool_use(TOOLS, "required", parallel=False).parallel is False
+    named = tool_use(TOOLS, {"type": "function", "name": "get_draft"})
+    assert named.mode == "named" and named.name == "get_draft" and not named.parallel
+    with pytest.raises(ConfigError):
+        tool_use([], "required")

@@ -56,6 +56,8 @@ class SessionConfig:
     noise_reduction: dict[str, Any] | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
+    """Several calls in one answer allowed (with `tool_choice` auto or required)."""
     temperature: float = 0.8
     max_output_tokens: int | Literal["inf"] = "inf"
 
@@ -171,7 +173,9 @@ def _tools(value: Any, param: str) -> list[dict[str, Any]]:
     return copy.deepcopy(value)
 
 
-def tool_use(tools: list[dict[str, Any]], choice: Any, param: str = "session.tools") -> ToolUse | None:
+def tool_use(
+    tools: list[dict[str, Any]], choice: Any, param: str = "session.tools", *, parallel: bool = True
+) -> ToolUse | None:
     """The Realtime protocol's flat tools (`{"type": "function", "name", "description",
     "parameters"}`) and `tool_choice` ("auto", "none", "required", or `{"type": "function",
     "name"}`) as the chat engine takes them; None when nothing is to be called. ConfigError
@@ -210,11 +214,11 @@ def tool_use(tools: list[dict[str, Any]], choice: Any, param: str = "session.too
             raise ConfigError(f"'{param}': the schemas are larger than {MAX_SCHEMA_CHARS} characters", param)
         specs.append(ToolSpec(name=name, description=description, parameters=schema))  # type: ignore[arg-type]
     if choice is None or choice == "auto":
-        return ToolUse(tuple(specs), "auto")
+        return ToolUse(tuple(specs), "auto", parallel=parallel)
     if choice == "none":
         return None
     if choice == "required":
-        return ToolUse(tuple(specs), "required")
+        return ToolUse(tuple(specs), "required", parallel=parallel)
     named = choice.get("name") if isinstance(choice, dict) and choice.get("type", "function") == "function" else None
     if not isinstance(named, str) or all(spec.name != named for spec in specs):
         raise ConfigError(
@@ -237,6 +241,8 @@ def apply_update(config: SessionConfig, update: Any, dialect: Dialect) -> Sessio
         new.tools = _tools(update["tools"], "session.tools")
     if "tool_choice" in update:
         new.tool_choice = copy.deepcopy(update["tool_choice"])
+    if "parallel_tool_calls" in update:
+        new.parallel_tool_calls = _boolean(update["parallel_tool_calls"], "session.parallel_tool_calls")
     if "tools" in update or "tool_choice" in update:
         tool_use(new.tools, new.tool_choice)
     if "temperature" in update:
@@ -322,6 +328,7 @@ def render_session(config: SessionConfig, dialect: Dialect, session_id: str) -> 
             "turn_detection": copy.deepcopy(config.turn_detection),
             "tools": copy.deepcopy(config.tools),
             "tool_choice": copy.deepcopy(config.tool_choice),
+            "parallel_tool_calls": config.parallel_tool_calls,
             "temperature": config.temperature,
             "max_response_output_tokens": config.max_output_tokens,
         }
@@ -343,5 +350,6 @@ def render_session(config: SessionConfig, dialect: Dialect, session_id: str) -> 
         },
         "tools": copy.deepcopy(config.tools),
         "tool_choice": copy.deepcopy(config.tool_choice),
+        "parallel_tool_calls": config.parallel_tool_calls,
         "max_output_tokens": config.max_output_tokens,
     }

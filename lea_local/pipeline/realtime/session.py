@@ -134,6 +134,7 @@ class Response:
     """Its output items in order: the answer's message (`item`) and the function calls."""
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
     loop: asyncio.AbstractEventLoop | None = None
     started_at: datetime | None = None
     """The session's event loop, for what the LLM's thread hands over."""
@@ -765,6 +766,7 @@ class RealtimeSession:
             temperature=config.temperature,
             tools=config.tools,
             tool_choice=config.tool_choice,
+            parallel_tool_calls=config.parallel_tool_calls,
         )
 
     async def _response_create(self, event: dict[str, Any], event_id: str | None) -> None:
@@ -799,6 +801,10 @@ class RealtimeSession:
             response.tools = params["tools"]
         if "tool_choice" in params:
             response.tool_choice = params["tool_choice"]
+        if "parallel_tool_calls" in params:
+            if not isinstance(params["parallel_tool_calls"], bool):
+                raise ConfigError("'response.parallel_tool_calls' must be a boolean", "response.parallel_tool_calls")
+            response.parallel_tool_calls = params["parallel_tool_calls"]
         tool_use(response.tools, response.tool_choice, "response.tools")  # checked before it starts
         response.metadata = params.get("metadata")
         self._start_response(response)
@@ -1050,7 +1056,7 @@ class RealtimeSession:
         chat = self.engines.chat
         if response.closed:
             return
-        tools = tool_use(response.tools, response.tool_choice)
+        tools = tool_use(response.tools, response.tool_choice, parallel=response.parallel_tool_calls)
         prompt = self._prompt(response)
         loop = asyncio.get_running_loop()
         where: dict[str, Any] = {}
