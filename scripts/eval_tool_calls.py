@@ -21,8 +21,9 @@ the expected tool; no call when none is expected), and the exact-argument share 
 utterances that expect a call (the right tool, and every expected argument present with exactly
 the expected value: strings compared without case, accents kept, surrounding spaces and final
 punctuation ignored, numbers as numbers; arguments beyond the expected ones are not held against
-it). A reply that is still text after 96 tokens is taken as a text answer. Not in CI: it needs
-the 1.1 GB evaluation model and minutes of CPU."""
+it), and the strict share (the same, with no argument beyond the expected ones). A reply that is
+still text after 96 tokens is taken as a text answer. Not in CI: it needs the 1.1 GB evaluation
+model and minutes of CPU."""
 
 from __future__ import annotations
 
@@ -239,10 +240,13 @@ def without_grammar(engine: LlamaCppChatEngine, messages: list[ChatMessage], too
     pieces: list[str] = []
     trigger = engine.tool_format.trigger
 
+    openers = engine.tool_format.start_triggers
+
     def on_text(piece: str) -> bool:
         pieces.append(piece)
         text = "".join(pieces)
-        return len(pieces) >= TEXT_CAP and trigger not in text  # still text: a text answer
+        call = trigger in text or text.lstrip().startswith(openers)
+        return len(pieces) >= TEXT_CAP and not call  # still text: a text answer
 
     started = time.perf_counter()
     with engine._lock:
@@ -295,7 +299,7 @@ def main() -> int:
     print(f"{args.model.name}: {engine.tool_format.family} format, {len(cases)} utterances", flush=True)
     totals: dict[str, dict[str, float]] = {}
     for mode, run in (("grammar", with_grammar), ("no grammar", without_grammar)):
-        calls = valid_calls = right = exact = expecting = 0
+        calls = valid_calls = right = exact = strict = expecting = 0
         seconds = 0.0
         for i, case in enumerate(cases):
             messages = [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", case.text)]
@@ -311,7 +315,9 @@ def main() -> int:
                 expecting += 1
                 if is_right and first is not None:
                     try:
-                        is_exact = matches(case.arguments, json.loads(first[1]))
+                        given = json.loads(first[1])
+                        is_exact = matches(case.arguments, given)
+                        strict += is_exact and matches(given, case.arguments)
                     except ValueError:
                         is_exact = False
                 exact += is_exact
@@ -326,6 +332,7 @@ def main() -> int:
             "calls": calls,
             "right_tool": right / len(cases),
             "exact_args": exact / expecting if expecting else 1.0,
+            "strict_args": strict / expecting if expecting else 1.0,
             "seconds": seconds,
         }
     print()
@@ -335,6 +342,7 @@ def main() -> int:
     print(f"| schema-valid calls | {g['schema_valid']:.0%} of {g['calls']:.0f} | {f['schema_valid']:.0%} of {f['calls']:.0f} |")
     print(f"| right tool (or no call) | {g['right_tool']:.0%} | {f['right_tool']:.0%} |")
     print(f"| exact arguments | {g['exact_args']:.0%} | {f['exact_args']:.0%} |")
+    print(f"| exact arguments, none added | {g['strict_args']:.0%} | {f['strict_args']:.0%} |")
     print(f"| time | {g['seconds']:.0f} s | {f['seconds']:.0f} s |")
     return 0 if g["schema_valid"] == 1.0 else 1
 
