@@ -94,9 +94,11 @@ def main() -> int:
         )
     free_median, call_median = statistics.median(free), statistics.median(constrained)
     print()
-    print(f"model: {args.model.name} ({engine.tool_format.family} format), {platform.processor() or platform.machine()}")
+    machine = platform.processor() or platform.machine()
+    print(f"model: {args.model.name} ({engine.tool_format.family} format), {machine}")
     print(f"threads: {args.threads or 'default'}; GPU layers: {engine.gpu_layers}")
-    print(f"grammar for create_pa: {len(gbnf)} characters, built and parsed in {statistics.median(builds[1:]) * 1000:.1f} ms")
+    build_ms = statistics.median(builds[1:]) * 1000
+    print(f"grammar for create_pa: {len(gbnf)} characters, built and parsed in {build_ms:.1f} ms")
     print(f"unconstrained text:      {free_median:.1f} tokens/s")
     print(f"constrained create_pa:   {call_median:.1f} tokens/s ({call_median / free_median:.0%} of unconstrained)")
     return 0

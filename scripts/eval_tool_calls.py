@@ -196,11 +196,18 @@ def with_grammar(engine: LlamaCppChatEngine, messages: list[ChatMessage], tools:
     started = time.perf_counter()
     try:
         reply = engine.generate(
-            messages, max_tokens=MAX_TOKENS, temperature=0.0, seed=0, tools=ToolUse(tools), on_text=on_text, cancel=cancel
+            messages,
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            seed=0,
+            tools=ToolUse(tools),
+            on_text=on_text,
+            cancel=cancel,
         )
     except GenerationCancelled:
         return Outcome([], time.perf_counter() - started, TEXT_CAP)
-    return Outcome([(c.name, c.arguments) for c in reply.tool_calls], time.perf_counter() - started, reply.completion_tokens)
+    calls = [(c.name, c.arguments) for c in reply.tool_calls]
+    return Outcome(calls, time.perf_counter() - started, reply.completion_tokens)
 
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
@@ -339,7 +346,10 @@ def main() -> int:
     print(f"| {args.model.name} ({len(cases)} utterances) | with the grammar | without |")
     print("|---|---|---|")
     g, f = totals["grammar"], totals["no grammar"]
-    print(f"| schema-valid calls | {g['schema_valid']:.0%} of {g['calls']:.0f} | {f['schema_valid']:.0%} of {f['calls']:.0f} |")
+    print(
+        f"| schema-valid calls | {g['schema_valid']:.0%} of {g['calls']:.0f} "
+        f"| {f['schema_valid']:.0%} of {f['calls']:.0f} |"
+    )
     print(f"| right tool (or no call) | {g['right_tool']:.0%} | {f['right_tool']:.0%} |")
     print(f"| exact arguments | {g['exact_args']:.0%} | {f['exact_args']:.0%} |")
     print(f"| exact arguments, none added | {g['strict_args']:.0%} | {f['strict_args']:.0%} |")

@@ -169,7 +169,8 @@ def _check(node: Any, root: dict, path: str, depth: int) -> None:
             raise SchemaRefused("required must be an array of property names", _at(path, "required"))
         unknown = [r for r in required if r not in (properties or {})]
         if unknown:
-            raise SchemaRefused(f"required names {unknown[0]!r}, which properties does not define", _at(path, "required"))
+            message = f"required names {unknown[0]!r}, which properties does not define"
+            raise SchemaRefused(message, _at(path, "required"))
     additional = node.get("additionalProperties")
     if isinstance(additional, dict):
         _check(additional, root, _at(path, "additionalProperties"), depth + 1)
@@ -225,7 +226,8 @@ def _normalise(node: Any) -> Any:
         return [_normalise(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: (_normalise(value) if key not in ("enum", "const", "default", "examples") else value) for key, value in node.items()}
+    literal = ("enum", "const", "default", "examples")
+    out = {key: (value if key in literal else _normalise(value)) for key, value in node.items()}
     if isinstance(out.get("properties"), dict):
         out["properties"] = {name: _normalise(sub) for name, sub in node["properties"].items()}
     kind = out.get("type")

@@ -364,7 +364,9 @@ class RemoteChatEngine:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             # Some servers end their calls with "stop".
-            finish_reason="length" if finish_reason == "length" and not repetition.fired else "tool_calls" if made else "stop",
+            finish_reason=(
+                "length" if finish_reason == "length" and not repetition.fired else "tool_calls" if made else "stop"
+            ),
             tool_calls=made,
         )
 

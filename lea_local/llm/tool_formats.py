@@ -1,11 +1,13 @@
 """How each model family sees tools and writes its calls, read from its GGUF chat template.
 
-| family | found in the template by | tools shown by | a call is written |
-|---|---|---|---|
-| `mistral` (Mistral-Nemo…) | `[TOOL_CALLS]` | the template (`[AVAILABLE_TOOLS]`) | `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]` |
-| `hermes` (Qwen 2.5…) | `<tool_call>` | the template (`<tools>` in the system turn) | `<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>` |
-| `llama3` (Llama 3.1–3.3) | `<|python_tag|>` or `"parameters"` with `ipython` | the template (in the first user turn) | `{"name": …, "parameters": {…}}` |
-| `generic` (SmolLM2, any template without tools) | none of these | a system instruction written here | as `hermes` |
+- `mistral` (Mistral-Nemo…), found by `[TOOL_CALLS]`: tools shown by the template
+  (`[AVAILABLE_TOOLS]`); a call is `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]`;
+- `hermes` (Qwen 2.5…), found by `<tool_call>`: tools shown by the template (`<tools>` in the
+  system turn); a call is `<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>`;
+- `llama3` (Llama 3.1–3.3), found by `<|python_tag|>` or `"parameters"` with `ipython`: tools
+  shown by the template (in the first user turn); a call is `{"name": …, "parameters": {…}}`;
+- `generic` (SmolLM2, any template without tools): a system instruction written here shows the
+  tools; calls are written as `hermes` ones.
 
 Each family has a `trigger` (what starts a call in free text), a `prefill` (what is put in the
 prompt before a constrained call: its opener, possibly a control token the grammar could not

@@ -105,7 +105,11 @@ class ChatCompletions:
                 "api": "openai",
                 "messages": len(request.messages),
                 **({"tools": len(request.tools.tools), "tool_choice": request.tools.mode} if request.tools else {}),
-                **({"json_output": "schema" if request.json_output.schema else "object"} if request.json_output else {}),
+                **(
+                    {"json_output": "schema" if request.json_output.schema else "object"}
+                    if request.json_output
+                    else {}
+                ),
                 **(
                     {"prompt": [{"role": m.role, "content": m.content} for m in request.messages]}
                     if self.log_content

@@ -13,11 +13,15 @@ GEOCODE_ADDRESS: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "geocode_address",
-        "description": "Trouve l'adresse complète d'une propriété dès que le courtier donne un numéro civique et une rue.",
+        "description": "Trouve l'adresse complète d'une propriété dès que le courtier donne un numéro civique "
+        "et une rue.",
         "parameters": {
             "type": "object",
             "properties": {
-                "partial_address": {"type": "string", "description": "L'adresse telle que dite, ex. 5554 rue Saint-Denis"}
+                "partial_address": {
+                    "type": "string",
+                    "description": "L'adresse telle que dite, ex. 5554 rue Saint-Denis",
+                }
             },
             "required": ["partial_address"],
         },
@@ -96,7 +100,8 @@ CREATE_PA: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "create_pa",
-        "description": "Crée la promesse d'achat (formulaire OACIQ PA), seulement une fois que le courtier a confirmé.",
+        "description": "Crée la promesse d'achat (formulaire OACIQ PA), seulement une fois que le courtier a "
+        "confirmé.",
         "parameters": {
             "type": "object",
             "properties": _PA_PROPERTIES,

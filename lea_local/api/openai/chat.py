@@ -334,7 +334,8 @@ def _chat_message(index: int, message: RequestMessage, calls: dict[str, str]) ->
                 raise OpenAIError(400, f"{param} {why}", param=param)
             made.append(ToolCall(call.id, call.function.name, call.function.arguments))
         if message.function_call is not None:  # legacy: one call, answered by the next `function` message
-            made.append(ToolCall(f"{LEGACY_CALL_ID}{index}", message.function_call.name, message.function_call.arguments))
+            call = message.function_call
+            made.append(ToolCall(f"{LEGACY_CALL_ID}{index}", call.name, call.arguments))
         return ChatMessage("assistant", text, tool_calls=tuple(made))
     if message.role == "tool":
         if message.tool_call_id is None:
