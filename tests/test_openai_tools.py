@@ -255,6 +255,20 @@ def test_legacy_functions_answer_with_function_call(server):
     call = choice.message.function_call
     assert call is not None and call.name == "geocode_address"
     jsonschema_rs.validate(GEOCODE_ADDRESS["function"]["parameters"], json.loads(call.arguments))
+    streamed = list(
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=ADDRESS,
+            functions=[GEOCODE_ADDRESS["function"]],
+            function_call={"name": "geocode_address"},
+            stream=True,
+            **GREEDY,
+        )
+    )
+    fragments = [c.choices[0].delta.function_call for c in streamed if c.choices and c.choices[0].delta.function_call]
+    assert fragments[0].name == "geocode_address" and all(f.name is None for f in fragments[1:])
+    assert "".join(f.arguments or "" for f in fragments) == call.arguments
+    assert streamed[-1].choices[0].finish_reason == "function_call"
     # Its result goes back as a `function` message.
     answered = client.chat.completions.create(
         model="gpt-4o",
