@@ -329,15 +329,16 @@ def test_a_second_response_while_one_runs_is_an_error_and_cancel_ends_it(server)
     assert done["status_details"]["reason"] == "client_cancelled"
 
 
-def closed_sessions(server) -> int:
-    return sum(1 for e in server.log_events() if e.get("event") == "realtime.close")
+def closed(server, session: str) -> bool:
+    """Whether the server is done with this session (its turns stored: logged after)."""
+    return any(e.get("event") == "realtime.close" and e.get("session") == session for e in server.log_events())
 
 
 def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
     session_id = f"rt-{uuid.uuid4()}"
 
-    async def turn(text: str) -> list[dict]:
-        async with beta_session(server, query=f"model=gpt-realtime&session_id={session_id}") as (ws, _):
+    async def turn(text: str) -> tuple[str, list[dict]]:
+        async with beta_session(server, query=f"model=gpt-realtime&session_id={session_id}") as (ws, created):
             await send(
                 ws,
                 {
@@ -347,16 +348,11 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
             )
             await events_until(ws, of_type("conversation.item.created"))
             await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            return await events_until(ws, of_type("response.done"))
+            return created["session"]["id"], await events_until(ws, of_type("response.done"))
 
-    before = closed_sessions(server)
-    events = asyncio.run(turn("Je cherche un condo à Laval."))
+    first, events = asyncio.run(turn("Je cherche un condo à Laval."))
     # The session's turns are stored before it ends (its close is logged after).
-    wait_for(
-        lambda: closed_sessions(server) > before,
-        "the session closed",
-        while_possible=lambda: server.process.poll() is None,
-    )
+    wait_for(lambda: closed(server, first), "the session closed", while_possible=lambda: server.process.poll() is None)
     reply = events[-1]["response"]["output"][0]["content"][0]["text"]
     conversations = [c for c in db_rows(server.data_dir)["conversations"] if c[1] == session_id]
     assert len(conversations) == 1
@@ -370,13 +366,8 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
     assert r.status_code == 200, r.text
     assert r.json()["conversation_id"] == conversation_id
     # …and a new realtime session with the same session_id starts from all of it.
-    before = closed_sessions(server)
-    asyncio.run(turn("Merci, et pour Longueuil ?"))
-    wait_for(
-        lambda: closed_sessions(server) > before,
-        "the session closed",
-        while_possible=lambda: server.process.poll() is None,
-    )
+    second, _ = asyncio.run(turn("Merci, et pour Longueuil ?"))
+    wait_for(lambda: closed(server, second), "the session closed", while_possible=lambda: server.process.poll() is None)
     prompts = [
         e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
     ]
@@ -593,3 +584,12 @@ def test_tool_choice_and_parallel_calls_reach_the_engine():
     assert named.mode == "named" and named.name == "get_draft" and not named.parallel
     with pytest.raises(ConfigError):
         tool_use([], "required")
+
+
+def test_a_call_cut_off_by_a_cancel_stays_out_of_the_prompt():
+    from lea_local.pipeline.realtime.items import Item
+
+    whole = Item("item_1", "function_call", call_id="call_1", name="get_draft", arguments="{}")
+    cut = Item("item_2", "function_call", call_id="call_2", name="search", arguments='{"ci', status="incomplete")
+    assert whole.chat_message().tool_calls[0].arguments == "{}"
+    assert cut.chat_message() is None

@@ -152,7 +152,12 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.accept", "subprotocol": _accepted_subprotocol(scope)})
         log.info(
             "realtime session opened",
-            extra={"event": "realtime.open", "dialect": session.dialect, "sessions": len(sessions)},
+            extra={
+                "event": "realtime.open",
+                "session": session.id,
+                "dialect": session.dialect,
+                "sessions": len(sessions),
+            },
         )
         await session.serve(next_message, send_text)
     except SessionEnded as ended:
@@ -163,4 +168,7 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
         how = "connection lost"
     finally:
         sessions.discard(session)
-        log.info("realtime session closed", extra={"event": "realtime.close", "how": how, "sessions": len(sessions)})
+        log.info(
+            "realtime session closed",
+            extra={"event": "realtime.close", "session": session.id, "how": how, "sessions": len(sessions)},
+        )

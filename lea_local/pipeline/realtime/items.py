@@ -82,6 +82,8 @@ class Item:
 
     def chat_message(self) -> ChatMessage | None:
         if self.type == "function_call":
+            if self.status != "completed":  # cut off by a cancel: its arguments are not whole
+                return None
             call = ToolCall(self.call_id or self.id, self.name or "", self.arguments or "{}")
             return ChatMessage("assistant", "", tool_calls=(call,))
         if self.type == "function_call_output":

@@ -838,6 +838,9 @@ class RealtimeSession:
             part = response.item.content[0]
             part.text = " ".join(text for text, _ in response.spoken) if part.kind == "audio" else response.sent_text
             response.item.status = "incomplete"
+        for output in response.outputs:
+            if output.type == "function_call" and output.status != "completed":
+                output.status = "incomplete"  # left out of later prompts (`Item.chat_message`)
         response.status = "cancelled"
         response.status_details = {"type": "cancelled", "reason": reason}
         self._finish(response)
