@@ -261,6 +261,7 @@ def test_db_upgrade_creates_the_schema_on_postgresql(postgres: PostgresCluster):
         "alembic_version",
         "conversations",
         "messages",
+        "knowledge_directory",
         "knowledge_documents",
         "knowledge_passages",
         "knowledge_vectors",
@@ -333,16 +334,18 @@ def test_a_sqlite_file_of_the_previous_main_upgrades_with_every_conversation_kep
 def two_servers(
     tmp_path_factory: pytest.TempPathFactory, models_dir: Path, postgres: PostgresCluster
 ) -> Iterator[tuple[LeaServer, LeaServer, str]]:
-    """Replicas A and B: two processes, each its own data directory, one PostgreSQL database."""
+    """Replicas A and B: two processes, each its own data directory, one PostgreSQL database and
+    one knowledge directory (as deploy/systemd shares it)."""
     url = postgres.new_database()
+    base = tmp_path_factory.mktemp("replicas")
     env = {
         "LEA_DATABASE_URL": url,
+        "LEA_KNOWLEDGE_DIR": str(base / "knowledge"),
         "LEA_LOG_CONTENT": "true",
         "LEA_LLM_MAX_REPLY_TOKENS": "16",
         # A busy machine slows every turn: neither 504 nor an admission refusal here.
         "LEA_REQUEST_TIMEOUT_SECONDS": "600",
     }
-    base = tmp_path_factory.mktemp("replicas")
     a, b = LeaServer(base / "a", models_dir, env), LeaServer(base / "b", models_dir, env)
     a.spawn()
     b.spawn()
