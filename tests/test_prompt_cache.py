@@ -12,6 +12,8 @@ import pytest
 from lea_local.llm.base import ChatMessage
 from lea_local.llm.llama_cpp_engine import LlamaCppChatEngine
 from lea_local.llm.prompt_cache import PromptCache
+from lea_local.services import read_system_prompt
+from lea_local.settings import Settings
 from tests.server import API_KEY
 
 MIB = 1024 * 1024
@@ -175,3 +177,17 @@ def test_server_restores_a_conversation_from_the_cache(make_server) -> None:
         assert lea.chat(client, "Et ensuite ?", session_id=first["session_id"]).status_code == 200
         after = metric_values(client.get("/metrics", headers={"X-API-Key": API_KEY}).text)
     assert after["hits_total"] == before["hits_total"] + 1
+
+
+@pytest.mark.slow
+def test_the_first_turn_after_start_evaluates_only_its_own_words(make_server, tiny_llm_path: Path) -> None:
+    """The warm-up leaves the system prompt evaluated: the first turn reuses it (on 2 cores, the
+    first realtime answer came 2.5 s later without)."""
+    lea = make_server(SLOW_MACHINE_OK)
+    system = ChatMessage("system", read_system_prompt(Settings()))
+    system_tokens = make_engine(tiny_llm_path, 0).count_prompt_tokens([system])
+    with lea.client(timeout=660) as client:
+        before = metric_values(client.get("/metrics", headers={"X-API-Key": API_KEY}).text)
+        assert lea.chat(client, QUESTIONS[0]).status_code == 200
+        after = metric_values(client.get("/metrics", headers={"X-API-Key": API_KEY}).text)
+    assert after["reused_tokens_total"] - before["reused_tokens_total"] >= 0.9 * system_tokens

@@ -26,7 +26,7 @@ from lea_local.store.conversations import ConversationStore
 from lea_local.tts.audio_store import TtsAudioStore
 from lea_local.tts.encode import encode_audio
 from lea_local.tts.piper_engine import PiperSynthesizer
-from lea_local.tts.sentences import SentenceSplitter, split_sentences
+from lea_local.tts.sentences import SentenceSplitter, first_phrase_end, split_sentences
 from lea_local.tts.speech import SpeechService
 from tests.fixtures.engines import LocalStandInEngine
 from tests.server import API_KEY
@@ -66,6 +66,30 @@ def test_splitting_keeps_numbers_and_lists_whole():
         "1. Estimation.",
         "2. Mandat.",
     ]
+
+
+def first_phrase_as_streamed(text: str) -> str | None:
+    """The first phrase a realtime answer speaks, the text arriving a character at a time."""
+    for end in range(1, len(text) + 1):
+        if (cut := first_phrase_end(text[:end])) is not None:
+            return text[:cut].strip()
+    return None
+
+
+@pytest.mark.parametrize(
+    ("answer", "first_phrase"),
+    [
+        ("Bonjour Marie, je peux vous aider. La maison", "Bonjour Marie, je peux vous aider."),
+        ("Oui, je vous envoie la fiche du bien demain matin.", "Oui, je vous envoie la fiche"),  # before "du"
+        ("Il récompense également le meilleur lanceur", "Il récompense également le meilleur"),  # 40 characters
+        ("Je vous présente M. Tremblay qui vend", "Je vous présente M. Tremblay"),  # "M." is no pause
+        ("Le prix demandé est de 1 200 000 $ pour le duplex", "Le prix demandé est"),
+        ("Vendu 1 200 000 $ 1 250 000 $ 1 300 000 $", None),  # no cut inside or between amounts
+        ("Oui, bien sûr.", None),  # too short to cut: spoken whole at the end
+    ],
+)
+def test_the_first_phrase_ends_at_a_pause_a_linking_word_or_forty_characters(answer, first_phrase):
+    assert first_phrase_as_streamed(answer) == first_phrase
 
 
 @pytest.mark.slow

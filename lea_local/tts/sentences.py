@@ -81,3 +81,41 @@ def split_first_phrase(sentence: str, *, longer_than: int = 50, min_head: int = 
         if match.start() >= min_head and len(sentence) - match.end() >= min_head:
             return [sentence[: match.start()].strip(), sentence[match.end() :].strip()]
     return [sentence]
+
+
+# Where a streamed answer's first phrase may end, so that its audio starts before the sentence
+# is finished: a pause mark, or the space before a linking word; failing both, a word boundary
+# once the phrase is long enough to take longer to write and speak than the pause it saves.
+_PAUSE = re.compile(r"(?<=[.!?…,;:])\s+")
+_BEFORE_LINK = re.compile(
+    r"\s+(?=(?:et|mais|ou|donc|car|qui|que|dont|où|pour|avec|puis|de|du|des|à|au|aux|en|dans|sur"
+    r"|par|sans|chez|vers|comme|quand|lorsque|si)\s)",
+    re.I,
+)
+_BETWEEN_WORDS = re.compile(r"(?<=[^\W\d])\s+(?=[^\W\d])")  # not inside "1 200 000 $"
+FIRST_PHRASE_MIN_CHARS = 15
+FIRST_PHRASE_MAX_CHARS = 40
+
+
+def first_phrase_end(text: str) -> int | None:
+    """Where the first phrase of a streamed answer ends (the index its second phrase starts
+    at), or None while the text so far cannot tell. Only words already followed by a space
+    count: the next delta may still lengthen the last one."""
+    cuts = [
+        match.end()
+        for match in _PAUSE.finditer(text)
+        if match.start() >= FIRST_PHRASE_MIN_CHARS and not _ends_with_abbreviation(text[: match.start()])
+    ]
+    cuts += [match.end() for match in _BEFORE_LINK.finditer(text) if match.start() >= FIRST_PHRASE_MIN_CHARS]
+    if cuts:
+        return min(cuts)
+    if len(text) >= FIRST_PHRASE_MAX_CHARS:
+        between = [m.end() for m in _BETWEEN_WORDS.finditer(text) if m.start() >= FIRST_PHRASE_MIN_CHARS]
+        if between:
+            return between[-1]
+    return None
+
+
+def _ends_with_abbreviation(text: str) -> bool:
+    word = re.search(r"(\w+)\.$", text)
+    return bool(word and word.group(1).lower() in _ABBREVIATIONS)

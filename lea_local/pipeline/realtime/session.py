@@ -17,7 +17,6 @@ import base64
 import contextlib
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -64,7 +63,7 @@ from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFul
 from lea_local.store.conversations import TurnRecord
 from lea_local.store.database import utcnow
 from lea_local.tts.normalize import normalize_for_speech
-from lea_local.tts.sentences import SentenceSplitter, split_first_phrase
+from lea_local.tts.sentences import SentenceSplitter, first_phrase_end, split_first_phrase
 from lea_local.tts.speech import SpeechService
 
 log = logging.getLogger(__name__)
@@ -1135,11 +1134,12 @@ class RealtimeSession:
         head: list[str | None] = [""]  # the answer's text until its first pause: spoken as soon as it is there
 
         def pieces(delta: str) -> list[str]:
-            """What of the text so far can be spoken: its first phrase as soon as its first
-            pause (a comma, a sentence's end) is written, then whole sentences."""
+            """What of the text so far can be spoken: its first phrase as soon as its end is
+            written (a pause, a linking word, or a word boundary past 40 characters), then
+            whole sentences."""
             if head[0] is not None:
                 head[0] += delta
-                cut = first_pause(head[0])
+                cut = first_phrase_end(head[0])
                 if cut is None:
                     return []
                 first, delta = head[0][:cut].strip(), head[0][cut:]
@@ -1336,19 +1336,6 @@ class RealtimeSession:
             raise GenerationCancelled("the response ended before its speech")
         chunks = [chunk for chunk in self.engines.speech.synthesizer.synthesize(text, speed=self.config.speed)]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-
-
-_FIRST_PAUSE = re.compile(r"(?<=[.!?…,;:])\s+")
-FIRST_PHRASE_MIN_CHARS = 15
-
-
-def first_pause(text: str) -> int | None:
-    """Where the answer's first phrase ends: after its first punctuation and the space behind
-    it, once at least `FIRST_PHRASE_MIN_CHARS` are written (None: not yet)."""
-    for match in _FIRST_PAUSE.finditer(text):
-        if match.start() >= FIRST_PHRASE_MIN_CHARS:
-            return match.end()
-    return None
 
 
 def _usage(reply: ChatReply) -> dict[str, Any]:
