@@ -208,6 +208,7 @@ def test_openai_whisper_cancelled_before_transcription_decodes_nothing(
     assert windows_decoded == []
 
 
+@pytest.mark.slow
 def test_openai_whisper_cancelled_while_transcribing_decodes_no_other_window(
     openai_recognizer, speech_after_pauses, monkeypatch
 ):

@@ -168,6 +168,7 @@ def test_the_tiny_models_call_grammar_is_one_llama_cpp_parses(tiny_llm_path):
         assert "root ::=" in gbnf and "tool_call" in gbnf
 
 
+@pytest.mark.slow
 def test_grammar_first_sampling_picks_what_the_full_check_picks(tiny_llm_path):
     # Greedy: the grammar-first sampler's choices are exactly those of llama-cpp-python's own
     # (the whole vocabulary checked at every token), with far fewer full checks.

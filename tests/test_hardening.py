@@ -85,6 +85,7 @@ def test_client_that_hangs_up_stops_its_generation(make_server):
     assert db_rows(lea.data_dir)["messages"] == []
 
 
+@pytest.mark.slow
 def test_ready_goes_from_503_to_200_during_startup(tmp_path, models_dir):
     lea = LeaServer(tmp_path / "data", models_dir)
     lea.spawn()
@@ -195,6 +196,7 @@ def test_cors_preflight_for_both_endpoints_and_the_media_route(make_server):
         assert other.headers.get("access-control-allow-origin") != "https://evil.example"
 
 
+@pytest.mark.slow
 def test_erase_a_session_or_a_user(server):
     args, mime, name = BROWSER_FORMATS["webm-opus"]
     with server.client() as client:

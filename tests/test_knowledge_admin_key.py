@@ -52,6 +52,7 @@ def test_with_an_admin_key_only_it_writes_the_knowledge_base(make_server):
     assert ADMIN_KEY not in lea.log_text()
 
 
+@pytest.mark.slow
 def test_without_an_admin_key_the_integration_key_writes_as_before(make_server):
     lea = make_server({"LEA_LLM_MAX_REPLY_TOKENS": "8"})
     with lea.client(headers={"X-API-Key": API_KEY}) as agent:
@@ -61,6 +62,7 @@ def test_without_an_admin_key_the_integration_key_writes_as_before(make_server):
         assert agent.delete(f"{DOCUMENTS}/{added.json()['document']['id']}").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_preflight_allows_the_knowledge_apis_methods(make_server):
     origin = "https://app.immoassist.fr"
     lea = make_server({"LEA_CORS_ORIGINS": origin})

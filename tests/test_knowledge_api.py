@@ -108,6 +108,7 @@ def test_documents_of_three_formats_are_uploaded_listed_and_searched(lea, client
     assert "418 555-0199" in best["text"]
 
 
+@pytest.mark.slow
 def test_a_deleted_document_is_no_longer_found_at_once(lea, client):
     name = "manuel-agence.md"
     r = upload(client, name, (CORPUS / name).read_bytes())
@@ -179,6 +180,7 @@ def test_a_bad_file_gets_a_clear_400_and_changes_nothing(lea, client, name, cont
     assert stored_files(lea) == files_before
 
 
+@pytest.mark.slow
 def test_a_bad_file_does_not_replace_the_good_document_of_the_same_name(lea, client):
     good = upload(client, "manuel-agence.md", (CORPUS / "manuel-agence.md").read_bytes()).json()["document"]
     assert_contract_error(upload(client, "manuel-agence.md", BINARY_JUNK), 400)

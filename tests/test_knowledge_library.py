@@ -373,6 +373,7 @@ def test_search_ranks_french_questions(knowledge: KnowledgeBase) -> None:
     assert knowledge.search("rétribution")[0].file_name == "rem.md"
 
 
+@pytest.mark.slow
 def test_searches_run_while_documents_change(knowledge: KnowledgeBase) -> None:
     knowledge.add("manuel.md", HANDBOOK.encode())
     failures: list[BaseException] = []

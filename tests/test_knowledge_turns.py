@@ -118,6 +118,7 @@ def test_a_turn_gets_the_passage_that_answers_it_and_names_its_source(lea, clien
     assert stored == [ON_CALL_QUESTION]
 
 
+@pytest.mark.slow
 def test_an_unrelated_question_gets_no_passage_and_no_sources(lea, client):
     add(client, "manuel-agence.md")
     body, request_id = chat(client, UNRELATED_QUESTION)

@@ -3,6 +3,8 @@ guard as the agent API, X-API-Key or Bearer) with LEA_METRICS_REQUIRE_KEY."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.server import API_KEY
 
 PAGES = ("/metrics", "/schema", "/schema/openapi.json")
@@ -14,6 +16,7 @@ def test_metrics_and_schema_are_open_by_default(server):
             assert client.get(path).status_code == 200, path
 
 
+@pytest.mark.slow
 def test_metrics_and_schema_need_the_key_when_configured(make_server):
     lea = make_server({"LEA_METRICS_REQUIRE_KEY": "true"})
     with lea.client() as client:

@@ -86,6 +86,7 @@ def test_every_response_format_decodes_to_a_plausible_duration(client, response_
     assert SECONDS_PER_WORD[0] * WORDS <= seconds <= SECONDS_PER_WORD[1] * WORDS
 
 
+@pytest.mark.slow
 def test_pcm_is_24_khz_whatever_the_voice_rate(client) -> None:
     """The voice speaks at 22 050 Hz and pcm carries no header: it must be resampled to 24 kHz.
     Left at 22 050 Hz and read at 24 kHz, it would last 8% less than the same speech as WAV

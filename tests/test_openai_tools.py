@@ -52,6 +52,7 @@ def example_calls(*streets: str) -> list[dict]:
     return messages
 
 
+@pytest.mark.slow
 def test_required_makes_a_call_valid_against_its_schema(server):
     completion = sync_client(server).chat.completions.create(
         model="gpt-4o", messages=ADDRESS, tools=TOOLS, tool_choice="required", **ONE, **GREEDY

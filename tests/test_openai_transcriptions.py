@@ -262,6 +262,7 @@ def test_a_client_that_hangs_up_stops_recognition(server):
     assert not [e for e in server.log_events()[seen:] if e.get("event") == "asr"]  # never finished
 
 
+@pytest.mark.slow
 def test_openai_whisper_engine_gives_segments_too(models_dir):
     """The other engine's transcript carries the same segments (the server runs one at a time)."""
     # One torch thread: on a busy 2-core machine, two spin-wait on each other (see test_asr).

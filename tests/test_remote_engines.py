@@ -150,6 +150,7 @@ def test_text_turns_count_their_prompt_exactly_as_the_remote_server(lea, llm_ser
     assert LLM_KEY not in lea.log_text()
 
 
+@pytest.mark.slow
 def test_a_voice_turn_is_answered_by_the_remote_llm(lea):
     with lea.client() as client:
         args, mime, name = BROWSER_FORMATS["webm-opus"]

@@ -65,6 +65,7 @@ def test_these_prompts_loop_without_the_detector(engine: LlamaCppChatEngine) -> 
         assert find_repetition(text) is not None, f"{prompt!r} no longer loops: {text!r}"
 
 
+@pytest.mark.slow
 def test_generation_stops_at_the_first_repeat(engine: LlamaCppChatEngine) -> None:
     for prompt in LOOPING_PROMPTS:
         streamed: list[str] = []
