@@ -121,7 +121,7 @@ async def realtime(scope: Scope, receive: Receive, send: Send) -> None:
         await _answer(send, scope, 400, str(exc.detail), {})
         return
     session = RealtimeSession(
-        RealtimeEngines(chat=services.turns, voice=services.voice, speech=services.speech),
+        RealtimeEngines(chat=services.turns, voice=services.voice, speech=services.speech, voices=services.voices),
         RealtimeLimits(
             max_session_seconds=settings.realtime_max_session_seconds,
             idle_seconds=settings.realtime_idle_seconds,

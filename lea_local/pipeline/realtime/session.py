@@ -62,9 +62,11 @@ from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFull, admit, current_deadline
 from lea_local.store.conversations import TurnRecord
 from lea_local.store.database import utcnow
+from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.normalize import normalize_for_speech
 from lea_local.tts.sentences import SentenceSplitter, first_phrase_end, split_first_phrase
 from lea_local.tts.speech import SpeechService
+from lea_local.tts.voices import UnknownVoice, VoiceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,9 @@ class RealtimeEngines:
     chat: ChatTurns
     voice: VoiceTurns
     speech: SpeechService
+    voices: VoiceRegistry | None = None
+    """The voices a session may name (OpenAI's names, aliases, installed voices); None: the
+    speech service's voice only."""
 
 
 class SessionEnded(Exception):
@@ -183,6 +188,8 @@ class RealtimeSession:
         self._buffer_start_ms = 0.0
         self._stream_ms = 0.0
         self._vad: SpeechProbabilities | None = None
+        self._synthesizer: SpeechSynthesizer = engines.speech.synthesizer
+        """The session's voice (`voice`), resolved as /v1/audio/speech resolves it."""
         self._detector: TurnDetector | None = None
         self._vad_origin_ms = 0.0
         self._speech_item: str | None = None
@@ -360,7 +367,14 @@ class RealtimeSession:
 
     async def _session_update(self, event: dict[str, Any], event_id: str | None) -> None:
         before = self.config
-        self.config = apply_update(before, event.get("session"), self.dialect)
+        update = apply_update(before, event.get("session"), self.dialect)
+        if update.voice != before.voice and self.engines.voices is not None:
+            try:  # loaded now, not at the first answer
+                self._synthesizer = await self.engines.voices.synthesizer(update.voice)
+            except UnknownVoice as exc:
+                param = "session.voice" if self.dialect == "beta" else "session.audio.output.voice"
+                raise ConfigError(str(exc), param=param) from None
+        self.config = update
         if self.config.input_format != before.input_format:
             self._clear_buffer()
         if self.config.turn_detection != before.turn_detection:
@@ -1293,8 +1307,8 @@ class RealtimeSession:
                 text = normalize_for_speech(phrase, speech.locale)
                 if not text or response.closed:
                     continue
-                pcm = await speech.queue.run(self._synthesize, text, response.deadline.cancel)
-                self._send_audio(response, where, phrase, pcm)
+                pcm, rate = await speech.queue.run(self._synthesize, text, response.deadline.cancel)
+                self._send_audio(response, where, phrase, pcm, rate)
 
     def _phrases(self, response: Response, sentence: str) -> list[str]:
         """The answer's first sentence cut at its first pause: its audio is ready sooner."""
@@ -1309,16 +1323,16 @@ class RealtimeSession:
         for phrase in self._phrases(response, sentence):
             text = normalize_for_speech(phrase, speech.locale)
             if text:
-                pcm = self._synthesize(text, cancel)
+                pcm, rate = self._synthesize(text, cancel)
                 assert response.loop is not None
-                response.loop.call_soon_threadsafe(self._send_audio, response, where, phrase, pcm)
+                response.loop.call_soon_threadsafe(self._send_audio, response, where, phrase, pcm, rate)
 
-    def _send_audio(self, response: Response, where: dict[str, Any], phrase: str, pcm: np.ndarray) -> None:
+    def _send_audio(self, response: Response, where: dict[str, Any], phrase: str, pcm: np.ndarray, rate: int) -> None:
         """A phrase's audio, in the session's output format, in deltas (on the event loop)."""
         if response.closed or not pcm.size:
             return
         codec = AudioCodec(self.config.output_format)
-        data = from_voice(pcm, self.engines.speech.synthesizer.sample_rate, codec)
+        data = from_voice(pcm, rate, codec)
         step = int(codec.bytes_per_second() * AUDIO_DELTA_SECONDS)
         for start in range(0, len(data), step):
             self._send(
@@ -1331,11 +1345,14 @@ class RealtimeSession:
             )
         response.spoken.append((phrase, len(data) * 1000 / codec.bytes_per_second()))
 
-    def _synthesize(self, text: str, cancel: threading.Event) -> np.ndarray:  # in a worker thread
+    def _synthesize(self, text: str, cancel: threading.Event) -> tuple[np.ndarray, int]:  # in a worker thread
+        """The text's samples in the session's voice, and their rate."""
         if cancel.is_set():
             raise GenerationCancelled("the response ended before its speech")
-        chunks = [chunk for chunk in self.engines.speech.synthesizer.synthesize(text, speed=self.config.speed)]
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        synthesizer = self._synthesizer
+        chunks = list(synthesizer.synthesize(text, speed=self.config.speed))
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        return pcm, synthesizer.sample_rate
 
 
 def _usage(reply: ChatReply) -> dict[str, Any]:
