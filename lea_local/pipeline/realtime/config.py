@@ -26,6 +26,10 @@ DEFAULT_TURN_DETECTION: dict[str, Any] = {
     "create_response": True,
     "interrupt_response": True,
 }
+# `semantic_vad` is served by the same voice-activity model: a turn ends after a silence whose
+# length follows the eagerness asked (OpenAI's model also judges whether the words sound finished,
+# so it may answer sooner). Refusing it would refuse the rest of the client's `session.update`.
+SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 500}
 
 
 class ConfigError(ValueError):
@@ -132,14 +136,24 @@ def _turn_detection(value: Any, param: str, current: dict[str, Any] | None) -> d
         return None
     value = _object(value, param)
     kind = value.get("type", "server_vad")
-    if kind != "server_vad":
+    if kind not in ("server_vad", "semantic_vad"):
         raise ConfigError(
-            f"'{param}.type' {kind!r} is not supported here: 'server_vad', or null for push-to-talk",
+            f"'{param}.type' {kind!r} is not supported here: 'server_vad', 'semantic_vad', or null for push-to-talk",
             f"{param}.type",
             "unsupported_value",
         )
-    merged = dict(current if current is not None else DEFAULT_TURN_DETECTION)
-    merged["type"] = "server_vad"
+    # An update keeps the fields it does not name, unless it changes the kind of detection.
+    merged = dict(current) if current is not None and current["type"] == kind else dict(DEFAULT_TURN_DETECTION)
+    merged["type"] = kind
+    if kind == "semantic_vad":
+        eagerness = value.get("eagerness", merged.get("eagerness", "auto"))
+        if eagerness not in SEMANTIC_SILENCE_MS:
+            raise ConfigError(
+                f"'{param}.eagerness' must be one of {', '.join(map(repr, SEMANTIC_SILENCE_MS))}",
+                f"{param}.eagerness",
+            )
+        merged.update(eagerness=eagerness, silence_duration_ms=SEMANTIC_SILENCE_MS[eagerness])
+        value = {k: v for k, v in value.items() if k in ("create_response", "interrupt_response")}
     if "threshold" in value:
         merged["threshold"] = _number(value["threshold"], f"{param}.threshold", 0.0, 1.0)
     for key, high in (("prefix_padding_ms", 5000), ("silence_duration_ms", 10000)):
@@ -325,7 +339,7 @@ def render_session(config: SessionConfig, dialect: Dialect, session_id: str) -> 
             "output_audio_format": config.output_format,
             "input_audio_transcription": copy.deepcopy(config.transcription),
             "input_audio_noise_reduction": copy.deepcopy(config.noise_reduction),
-            "turn_detection": copy.deepcopy(config.turn_detection),
+            "turn_detection": shown_turn_detection(config.turn_detection),
             "tools": copy.deepcopy(config.tools),
             "tool_choice": copy.deepcopy(config.tool_choice),
             "parallel_tool_calls": config.parallel_tool_calls,
@@ -344,7 +358,7 @@ def render_session(config: SessionConfig, dialect: Dialect, session_id: str) -> 
                 "format": _ga_format(config.input_format),
                 "transcription": copy.deepcopy(config.transcription),
                 "noise_reduction": copy.deepcopy(config.noise_reduction),
-                "turn_detection": copy.deepcopy(config.turn_detection),
+                "turn_detection": shown_turn_detection(config.turn_detection),
             },
             "output": {"format": _ga_format(config.output_format), "voice": config.voice, "speed": config.speed},
         },
@@ -353,3 +367,11 @@ def render_session(config: SessionConfig, dialect: Dialect, session_id: str) -> 
         "parallel_tool_calls": config.parallel_tool_calls,
         "max_output_tokens": config.max_output_tokens,
     }
+
+
+def shown_turn_detection(detection: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The session's turn detection as the client set it: `semantic_vad` shows its own fields,
+    not the silence it is served with."""
+    if detection is None or detection["type"] != "semantic_vad":
+        return copy.deepcopy(detection)
+    return {k: detection[k] for k in ("type", "eagerness", "create_response", "interrupt_response")}
