@@ -36,7 +36,7 @@ import numpy as np
 from lea_local.asr.decode import decode_audio
 from lea_local.settings import Settings
 from lea_local.tools.realtime_bench import NOTES as REALTIME_NOTES
-from lea_local.tools.realtime_bench import realtime_round, utterance_pcm
+from lea_local.tools.realtime_bench import immoassist_round, realtime_round, utterance_pcm
 from lea_local.tools.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 over_http.update(http_stream_round(client, messages, SPEECH_TEXT))
                 # Voice to voice over /v1/realtime: the clip streamed at the microphone's pace.
                 over_http.update(realtime_round(server.url, BENCH_KEY, utterance_pcm(args.clip)))
+                over_http.update(immoassist_round(server.url, BENCH_KEY, utterance_pcm(args.clip)))
             if run == 0:
                 continue
             record(direct, {**turn, **speech})

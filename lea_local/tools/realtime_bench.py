@@ -25,7 +25,7 @@ def utterance_pcm(clip: Path) -> bytes:
     return subprocess.run(command, capture_output=True, check=True, timeout=120).stdout
 
 
-async def _turn(url: str, key: str, speech: bytes, silence_ms: int) -> dict[str, float]:
+async def _turn(url: str, key: str, speech: bytes, silence_ms: int, threshold: float) -> dict[str, float]:
     step = int(RATE * CHUNK_SECONDS) * 2
     lead, tail = bytes(int(RATE * 0.3) * 2), bytes(int(RATE * 2.0) * 2)
     audio = lead + speech + tail
@@ -38,7 +38,11 @@ async def _turn(url: str, key: str, speech: bytes, silence_ms: int) -> dict[str,
                 {
                     "type": "session.update",
                     "session": {
-                        "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "silence_duration_ms": silence_ms,
+                            "threshold": threshold,
+                        },
                         "input_audio_transcription": {"model": "whisper-1", "language": "fr"},
                     },
                 }
@@ -86,11 +90,20 @@ async def _turn(url: str, key: str, speech: bytes, silence_ms: int) -> dict[str,
     }
 
 
-def realtime_round(base_url: str, key: str, speech: bytes, silence_ms: int = 500) -> dict[str, float]:
+def realtime_round(
+    base_url: str, key: str, speech: bytes, silence_ms: int = 500, threshold: float = 0.5
+) -> dict[str, float]:
     """One voice turn over /v1/realtime; seconds from `speech_stopped` and from the utterance's
     last chunk to the answer's first audio (and to its transcript and first text)."""
     url = base_url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime?model=bench"
-    return asyncio.run(_turn(url, key, speech, silence_ms))
+    return asyncio.run(_turn(url, key, speech, silence_ms, threshold))
+
+
+def immoassist_round(base_url: str, key: str, speech: bytes) -> dict[str, float]:
+    """The same turn with the server VAD settings ImmoAssist's Léa sends (silence_duration_ms
+    1200, threshold 0.6): the recognition started at the pause is done by `speech_stopped`."""
+    measured = realtime_round(base_url, key, speech, silence_ms=1200, threshold=0.6)
+    return {"realtime_immoassist_stopped_to_first_audio": measured["realtime_stopped_to_first_audio"]}
 
 
 NOTES = {
@@ -98,4 +111,5 @@ NOTES = {
     "realtime_last_speech_to_first_audio": "utterance's last chunk → first audio delta, silence_duration_ms 500",
     "realtime_stopped_to_transcript": "speech_stopped → transcription completed",
     "realtime_stopped_to_first_text": "speech_stopped → first transcript delta",
+    "realtime_immoassist_stopped_to_first_audio": "the same with ImmoAssist's VAD (silence 1200 ms, threshold 0.6)",
 }
