@@ -5,8 +5,6 @@ Whisper's known inventions over noise."""
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 
@@ -24,40 +22,9 @@ from lea_local.pipeline.realtime.audio import (
 )
 from lea_local.pipeline.realtime.transcripts import is_hallucination
 from tests.audio import CLIP, noise, tone
-from tests.realtime_client import pcm
+from tests.realtime_client import ffmpeg_raw, pcm
 
 FFMPEG_CODECS = {"mulaw": (ulaw_encode, ulaw_decode), "alaw": (alaw_encode, alaw_decode)}
-
-
-def ffmpeg_raw(data: bytes, source: str, target: str) -> bytes:
-    return subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            source,
-            "-ar",
-            "8000",
-            "-ac",
-            "1",
-            "-i",
-            "pipe:0",
-            "-f",
-            target,
-            "-ar",
-            "8000",
-            "-ac",
-            "1",
-            "pipe:1",
-        ],
-        input=data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
 
 
 @pytest.mark.parametrize("codec", list(FFMPEG_CODECS))
@@ -66,12 +33,12 @@ def test_g711_matches_ffmpeg_both_ways(codec):
     # Every 16-bit value: each segment and its edges.
     samples = np.arange(-32768, 32768, dtype=np.int16)
     codes = np.arange(256, dtype=np.uint8)
-    decoded = np.frombuffer(ffmpeg_raw(codes.tobytes(), codec, "s16le"), dtype="<i2")
+    decoded = np.frombuffer(ffmpeg_raw(codes.tobytes(), codec, "s16le", 8_000), dtype="<i2")
     assert np.array_equal(decode(codes), decoded)  # decoding: exactly ffmpeg's
     # Encoding: ffmpeg rounds to the nearest level where G.711's reference code truncates; the
     # two agree but at the decision edges, where they pick neighbouring levels.
     ours = decode(encode(samples))
-    theirs = decode(np.frombuffer(ffmpeg_raw(samples.astype("<i2").tobytes(), "s16le", codec), dtype=np.uint8))
+    theirs = decode(np.frombuffer(ffmpeg_raw(samples.astype("<i2").tobytes(), "s16le", codec, 8_000), dtype=np.uint8))
     levels = np.unique(decoded)
     apart = np.abs(np.searchsorted(levels, ours) - np.searchsorted(levels, theirs))
     assert apart.max() <= 1

@@ -10,12 +10,24 @@ import json
 import signal
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import db_rows
-from tests.realtime_client import beta_session, chunks, events_until, next_event, of_type, send, silence_pcm, ws_url
-from tests.server import API_KEY
+from tests.realtime_client import (
+    ask_text,
+    beta_session,
+    events_until,
+    next_event,
+    of_type,
+    refused_handshake,
+    say_text,
+    send,
+    silence_pcm,
+    start_response,
+    stream_audio,
+    update_session,
+)
+from tests.server import API_KEY, LeaServer
 from tests.waiting import wait_for
 
 LIMITS = {
@@ -30,8 +42,6 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory, models_dir):
-    from tests.server import LeaServer
-
     lea = LeaServer(tmp_path_factory.mktemp("realtime-limits"), models_dir, LIMITS)
     lea.start()
     yield lea
@@ -60,10 +70,8 @@ def test_an_event_too_large_is_an_error_and_the_session_goes_on(limited):
 def test_audio_beyond_the_buffer_limit_is_refused(limited):
     async def run():
         async with beta_session(limited) as (ws, _):
-            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
-            await events_until(ws, of_type("session.updated"))
-            for piece in chunks(silence_pcm(1.5), 2_400):  # 50 ms appends, 1.5 s in all
-                await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+            await update_session(ws, turn_detection=None)
+            await stream_audio(ws, silence_pcm(1.5), chunk_ms=50)  # 1.5 s in all
             await send(ws, {"type": "input_audio_buffer.clear"})
             return await events_until(ws, of_type("input_audio_buffer.cleared"))
 
@@ -116,18 +124,8 @@ def test_a_session_ends_at_its_length_limit(limited):
 def test_a_hang_up_stops_the_answer_under_way(limited):
     async def run():
         async with beta_session(limited) as (ws, _):
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Raconte une longue histoire de maison."}],
-                    },
-                },
-            )
-            await send(ws, {"type": "response.create"})
+            await say_text(ws, "Raconte une longue histoire de maison.")
+            await start_response(ws)
             await events_until(ws, of_type("response.created"))
         # Gone as she starts (a reply that ends on its own before the hang-up would prove nothing).
 
@@ -147,10 +145,7 @@ def test_a_hang_up_stops_the_answer_under_way(limited):
 def test_one_session_too_many_is_refused_at_the_handshake(limited):
     async def run():
         async with beta_session(limited), beta_session(limited):
-            with pytest.raises(InvalidStatus) as refused:
-                async with connect(ws_url(limited), additional_headers={"Authorization": f"Bearer {API_KEY}"}):
-                    pass
-            return refused.value.response
+            return await refused_handshake(limited, headers={"Authorization": f"Bearer {API_KEY}"})
 
     response = asyncio.run(run())
     assert response.status_code == 503
@@ -167,19 +162,7 @@ def test_a_stopping_server_closes_its_sessions_as_a_restart(make_server):
 
     async def run():
         async with beta_session(lea, query=f"model=x&session_id={session_id}") as (ws, _):
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Bonjour."}],
-                    },
-                },
-            )
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            await events_until(ws, of_type("response.done"))
+            await ask_text(ws, "Bonjour.", modalities=["text"])
             lea.process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as closed:
                 while True:

@@ -12,11 +12,25 @@ import uuid
 import httpx
 import pytest
 from openai import AsyncOpenAI
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 from tests.conftest import db_rows
-from tests.realtime_client import beta_session, events_until, next_event, of_type, send, ws_url
+from tests.realtime_client import (
+    ask_text,
+    beta_headers,
+    beta_session,
+    create_item,
+    events_until,
+    next_event,
+    of_type,
+    realtime_prompts,
+    refused_handshake,
+    respond,
+    say_text,
+    send,
+    text_of,
+    update_session,
+    user_text,
+)
 from tests.server import API_KEY
 from tests.waiting import wait_for
 
@@ -27,24 +41,15 @@ def sdk(server, key: str = API_KEY) -> AsyncOpenAI:
 
 @pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
 def test_a_wrong_key_is_a_401_at_the_handshake(server, header):
-    async def attempt() -> InvalidStatus:
-        value = "Bearer not-the-key-0000000000" if header == "Authorization" else "not-the-key-0000000000"
-        with pytest.raises(InvalidStatus) as refused:
-            async with connect(ws_url(server), additional_headers={header: value}):
-                pass
-        return refused.value
-
-    refused = asyncio.run(attempt())
-    assert refused.response.status_code == 401
-    assert json.loads(refused.response.body)["error"]["code"] == "invalid_api_key"
+    value = "Bearer not-the-key-0000000000" if header == "Authorization" else "not-the-key-0000000000"
+    response = asyncio.run(refused_handshake(server, headers={header: value}))
+    assert response.status_code == 401
+    assert json.loads(response.body)["error"]["code"] == "invalid_api_key"
 
 
 def test_no_key_is_a_401_and_either_header_opens_a_session(server):
     async def run() -> list[str]:
-        with pytest.raises(InvalidStatus) as refused:
-            async with connect(ws_url(server)):
-                pass
-        assert refused.value.response.status_code == 401
+        assert (await refused_handshake(server)).status_code == 401
         kinds = []
         for header in ("Authorization", "X-API-Key"):
             async with beta_session(server, header=header) as (_, created):
@@ -248,37 +253,11 @@ def test_bad_events_get_an_error_naming_them_and_the_session_goes_on(server):
 def test_items_are_created_and_deleted_and_answered_in_text(server):
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
-            await events_until(ws, of_type("session.updated"))
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "id": "item_gone",
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Oublie ceci."}],
-                    },
-                },
-            )
-            created = await next_event(ws)
+            await update_session(ws, turn_detection=None)
+            [created] = await create_item(ws, user_text("Oublie ceci.", id="item_gone"))  # its one event: the next
             await send(ws, {"type": "conversation.item.delete", "item_id": "item_gone"})
             deleted = await next_event(ws)
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Bonjour, qui es-tu ?"}],
-                    },
-                },
-            )
-            await events_until(ws, of_type("conversation.item.created"))
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            events = await events_until(ws, of_type("response.done"))
+            events = await ask_text(ws, "Bonjour, qui es-tu ?", modalities=["text"])
             return created, deleted, events
 
     created, deleted, events = asyncio.run(run())
@@ -290,7 +269,7 @@ def test_items_are_created_and_deleted_and_answered_in_text(server):
     assert kinds.index("response.output_item.added") < kinds.index("response.content_part.added")
     assert kinds.index("response.content_part.added") < kinds.index("response.text.delta")
     assert "response.audio.delta" not in kinds
-    text = "".join(e["delta"] for e in events if e["type"] == "response.text.delta")
+    text = text_of(events)
     assert text.strip()
     done = events[-1]["response"]
     assert done["status"] == "completed"
@@ -303,18 +282,7 @@ def test_items_are_created_and_deleted_and_answered_in_text(server):
 def test_a_second_response_while_one_runs_is_an_error_and_cancel_ends_it(server):
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Décris une maison."}],
-                    },
-                },
-            )
-            await events_until(ws, of_type("conversation.item.created"))
+            await say_text(ws, "Décris une maison.")
             await send(ws, {"type": "response.create"})
             await send(ws, {"event_id": "again", "type": "response.create"})
             await send(ws, {"type": "response.cancel"})
@@ -339,16 +307,7 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
 
     async def turn(text: str) -> tuple[str, list[dict]]:
         async with beta_session(server, query=f"model=gpt-realtime&session_id={session_id}") as (ws, created):
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
-                },
-            )
-            await events_until(ws, of_type("conversation.item.created"))
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            return created["session"]["id"], await events_until(ws, of_type("response.done"))
+            return created["session"]["id"], await ask_text(ws, text, modalities=["text"])
 
     first, events = asyncio.run(turn("Je cherche un condo à Laval."))
     # The session's turns are stored before it ends (its close is logged after).
@@ -368,9 +327,7 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
     # …and a new realtime session with the same session_id starts from all of it.
     second, _ = asyncio.run(turn("Merci, et pour Longueuil ?"))
     wait_for(lambda: closed(server, second), "the session closed", while_possible=lambda: server.process.poll() is None)
-    prompts = [
-        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
-    ]
+    prompts = realtime_prompts(server)
     assert "Je cherche un condo à Laval." in prompts[-1] and "Quel budget faut-il prévoir ?" in prompts[-1]
     messages = [m for m in db_rows(server.data_dir)["messages"] if m[1] == conversation_id]
     assert [m[2] for m in messages] == ["user", "assistant"] * 3
@@ -382,13 +339,8 @@ def test_a_session_is_a_stored_conversation_the_text_routes_continue(server):
 
 
 def test_a_bad_session_id_is_refused_at_the_handshake(server):
-    async def attempt():
-        with pytest.raises(InvalidStatus) as refused:
-            async with beta_session(server, query="model=x&session_id=" + "a" * 200):
-                pass
-        return refused.value.response
-
-    assert asyncio.run(attempt()).status_code == 400
+    attempt = refused_handshake(server, headers=beta_headers(), query="model=x&session_id=" + "a" * 200)
+    assert asyncio.run(attempt).status_code == 400
 
 
 TOOLS = [
@@ -418,52 +370,18 @@ def test_a_tool_round_trip(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(
+            await update_session(ws, tools=TOOLS, tool_choice="auto", turn_detection=None)
+            called = await ask_text(
                 ws,
-                {"type": "session.update", "session": {"tools": TOOLS, "tool_choice": "auto", "turn_detection": None}},
+                "Trouve-moi une maison à Laval sous 500 000 $.",
+                modalities=["text"],
+                tool_choice={"type": "function", "name": "search_listings"},
             )
-            await events_until(ws, of_type("session.updated"))
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Trouve-moi une maison à Laval sous 500 000 $."}],
-                    },
-                },
-            )
-            await events_until(ws, of_type("conversation.item.created"))
-            await send(
-                ws,
-                {
-                    "type": "response.create",
-                    "response": {
-                        "modalities": ["text"],
-                        "tool_choice": {"type": "function", "name": "search_listings"},
-                    },
-                },
-            )
-            called = await events_until(ws, of_type("response.done"))
             call = called[-1]["response"]["output"][-1]
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "function_call_output",
-                        "call_id": call["call_id"],
-                        "output": json.dumps(
-                            {"résultats": [{"adresse": "12 rue des Érables, Laval", "prix": 475000}]},
-                            ensure_ascii=False,
-                        ),
-                    },
-                },
-            )
-            await events_until(ws, of_type("conversation.item.created"))
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"], "tool_choice": "none"}})
-            answered = await events_until(ws, of_type("response.done"))
+            results = {"résultats": [{"adresse": "12 rue des Érables, Laval", "prix": 475000}]}
+            output = json.dumps(results, ensure_ascii=False)
+            await create_item(ws, {"type": "function_call_output", "call_id": call["call_id"], "output": output})
+            answered = await respond(ws, modalities=["text"], tool_choice="none")
             return called, answered
 
     called, answered = asyncio.run(run())
@@ -474,7 +392,7 @@ def test_a_tool_round_trip(server):
     assert added["item"]["name"] == "search_listings"
     done = next(e for e in called if e["type"] == "response.function_call_arguments.done")
     assert kinds.index("response.function_call_arguments.delta") < kinds.index("response.function_call_arguments.done")
-    streamed = "".join(e["delta"] for e in called if e["type"] == "response.function_call_arguments.delta")
+    streamed = text_of(called, "response.function_call_arguments.delta")
     assert streamed == done["arguments"]
     arguments = json.loads(done["arguments"])
     assert isinstance(arguments["city"], str) and isinstance(arguments["max_price"], int)
@@ -490,10 +408,8 @@ def test_a_tool_round_trip(server):
     # The second answer is text, written with the tool's output in its prompt.
     assert answered[-1]["response"]["status"] == "completed"
     assert answered[-1]["response"]["output"][0]["type"] == "message"
-    assert "".join(e["delta"] for e in answered if e["type"] == "response.text.delta").strip()
-    prompts = [
-        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
-    ]
+    assert text_of(answered).strip()
+    prompts = realtime_prompts(server)
     assert any("12 rue des Érables" in m for m in prompts[-1])
 
 
@@ -524,31 +440,14 @@ def test_an_out_of_band_response_with_its_own_instructions(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(
+            events = await ask_text(
                 ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Je veux vendre mon duplex."}],
-                    },
-                },
+                "Je veux vendre mon duplex.",
+                conversation="none",
+                modalities=["text"],
+                instructions="Classe la demande : vente, achat ou location. Un seul mot.",
+                metadata={"purpose": "intent"},
             )
-            await events_until(ws, of_type("conversation.item.created"))
-            await send(
-                ws,
-                {
-                    "type": "response.create",
-                    "response": {
-                        "conversation": "none",
-                        "modalities": ["text"],
-                        "instructions": "Classe la demande : vente, achat ou location. Un seul mot.",
-                        "metadata": {"purpose": "intent"},
-                    },
-                },
-            )
-            events = await events_until(ws, of_type("response.done"))
             answer = events[-1]["response"]["output"][0]
             await send(ws, {"event_id": "where", "type": "conversation.item.retrieve", "item_id": answer["id"]})
             events.append(await next_event(ws))
@@ -562,9 +461,7 @@ def test_an_out_of_band_response_with_its_own_instructions(server):
     assert done["conversation_id"] is None
     assert done["metadata"] == {"purpose": "intent"}
     assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "item_not_found"
-    prompts = [
-        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
-    ]
+    prompts = realtime_prompts(server)
     assert prompts[-1][0] == "Classe la demande : vente, achat ou location. Un seul mot."
     assert prompts[-1][-1] == "Je veux vendre mon duplex."
 

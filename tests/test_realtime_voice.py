@@ -14,20 +14,28 @@ from openai import AsyncOpenAI
 
 from tests.audio import CLIP, CLIP_KEY_WORDS, noise, normalise_words, tone
 from tests.realtime_client import (
+    G711_BYTES_PER_MS,
+    assert_in_order,
     audio_of,
     beta_session,
-    chunks,
     decode_wire,
     events_until,
     next_event,
     of_type,
     pcm,
+    push_to_talk,
+    realtime_prompts,
+    respond,
+    say_text,
     send,
     silence_pcm,
+    start_response,
+    stream_audio,
+    text_of,
+    update_session,
 )
 from tests.server import API_KEY
 
-CHUNK = 4_800  # 100 ms of PCM16 at 24 kHz
 SPEECH = pcm(CLIP)
 SPEECH_START = int(0.3 * 24_000) * 2  # the clip's first words start at about 0.35 s
 
@@ -41,30 +49,15 @@ def loud(samples: np.ndarray) -> bool:
     return samples.size > 0 and float(np.sqrt(np.mean(samples**2))) > 0.01
 
 
-async def push_to_talk(ws, audio: bytes, chunk: int = CHUNK) -> None:
-    for piece in chunks(audio, chunk):
-        await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
-    await send(ws, {"type": "input_audio_buffer.commit"})
-
-
 @pytest.mark.slow
 def test_push_to_talk_in_the_beta_dialect(server):
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(
-                ws,
-                {
-                    "type": "session.update",
-                    "session": {
-                        "turn_detection": None,
-                        "input_audio_transcription": {"model": "whisper-1", "language": "fr"},
-                    },
-                },
+            await update_session(
+                ws, turn_detection=None, input_audio_transcription={"model": "whisper-1", "language": "fr"}
             )
-            await events_until(ws, of_type("session.updated"))
             await push_to_talk(ws, SPEECH)
-            await send(ws, {"type": "response.create"})
-            events = await events_until(ws, of_type("response.done"))
+            events = await respond(ws)
             # The answer's transcript keeps only the pieces the client played (its first).
             answer = events[-1]["response"]["output"][0]
             await send(
@@ -98,12 +91,11 @@ def test_push_to_talk_in_the_beta_dialect(server):
         "response.output_item.done",
         "response.done",
     ]
-    assert all(kind in kinds for kind in order), kinds
-    assert [kinds.index(kind) for kind in order] == sorted(kinds.index(kind) for kind in order)
+    assert_in_order(kinds, order)
     # The answer's audio is PCM16 at 24 kHz that decodes to speech.
     audio = decode_wire(audio_of(events), "s16le", 24_000)
     assert loud(audio) and audio.size > 24_000 // 2
-    spoken = "".join(e["delta"] for e in events if e["type"] == "response.audio_transcript.delta")
+    spoken = text_of(events, "response.audio_transcript.delta")
     assert spoken.strip()
     assert events[kinds.index("response.audio_transcript.done")]["transcript"] == spoken
     done = events[-1]["response"]
@@ -136,12 +128,8 @@ def test_server_vad_through_the_official_sdk_in_real_time(server):
                 }
             )
 
-            async def microphone() -> None:
-                for piece in chunks(stream, CHUNK):
-                    await connection.input_audio_buffer.append(audio=piece)
-                    await asyncio.sleep(0.1)  # real time: 100 ms of audio every 100 ms
-
-            talking = asyncio.create_task(microphone())
+            # Real time: 100 ms of audio every 100 ms.
+            talking = asyncio.create_task(stream_audio(connection, stream, realtime=True))
             events = []
             while True:
                 event = await asyncio.wait_for(connection.recv(), 90)
@@ -166,8 +154,7 @@ def test_server_vad_through_the_official_sdk_in_real_time(server):
         "response.output_audio.delta",
         "response.done",
     ]
-    assert all(kind in kinds for kind in order), kinds
-    assert [kinds.index(kind) for kind in order] == sorted(kinds.index(kind) for kind in order)
+    assert_in_order(kinds, order)
     started = events[kinds.index("input_audio_buffer.speech_started")]
     stopped = events[kinds.index("input_audio_buffer.speech_stopped")]
     assert started.item_id == stopped.item_id
@@ -200,11 +187,9 @@ def test_the_latency_benchmark_times_a_realtime_turn(server):
 def test_silence_committed_makes_no_turn(server):
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
-            await events_until(ws, of_type("session.updated"))
+            await update_session(ws, turn_detection=None)
             await push_to_talk(ws, silence_pcm(2.0))
-            await send(ws, {"type": "response.create"})
-            return await events_until(ws, of_type("response.done"))
+            return await respond(ws)
 
     events = asyncio.run(run())
     kinds = [e["type"] for e in events]
@@ -224,10 +209,8 @@ def test_noise_and_tones_under_server_vad_make_no_turn(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            for piece in chunks(audio, CHUNK):
-                await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
-            await send(ws, {"type": "session.update", "session": {"instructions": "marker"}})
-            events = await events_until(ws, of_type("session.updated"))
+            await stream_audio(ws, audio)
+            events = await update_session(ws, instructions="marker")
             kinds = [e["type"] for e in events]
             if "input_audio_buffer.speech_started" in kinds:  # then wait for what it led to
                 await events_until(
@@ -246,25 +229,11 @@ def test_barge_in_cancels_the_answer_at_once(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(
-                ws,
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [
-                            {"type": "input_text", "text": "Décris en détail une belle maison de campagne avec jardin."}
-                        ],
-                    },
-                },
-            )
-            await events_until(ws, of_type("conversation.item.created"))
-            await send(ws, {"type": "response.create"})
+            await say_text(ws, "Décris en détail une belle maison de campagne avec jardin.")
+            await start_response(ws)
             # Once she has begun: her answer is in the conversation and being written.
             events = await events_until(ws, of_type("response.audio_transcript.delta"))
-            for piece in chunks(SPEECH[SPEECH_START:], CHUNK):  # the broker talks over her
-                await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+            await stream_audio(ws, SPEECH[SPEECH_START:])  # the broker talks over her
             await events_until(ws, of_type("response.done"), events)
             await send(ws, {"type": "conversation.item.retrieve", "item_id": events[-1]["response"]["output"][0]["id"]})
             await events_until(ws, of_type("conversation.item.retrieved"), events)
@@ -283,7 +252,7 @@ def test_barge_in_cancels_the_answer_at_once(server):
     # In the conversation, the answer holds only what had been spoken.
     kept = events[-1]["item"]
     assert kept["status"] == "incomplete"
-    spoken = "".join(e["delta"] for e in events[:started] if e["type"] == "response.audio_transcript.delta")
+    spoken = text_of(events[:started], "response.audio_transcript.delta")
     assert spoken.startswith(kept["content"][0]["transcript"])
 
 
@@ -294,17 +263,9 @@ def test_telephone_audio_in_and_out(server, wire, ffmpeg_codec):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(
-                ws,
-                {
-                    "type": "session.update",
-                    "session": {"turn_detection": None, "input_audio_format": wire, "output_audio_format": wire},
-                },
-            )
-            await events_until(ws, of_type("session.updated"))
-            await push_to_talk(ws, telephone, chunk=1_600)  # 200 ms of 8 kHz G.711
-            await send(ws, {"type": "response.create"})
-            return await events_until(ws, of_type("response.done"))
+            await update_session(ws, turn_detection=None, input_audio_format=wire, output_audio_format=wire)
+            await push_to_talk(ws, telephone, chunk_ms=200, bytes_per_ms=G711_BYTES_PER_MS)
+            return await respond(ws)
 
     events = asyncio.run(run())
     heard = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
@@ -321,13 +282,11 @@ def test_an_input_audio_item_is_heard_and_answered(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(ws, {"type": "session.update", "session": {"turn_detection": None}})
-            await events_until(ws, of_type("session.updated"))
+            await update_session(ws, turn_detection=None)
             audio = base64.b64encode(SPEECH).decode()
             item = {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]}
             await send(ws, {"type": "conversation.item.create", "item": item})
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            events = await events_until(ws, of_type("response.done"))
+            events = await respond(ws, modalities=["text"])
             created = next(e for e in events if e["type"] == "conversation.item.created")
             await send(ws, {"type": "conversation.item.retrieve", "item_id": created["item"]["id"]})
             events.append(await next_event(ws))
@@ -366,15 +325,8 @@ def test_a_call_as_immoassist_makes_it(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(ws, {"type": "session.update", "session": IMMOASSIST_SESSION})
-            await events_until(ws, of_type("session.updated"))
-
-            async def microphone() -> None:
-                for piece in chunks(stream, CHUNK):
-                    await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
-                    await asyncio.sleep(0.1)
-
-            talking = asyncio.create_task(microphone())
+            await update_session(ws, **IMMOASSIST_SESSION)
+            talking = asyncio.create_task(stream_audio(ws, stream, realtime=True))
             events = await events_until(ws, of_type("response.done"))
             await talking
             return events
@@ -398,18 +350,12 @@ def test_without_transcription_events_the_words_are_still_heard(server):
 
     async def run():
         async with beta_session(server) as (ws, _):
-            await send(
-                ws, {"type": "session.update", "session": {"turn_detection": None, "input_audio_transcription": None}}
-            )
-            await events_until(ws, of_type("session.updated"))
+            await update_session(ws, turn_detection=None, input_audio_transcription=None)
             await push_to_talk(ws, SPEECH)
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            return await events_until(ws, of_type("response.done"))
+            return await respond(ws, modalities=["text"])
 
     events = asyncio.run(run())
     assert not [e for e in events if e["type"].startswith("conversation.item.input_audio_transcription.")]
     assert events[-1]["response"]["status"] == "completed"
-    prompts = [
-        e["prompt"] for e in server.log_events() if e.get("event") == "llm.prompt" and e.get("api") == "realtime"
-    ]
+    prompts = realtime_prompts(server)
     assert heard_the_clip(prompts[-1][-1]), prompts[-1]
