@@ -71,7 +71,10 @@ def _admit(scope: Scope, receive: Receive) -> tuple[Services, set[RealtimeSessio
     if state.drain.stopping:
         raise Refused(503, "Léa is restarting; try again in a few seconds", {"Retry-After": "5"})
     if services.voice is None or services.speech is None:
-        raise Refused(503, "this server has no speech recognition or synthesis for realtime sessions")
+        # Retry-After as every 503 here: behind nginx, the next try may reach a replica that has them.
+        raise Refused(
+            503, "this server has no speech recognition or synthesis for realtime sessions", {"Retry-After": "30"}
+        )
     sessions: set[RealtimeSession] = state.setdefault(SESSIONS_KEY, set())
     settings: Settings = services.settings
     if len(sessions) >= settings.realtime_max_sessions:
