@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.realtime_client import audio_of, beta_session, events_until, of_type, send
+from tests.realtime_client import (
+    ask_text,
+    audio_of,
+    beta_session,
+    events_until,
+    of_type,
+    send,
+    text_of,
+    update_session,
+)
 
 INSTALLED = "en_US-joe-medium"
-TEXT_ITEM = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Bonjour Léa."}]}
 
 
 def slow_copy(models_dir: Path, directory: Path) -> Path:
@@ -32,15 +40,10 @@ def slow_copy(models_dir: Path, directory: Path) -> Path:
 async def spoken_seconds(server, voice: str) -> tuple[float, str]:
     """One answer to the same question in `voice`: its audio's length and its transcript."""
     async with beta_session(server) as (ws, _):
-        await send(ws, {"type": "session.update", "session": {"voice": voice}})
-        updated = await events_until(ws, lambda e: e["type"] in ("session.updated", "error"))
-        assert updated[-1]["type"] == "session.updated", updated[-1]
+        updated = await update_session(ws, voice=voice)
         assert updated[-1]["session"]["voice"] == voice
-        await send(ws, {"type": "conversation.item.create", "item": TEXT_ITEM})
-        await send(ws, {"type": "response.create"})
-        events = await events_until(ws, of_type("response.done"))
-    transcript = "".join(e["delta"] for e in events if e["type"] == "response.audio_transcript.delta")
-    return len(audio_of(events)) / (24_000 * 2), transcript
+        events = await ask_text(ws, "Bonjour Léa.")
+    return len(audio_of(events)) / (24_000 * 2), text_of(events, "response.audio_transcript.delta")
 
 
 @pytest.mark.slow

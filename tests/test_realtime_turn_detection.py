@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from tests.audio import CLIP
-from tests.realtime_client import beta_session, chunks, events_until, of_type, pcm, send, silence_pcm
-
-RATE = 24_000
+from tests.realtime_client import beta_session, events_until, of_type, pcm, send, silence_pcm, stream_audio
 
 
 def speech_only(audio: bytes) -> bytes:
@@ -31,8 +29,7 @@ async def turns_heard(server, eagerness: str) -> tuple[dict, int]:
     async with beta_session(server) as (ws, _):
         await send(ws, {"type": "session.update", "session": {"turn_detection": detection}})
         (updated,) = await events_until(ws, lambda e: e["type"] in ("session.updated", "error"))
-        for piece in chunks(TWO_PHRASES, RATE // 10 * 2):
-            await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+        await stream_audio(ws, TWO_PHRASES)
         await send(ws, {"type": "input_audio_buffer.clear"})  # answered after every earlier append
         events = await events_until(ws, of_type("input_audio_buffer.cleared"))
     return updated, sum(e["type"] == "input_audio_buffer.speech_stopped" for e in events)
