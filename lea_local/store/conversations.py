@@ -148,6 +148,19 @@ class TurnRecord:
     user_email: str | None = None
     audio_seconds: float | None = None
     audio_file: str | None = None
+    held_messages: tuple[int, ...] = ()
+    """Stored messages of this conversation that the writer holds in memory and built the turn
+    on (a live realtime session's history): if one of them is gone (erased meanwhile, possibly
+    by another replica), nothing is stored and ConversationNotFound is raised."""
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """Where a turn went: its conversation and the ids of its two messages."""
+
+    conversation_id: int
+    user_message_id: int
+    reply_id: int
 
 
 def _stored(rows) -> list[StoredMessage]:
@@ -286,10 +299,14 @@ class ConversationStore:
                 return tuple(reversed(found)), True
             before_id = page[-1].id
 
-    @outage_is_unavailable
     def record_turn(self, turn: TurnRecord) -> int:
         """Store both messages of a turn in one transaction; returns the conversation id
         (created here for a new conversation)."""
+        return self.record_turn_messages(turn).conversation_id
+
+    @outage_is_unavailable
+    def record_turn_messages(self, turn: TurnRecord) -> StoredTurn:
+        """`record_turn`, returning the ids of the messages written too."""
         with self._sessions.begin() as db:
             if turn.conversation_id is None:
                 conversation = ConversationRow(
@@ -306,36 +323,74 @@ class ConversationStore:
                 if conversation is None or conversation.session_id != turn.session_id:
                     # Erased while the reply was being generated.
                     raise ConversationNotFound(f"conversation {turn.conversation_id} not found for this session")
+                if turn.held_messages and self._missing(db, conversation.id, turn.held_messages):
+                    raise ConversationNotFound(f"messages of conversation {turn.conversation_id} were erased")
                 conversation.updated_at = turn.reply_at
                 if turn.user_id and not conversation.user_id:
                     # Both from the same turn: never one user's id with another's e-mail.
                     conversation.user_id, conversation.user_email = turn.user_id, turn.user_email
             # The user message first: a turn's reply is the next message of its conversation.
-            db.add(
-                MessageRow(
-                    conversation_id=conversation.id,
-                    role="user",
-                    content=turn.user_message,
-                    created_at=turn.user_at,
-                    audio_seconds=turn.audio_seconds,
-                    user_id=turn.user_id,
-                    user_email=turn.user_email if turn.user_id else None,
-                )
+            user = MessageRow(
+                conversation_id=conversation.id,
+                role="user",
+                content=turn.user_message,
+                created_at=turn.user_at,
+                audio_seconds=turn.audio_seconds,
+                user_id=turn.user_id,
+                user_email=turn.user_email if turn.user_id else None,
             )
+            db.add(user)
             db.flush()
-            db.add(
-                MessageRow(
-                    conversation_id=conversation.id,
-                    role="assistant",
-                    content=turn.reply,
-                    created_at=turn.reply_at,
-                    model=turn.model,
-                    prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens,
-                    audio_file=turn.audio_file,
-                )
+            reply = MessageRow(
+                conversation_id=conversation.id,
+                role="assistant",
+                content=turn.reply,
+                created_at=turn.reply_at,
+                model=turn.model,
+                prompt_tokens=turn.prompt_tokens,
+                completion_tokens=turn.completion_tokens,
+                audio_file=turn.audio_file,
             )
-            return conversation.id
+            db.add(reply)
+            db.flush()
+            return StoredTurn(conversation.id, user.id, reply.id)
+
+    @staticmethod
+    def _missing(db: Session, conversation_id: int, message_ids: tuple[int, ...]) -> bool:
+        """Whether any of these messages is no longer in the conversation."""
+        wanted = set(message_ids)
+        found = 0
+        ids = sorted(wanted)
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            found += (
+                db.scalar(
+                    select(func.count())
+                    .select_from(MessageRow)
+                    .where(MessageRow.conversation_id == conversation_id, MessageRow.id.in_(chunk))
+                )
+                or 0
+            )
+        return found < len(wanted)
+
+    @outage_is_unavailable
+    def replace_reply(self, session_id: str, message_id: int, reply: str) -> None:
+        """Rewrite a stored reply of this session (a realtime answer cut to what the client
+        played, `conversation.item.truncate` after the turn was stored). ConversationNotFound
+        when that reply is gone (erased) or is not one of this session's replies."""
+        with self._sessions.begin() as db:
+            mine = select(ConversationRow.id).where(ConversationRow.session_id == session_id)
+            changed = db.execute(
+                update(MessageRow)
+                .where(
+                    MessageRow.id == message_id,
+                    MessageRow.role == "assistant",
+                    MessageRow.conversation_id.in_(mine),
+                )
+                .values(content=reply)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if not changed:
+                raise ConversationNotFound(f"reply {message_id} not found for this session")
 
     @outage_is_unavailable
     def counts(self) -> tuple[int, int]:
