@@ -7,6 +7,9 @@ turn runs on another replica of a shared PostgreSQL store (the session locks are
 database). That turn still answers its caller normally (its reply was produced before the
 erasure took effect), and an erasure that answers success has left nothing behind, also in the
 database's files on SQLite (deleted rows are overwritten and the write-ahead log is emptied).
+A realtime session open on an erased session (or of the erased user) in this process forgets
+what it holds and ends (`RealtimeSession.conversation_erased`); one open on another replica ends
+at its next write to the store, which finds its messages gone.
 PostgreSQL keeps deleted rows' old versions until VACUUM reuses their space, and in its
 write-ahead log and backups: that part is the database administrator's (see docs/scaling-out.md).
 """
@@ -23,6 +26,7 @@ from litestar.params import JSONBody
 
 from lea_local.api.errors import ApiError
 from lea_local.api.openapi import error_responses
+from lea_local.api.realtime import SESSIONS_KEY
 from lea_local.api.validation import clean_identifier, strictly
 from lea_local.services import Services
 from lea_local.store.conversations import Erased
@@ -67,6 +71,10 @@ async def erase(data: JSONBody[EraseRequest], request: Request, services: NamedD
             erased = await anyio.to_thread.run_sync(
                 lambda: services.store.erase(session_id=session_id, user_id=user_id)
             )
+            # Still inside: a live session's next write waits behind this, then finds it erased.
+            for live in list(request.app.state.get(SESSIONS_KEY) or ()):
+                if live.store_session in sessions or (user_id is not None and live.user_id == user_id):
+                    live.conversation_erased()
     except TimeoutError:
         raise ApiError(
             status_code=409,

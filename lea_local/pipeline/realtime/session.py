@@ -60,7 +60,7 @@ from lea_local.pipeline.turns import EMPTY_REPLY_FALLBACK, ChatTurns
 from lea_local.pipeline.voice import VoiceTurns
 from lea_local.runtime.cancellation import GenerationCancelled
 from lea_local.runtime.inference_queue import Deadline, InferenceQueue, QueueFull, admit, current_deadline
-from lea_local.store.conversations import TurnRecord
+from lea_local.store.conversations import ConversationNotFound, TurnRecord
 from lea_local.store.database import utcnow
 from lea_local.tts.base import SpeechSynthesizer
 from lea_local.tts.normalize import normalize_for_speech
@@ -142,6 +142,8 @@ class Response:
     loop: asyncio.AbstractEventLoop | None = None
     started_at: datetime | None = None
     """The session's event loop, for what the LLM's thread hands over."""
+    seen: set[str] = field(default_factory=set)
+    """The conversation items its prompt was built from."""
 
 
 class RealtimeSession:
@@ -169,7 +171,14 @@ class RealtimeSession:
         self.continued = session_id is not None
         self.user_id = user_id
         self.stored_conversation: int | None = None
-        self._stored_items: set[str] = set()
+        self._stored_items: dict[str, int] = {}
+        """Items that are in the store: each item's message id (a turn's user items share one)."""
+        self._store_chain: asyncio.Future[None] | None = None
+        """The last write to the store: writes run one after the other, in the order asked."""
+        self._erased = False
+        """The session's stored conversation was erased: it forgets all and ends."""
+        self._queued_turn: str | None = None
+        """A turn heard while a response ran (no barge-in): answered once that response ends."""
         chat = engines.chat
         self.config: SessionConfig = initial_config(
             dialect,
@@ -179,6 +188,8 @@ class RealtimeSession:
             temperature=chat.temperature,
         )
         self.items: list[Item] = []
+        self._synthesizer: SpeechSynthesizer = engines.speech.synthesizer
+        """The session's voice (`voice`), resolved as /v1/audio/speech resolves it."""
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._started = time.monotonic()
         self._last_activity = self._started
@@ -188,8 +199,6 @@ class RealtimeSession:
         self._buffer_start_ms = 0.0
         self._stream_ms = 0.0
         self._vad: SpeechProbabilities | None = None
-        self._synthesizer: SpeechSynthesizer = engines.speech.synthesizer
-        """The session's voice (`voice`), resolved as /v1/audio/speech resolves it."""
         self._detector: TurnDetector | None = None
         self._vad_origin_ms = 0.0
         self._speech_item: str | None = None
@@ -246,6 +255,8 @@ class RealtimeSession:
 
     async def _receive_within_limits(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> str | bytes | None:
         while True:
+            if self._erased:
+                raise SessionEnded(1008, "the conversation of this session was erased")
             now = time.monotonic()
             if self.response is not None or self._transcribing:
                 self._last_activity = now  # the server is at work: not idle
@@ -257,9 +268,12 @@ class RealtimeSession:
                 self._end("idle_timeout", f"no event for {self.limits.idle_seconds:g} s: the session is closed")
             try:
                 # Looked at again at least every second: a running response keeps it alive.
-                return await asyncio.wait_for(receive(), min(session_left, idle_left, 1.0))
+                message = await asyncio.wait_for(receive(), min(session_left, idle_left, 1.0))
             except TimeoutError:
                 continue
+            if self._erased:
+                raise SessionEnded(1008, "the conversation of this session was erased")
+            return message
 
     def _end(self, code: str, message: str) -> None:
         self.error(message, code=code, kind="invalid_request_error")
@@ -517,17 +531,36 @@ class RealtimeSession:
         transcription = self._commit(samples, item_id, speculation[1] if speculation else None)
         detection = self.config.turn_detection
         if detection is not None and detection.get("create_response", True):
-            self._spawn(self._respond_once_heard(transcription))
+            self._spawn(self._respond_once_heard(transcription, item_id))
 
-    async def _respond_once_heard(self, transcription: asyncio.Task[str | None]) -> None:
+    async def _respond_once_heard(self, transcription: asyncio.Task[str | None], item_id: str) -> None:
         """Server VAD's response: once the turn's words are known, and only if there are any
-        (noise that fooled the detector makes no turn)."""
+        (noise that fooled the detector makes no turn). A turn heard while a response runs (the
+        broker spoke over Léa without barge-in) is answered once that response ends, as
+        OpenAI's server does: one such turn waits at most (the newest; its answer reads the
+        others too)."""
         try:
             heard = await transcription
         except Exception:
+            heard = None
+        if not heard:
+            if self.response is None and self._queued_turn is not None:
+                self._answer_queued(None)  # a turn waiting behind a barge-in that was only noise
             return
-        if heard and self.response is None:
+        if self.response is None:
             self._start_response(self._default_response())
+        else:
+            self._queued_turn = item_id
+
+    def _answer_queued(self, finished: Response | None) -> None:
+        """The turn heard while `finished` ran gets its answer now, unless that response
+        already read it."""
+        queued, self._queued_turn = self._queued_turn, None
+        if queued is None or self.response is not None or self._erased or self._find(queued) is None:
+            return
+        if finished is not None and finished.conversation and queued in finished.seen:
+            return
+        self._start_response(self._default_response())
 
     async def _commit_event(self, event: dict[str, Any], event_id: str | None) -> None:
         if self._ms(self._buffer_samples) < MIN_COMMIT_MS:
@@ -757,6 +790,8 @@ class RealtimeSession:
         if item.content and item.content[0].kind == "audio":
             item.content[0].text = " ".join(kept)
             item.status = "incomplete"
+            # Stored already (`response.done` came first): the stored reply is cut the same way.
+            self._store_later(lambda: self._store_truncation(item))
         self.emit(
             {
                 "type": "conversation.item.truncated",
@@ -836,6 +871,8 @@ class RealtimeSession:
         response.loop = asyncio.get_running_loop()
         response.started_at = utcnow()
         self.response = response
+        if response.conversation:
+            self._queued_turn = None  # it reads every turn heard so far
         self.emit({"type": "response.created", "response": self._render_response(response)})
         response.task = self._spawn(self._run_response(response))
 
@@ -868,9 +905,10 @@ class RealtimeSession:
         self._last_activity = time.monotonic()
         if response.conversation and response.status in ("completed", "incomplete", "cancelled"):
             # Not cancelled by a hang-up: a client that heard `response.done` may leave at once.
-            storing = asyncio.ensure_future(self._store_turn(response))
-            self._storing.add(storing)
-            storing.add_done_callback(self._storing.discard)
+            self._store_later(lambda: self._store_turn(response))
+        reason = (response.status_details or {}).get("reason")
+        if self._queued_turn is not None and reason != "turn_detected":  # else the new turn's answer reads it
+            self._answer_queued(response)
 
     def _send(self, response: Response, event: dict[str, Any]) -> None:
         """A response's event, unless the response is already over."""
@@ -919,6 +957,7 @@ class RealtimeSession:
         for item in self.items:
             if (message := item.chat_message()) is None:
                 continue
+            response.seen.add(item.id)
             last = messages[-1]
             if message.role == "system":
                 messages[0] = ChatMessage("system", f"{messages[0].content}\n\n{message.content}")
@@ -999,13 +1038,28 @@ class RealtimeSession:
             kind = "input_text" if message.role == "user" else "text"
             item = Item(new_id("item"), "message", role=message.role, content=[Part(kind, message.content)])  # type: ignore[arg-type]
             self.items.append(item)
-            self._stored_items.add(item.id)
+            self._stored_items[item.id] = message.id
+
+    def _store_later(self, write: Callable[[], Awaitable[None]]) -> None:
+        """A write to the store, after the writes asked before it (a truncation after the turn it
+        cuts); the session waits for them all before it ends."""
+        previous = self._store_chain
+
+        async def in_turn() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])  # its failure is its own (logged there)
+            await write()
+
+        task = asyncio.ensure_future(in_turn())
+        self._store_chain = task
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
 
     async def _store_turn(self, response: Response) -> None:
         """A finished answer and the user's words before it, stored as one turn of the
         session's conversation (the text routes continue it with the same `session_id`)."""
         item = response.item
-        if item is None or item not in self.items or not item.text():
+        if self._erased or item is None or item not in self.items or not item.text():
             return
         index = self.items.index(item)
         said = [
@@ -1028,19 +1082,81 @@ class RealtimeSession:
             prompt_tokens=(response.usage or {}).get("input_tokens", 0),
             completion_tokens=(response.usage or {}).get("output_tokens", 0),
             user_id=self.user_id,
+            # What this session holds of the store: if an erasure took any of it, nothing is stored.
+            held_messages=tuple(sorted({self._stored_items[i.id] for i in self.items if i.id in self._stored_items})),
         )
         try:
             async with chat.session_locks.turn(self.store_session, self.user_id):
                 await chat.session_locks.confirm(self.store_session)
-                self.stored_conversation = await anyio.to_thread.run_sync(chat.store.record_turn, record)
+                if self._erased:  # erased while this turn waited for the session
+                    return
+                stored = await anyio.to_thread.run_sync(chat.store.record_turn_messages, record)
+        except ConversationNotFound:
+            # Erased where this session could not be told (another replica): it ends now.
+            log.info(
+                "realtime turn not stored",
+                extra={"event": "realtime.stored", "stored": False, "erased": True, "session": self.id},
+            )
+            self.conversation_erased()
+            return
         except Exception:
             log.exception("a realtime turn could not be stored")
-            log.info("realtime turn not stored", extra={"event": "realtime.stored", "stored": False})
+            log.info(
+                "realtime turn not stored", extra={"event": "realtime.stored", "stored": False, "session": self.id}
+            )
             return
-        self._stored_items.update(i.id for i in [*said, item])
+        self.stored_conversation = stored.conversation_id
+        self._stored_items.update({i.id: stored.user_message_id for i in said})
+        self._stored_items[item.id] = stored.reply_id
         log.info(
             "realtime turn stored",
-            extra={"event": "realtime.stored", "stored": True, "conversation_id": self.stored_conversation},
+            extra={
+                "event": "realtime.stored",
+                "stored": True,
+                "conversation_id": self.stored_conversation,
+                "session": self.id,
+            },
+        )
+
+    async def _store_truncation(self, item: Item) -> None:
+        """An answer cut by `conversation.item.truncate` after its turn was stored: the stored
+        reply becomes what the client played, the same text as the item's."""
+        message_id = self._stored_items.get(item.id)
+        if message_id is None or self._erased:
+            return  # not stored (yet: when it is, it is stored as cut)
+        chat = self.engines.chat
+        try:
+            async with chat.session_locks.turn(self.store_session, self.user_id):
+                await chat.session_locks.confirm(self.store_session)
+                if self._erased:
+                    return
+                await anyio.to_thread.run_sync(chat.store.replace_reply, self.store_session, message_id, item.text())
+        except ConversationNotFound:
+            self.conversation_erased()
+            return
+        except Exception:
+            log.exception("a realtime truncation could not be stored")
+            return
+        log.info("realtime reply truncated", extra={"event": "realtime.truncated", "session": self.id})
+
+    def conversation_erased(self) -> None:
+        """This session's stored conversation (or a turn of it that the session holds) was
+        erased: the session forgets all it holds (items, audio, the response under way, a
+        turn waiting) and ends, with an `error` `conversation_erased` then close code 1008;
+        nothing of it is stored any more. Called by the erasure route on the event loop, or by
+        the session itself when the store finds its messages gone (an erasure elsewhere)."""
+        if self._erased:
+            return
+        self._erased = True
+        self.close()
+        self.items.clear()
+        self._stored_items.clear()
+        self._queued_turn = None
+        self._clear_buffer()
+        self.error(
+            "the conversation of this session was erased: the session ends and nothing of it is kept "
+            "(open a new session to go on)",
+            code="conversation_erased",
         )
 
     def _fail(self, response: Response, code: str, message: str) -> None:
