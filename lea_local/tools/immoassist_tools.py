@@ -100,8 +100,7 @@ CREATE_PA: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "create_pa",
-        "description": "Crée la promesse d'achat (formulaire OACIQ PA), seulement une fois que le courtier a "
-        "confirmé.",
+        "description": "Crée la promesse d'achat (formulaire OACIQ PA), seulement une fois que le courtier a confirmé.",
         "parameters": {
             "type": "object",
             "properties": _PA_PROPERTIES,
