@@ -197,7 +197,9 @@ def test_an_erasure_the_session_was_not_told_of_ends_it_at_its_next_write(store_
 def test_without_barge_in_a_turn_heard_while_lea_answers_is_answered_next(make_server):
     """`interrupt_response` false: the broker speaks over Léa's answer, which goes on; his turn
     is heard meanwhile, and answered as soon as her answer ends (here: the client cancels it)."""
-    lea = make_server({"LEA_LOG_CONTENT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "512"})
+    # At temperature 0 her answer is the same every run, and long enough that his turn is heard
+    # before it ends, on a slow machine as on a fast one (both engines slow alike).
+    lea = make_server({"LEA_LOG_CONTENT": "true", "LEA_LLM_MAX_REPLY_TOKENS": "512", "LEA_LLM_TEMPERATURE": "0"})
     speech = pcm(CLIP) + silence_pcm(1.5)
 
     async def run():
