@@ -33,6 +33,14 @@ ERASE_PATH = "/api/external/agent/erase"
 LONG = "Écris une très longue histoire sur une maison à vendre à Lyon."
 WEBM = BROWSER_FORMATS["webm-opus"]
 SHORT_CLIP = FIXTURES / "fleurs_fr_005.ogg"  # 7 s: transcribed while the long generation runs
+# A long turn whatever the model writes: about 1,300 tokens of prompt to evaluate first (5 s on
+# 2 cores), many times the voice turn's decoding and recognition. (The system prompt, which used
+# to be evaluated cold by the first turn, is evaluated by the warm-up now.)
+LISTING = (
+    "Maison à étages de 1962 à Lyon, quatre chambres, deux salles de bains, sous-sol aménagé, "
+    "garage simple, terrain de 6 000 pieds carrés, toiture refaite en 2019, fenêtres d'origine. "
+)
+BLOCKER = (LONG + " Voici la fiche du bien, à reprendre en détail : " + LISTING * 40)[:3_900]
 
 
 def erase(client: httpx.Client, **body: str) -> httpx.Response:
@@ -123,7 +131,7 @@ def test_erasure_waits_for_turns_under_way_and_erases_them_too(make_server, data
     with lea.client() as client:
         existing = {"session_id": f"immo-{uuid.uuid4()}"}
         stored_turn(lea, existing["session_id"], "Bonjour, je cherche un T3 à Lyon.", "Avec plaisir !")
-        threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, LONG))]
+        threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, BLOCKER))]
         wait_for(
             lambda: llm_queue_depth(client) >= 1, "the long generation started", while_possible=threads[0].is_alive
         )
@@ -366,7 +374,7 @@ def test_erasing_a_user_covers_their_voice_turn_still_being_transcribed(make_ser
     turns: dict[str, httpx.Response] = {}
     erasures: dict[str, httpx.Response] = {}
     with lea.client() as client:
-        threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, LONG))]
+        threads = [in_background(turns, "blocker", lea, lambda c: lea.chat(c, BLOCKER))]
         wait_for(
             lambda: llm_queue_depth(client) >= 1, "the long generation started", while_possible=threads[0].is_alive
         )
