@@ -11,14 +11,18 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import jiwer
 import pytest
 
+from tests.audio import manifest, normalise_words
 from tests.browser import Browser, browser
 from tests.server import LeaServer
-from tests.test_console import CLIP, CLIP_WORDS, SETTINGS, by_testid, connected, open_console, state
+from tests.test_console import CLIP, SETTINGS, by_testid, connected, open_console, state
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.browser
+CLIP_REFERENCE = normalise_words(next(c.reference for c in manifest(CLIP.parent) if c.path.name == CLIP.name))
+HANDS_FREE_WER_BOUND = 0.85  # the highest measured (0.72) plus 2 of the clip's 17 words
 
 CALL_STATE = """
 const s = document.querySelector('[data-testid="hands-free-state"]');
@@ -89,8 +93,14 @@ def test_a_hands_free_turn_is_heard_answered_and_spoken(lea: LeaServer, one_turn
             while_possible=lambda: call_state(b)["state"] != "off" and not state(b)["problem"],
         )
         page = state(b)
-        heard = set(page["transcript"].lower().replace(",", " ").replace(".", " ").split())
-        assert len(heard & CLIP_WORDS) >= 2, page["transcript"]
+        # The transcript is this clip's: its word error rate against the reference was 0.61 to
+        # 0.72 over 11 calls (0.28 when the same clip reaches the server as PCM without the
+        # browser: Chromium's capture path costs words, see docs/realtime.md); other sentences
+        # score 0.89 to 1. Two of its words were heard in every call.
+        heard = normalise_words(page["transcript"])
+        wer = jiwer.wer(CLIP_REFERENCE, heard)
+        print(f"\nhands-free transcript: {page['transcript']!r}, WER {wer:.2f} (bound {HANDS_FREE_WER_BOUND})")
+        assert wer <= HANDS_FREE_WER_BOUND and {"voiture", "terminé"} <= set(heard.split()), page["transcript"]
         assert page["answer"].strip() not in ("", "—")
         assert call_state(b)["pressed"] == "true"
         by_testid(b, "hands-free").click()  # hang up
