@@ -94,7 +94,7 @@ def test_a_hands_free_turn_is_heard_answered_and_spoken(lea: LeaServer, one_turn
         )
         page = state(b)
         # The transcript is this clip's: its word error rate against the reference was 0.61 to
-        # 0.72 over 11 calls (0.28 when the same clip reaches the server as PCM without the
+        # 0.72 over 13 calls (0.28 when the same clip reaches the server as PCM without the
         # browser: Chromium's capture path costs words, see docs/realtime.md); other sentences
         # score 0.89 to 1. Two of its words were heard in every call.
         heard = normalise_words(page["transcript"])
