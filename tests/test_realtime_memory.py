@@ -16,19 +16,24 @@ from lea_local.store.conversations import ConversationNotFound, ConversationStor
 from lea_local.store.database import utcnow
 from tests.audio import CLIP
 from tests.conftest import db_query, db_rows
-from tests.realtime_client import beta_session, chunks, events_until, next_event, of_type, pcm, send, silence_pcm
+from tests.realtime_client import (
+    ask_text,
+    beta_session,
+    events_until,
+    next_event,
+    of_type,
+    pcm,
+    say_text,
+    send,
+    silence_pcm,
+    start_response,
+    stream_audio,
+    update_session,
+)
 from tests.server import API_KEY
 from tests.waiting import wait_for, wait_for_async
 
-CHUNK = 4_800  # 100 ms of PCM16 at 24 kHz
 LONG_ANSWER = "Décris en détail une belle maison de campagne avec jardin."
-
-
-def typed(text: str) -> dict:
-    return {
-        "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
-    }
 
 
 def logged(server, event: str, session: str, **fields) -> bool:
@@ -91,10 +96,7 @@ def test_a_truncation_after_the_turn_was_stored_cuts_the_stored_reply(store_serv
     async def run():
         async with beta_session(server, query=f"model=x&session_id={session_id}") as (ws, created):
             session = created["session"]["id"]
-            await send(ws, typed(LONG_ANSWER))
-            await events_until(ws, of_type("conversation.item.created"))
-            await send(ws, {"type": "response.create"})  # spoken: the session's default
-            done = (await events_until(ws, of_type("response.done")))[-1]["response"]
+            done = (await ask_text(ws, LONG_ANSWER))[-1]["response"]  # spoken: the session's default
             await stored(server, session)
             whole = session_messages(server, session_id)
             answer = done["output"][0]
@@ -135,13 +137,11 @@ def test_an_erasure_ends_the_open_session_and_nothing_of_it_comes_back(store_ser
     async def run():
         async with beta_session(server, query=f"model=x&session_id={session_id}&user_id={user_id}") as (ws, created):
             session = created["session"]["id"]
-            await send(ws, typed("Je cherche un condo à Laval."))
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            await events_until(ws, of_type("response.done"))
+            await ask_text(ws, "Je cherche un condo à Laval.", modalities=["text"])
             await stored(server, session)
             assert [role for role, _ in session_messages(server, session_id)] == ["user", "assistant"]
-            await send(ws, typed(LONG_ANSWER))
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            await say_text(ws, LONG_ANSWER)
+            await start_response(ws, modalities=["text"])
             await events_until(ws, of_type("response.text.delta"))
             status = await asyncio.to_thread(erase)
             events, closed = await until_closed(ws)
@@ -168,15 +168,13 @@ def test_an_erasure_the_session_was_not_told_of_ends_it_at_its_next_write(store_
     async def run():
         async with beta_session(server, query=f"model=x&session_id={session_id}") as (ws, created):
             session = created["session"]["id"]
-            await send(ws, typed("Je cherche un condo à Laval."))
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
-            await events_until(ws, of_type("response.done"))
+            await ask_text(ws, "Je cherche un condo à Laval.", modalities=["text"])
             await stored(server, session)
             mine = "SELECT id FROM conversations WHERE session_id = :session"
             db_query(server, f"DELETE FROM messages WHERE conversation_id IN ({mine})", session=session_id)
             db_query(server, "DELETE FROM conversations WHERE session_id = :session", session=session_id)
-            await send(ws, typed("Et à Longueuil ?"))
-            await send(ws, {"type": "response.create", "response": {"modalities": ["text"]}})
+            await say_text(ws, "Et à Longueuil ?")
+            await start_response(ws, modalities=["text"])
             events, closed = await until_closed(ws)
             return session, events, closed
 
@@ -204,23 +202,16 @@ def test_without_barge_in_a_turn_heard_while_lea_answers_is_answered_next(make_s
 
     async def run():
         async with beta_session(lea) as (ws, _):
-            await send(
+            await update_session(
                 ws,
-                {
-                    "type": "session.update",
-                    "session": {
-                        "turn_detection": {"type": "server_vad", "interrupt_response": False},
-                        "input_audio_transcription": {"model": "whisper-1", "language": "fr"},
-                    },
-                },
+                turn_detection={"type": "server_vad", "interrupt_response": False},
+                input_audio_transcription={"model": "whisper-1", "language": "fr"},
             )
-            await events_until(ws, of_type("session.updated"))
-            await send(ws, typed(LONG_ANSWER))
-            await send(ws, {"type": "response.create"})
+            await say_text(ws, LONG_ANSWER)
+            await start_response(ws)
             events = await events_until(ws, of_type("response.audio_transcript.delta"))
             first = next(e for e in events if e["type"] == "response.created")["response"]["id"]
-            for piece in chunks(speech, CHUNK):  # the broker talks over her
-                await send(ws, {"type": "input_audio_buffer.append", "audio": piece})
+            await stream_audio(ws, speech)  # the broker talks over her
             await events_until(ws, of_type("conversation.item.input_audio_transcription.completed"), events)
             # Her answer would go on for long: stopped here (if it has not ended on its own).
             await send(ws, {"type": "response.cancel", "response_id": first})
