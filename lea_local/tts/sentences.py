@@ -37,8 +37,7 @@ class SentenceSplitter:
         self._pending = ""
 
     def _is_abbreviation(self, text: str, end: int) -> bool:
-        word = re.search(r"(\w+)\.$", text[:end].rstrip())
-        return bool(word and word.group(1).lower() in _ABBREVIATIONS)
+        return _ends_with_abbreviation(text[:end].rstrip())
 
     def feed(self, text: str) -> list[str]:
         """Add streamed text; return the sentences now complete."""
@@ -69,7 +68,9 @@ def split_sentences(text: str) -> list[str]:
     return splitter.feed(text) + splitter.flush()
 
 
-_BREATH = re.compile(r"(?<=[,;:])\s+|\s+(?=(?:et|mais|ou|donc|car|qui|que|qu'|dont|où|pour|avec|puis)\b)", re.I)
+# Words a phrase may start with: a breath before them sounds natural.
+_CONJUNCTIONS = "et|mais|ou|donc|car|qui|que|dont|où|pour|avec|puis"
+_BREATH = re.compile(rf"(?<=[,;:])\s+|\s+(?=(?:{_CONJUNCTIONS}|qu')\b)", re.I)
 
 
 def split_first_phrase(sentence: str, *, longer_than: int = 50, min_head: int = 15) -> list[str]:
@@ -88,8 +89,7 @@ def split_first_phrase(sentence: str, *, longer_than: int = 50, min_head: int = 
 # once the phrase is long enough to take longer to write and speak than the pause it saves.
 _PAUSE = re.compile(r"(?<=[.!?…,;:])\s+")
 _BEFORE_LINK = re.compile(
-    r"\s+(?=(?:et|mais|ou|donc|car|qui|que|dont|où|pour|avec|puis|de|du|des|à|au|aux|en|dans|sur"
-    r"|par|sans|chez|vers|comme|quand|lorsque|si)\s)",
+    rf"\s+(?=(?:{_CONJUNCTIONS}|de|du|des|à|au|aux|en|dans|sur|par|sans|chez|vers|comme|quand|lorsque|si)\s)",
     re.I,
 )
 _BETWEEN_WORDS = re.compile(r"(?<=[^\W\d])\s+(?=[^\W\d])")  # not inside "1 200 000 $"
